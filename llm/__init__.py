@@ -1,0 +1,5 @@
+"""Federated fine-tuning of Hugging Face models (RoBERTa/BERT, Llama) with rolora's kernels.
+
+Not implemented yet: this package is reserved for that work and exports nothing. The federated
+rules it will use live in :mod:`rolora.federated`, the fused layer in :mod:`rolora.kernels`.
+"""

@@ -1,0 +1,28 @@
+"""Test-wide environment: offline hubs, tool caches in a temporary folder, Triton's interpreter on CPU.
+
+This runs before any test module imports rolora, which matters for ``TRITON_INTERPRET``: Triton reads
+it when the module defining the ``@triton.jit`` kernels is imported.
+"""
+
+import os
+import tempfile
+
+_tmp = tempfile.mkdtemp(prefix="rolora-tests-")
+for var, sub in [
+    ("HF_HOME", "hf"),
+    ("MPLCONFIGDIR", "mpl"),
+    ("FLWR_HOME", "flwr"),
+    ("RAY_TMPDIR", "ray"),
+    ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+    ("TRITON_CACHE_DIR", "triton"),
+]:
+    os.environ.setdefault(var, os.path.join(_tmp, sub))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+import torch  # noqa: E402  (after the environment is set)
+
+if not torch.cuda.is_available():
+    # Without a GPU the Triton kernels still run, in the interpreter, so CI tests the kernel code.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
