@@ -1,0 +1,254 @@
+"""The fused LoRA linear as a ``torch.library`` custom op with autograd, and its checked entry point.
+
+``lora_linear(x, W0, bias, A, B, scale, dropout_p, seed, backend)`` computes
+
+    y = x W0ᵀ (+ bias) + scale · dropout(x) Aᵀ Bᵀ
+
+through two custom ops, ``rolora::lora_linear_fwd`` and ``rolora::lora_linear_bwd`` (each with a fake
+implementation, so ``torch.compile`` traces them), joined by ``register_autograd``. Two backends
+implement the ops: ``"triton"`` (``triton_kernels.py``) and ``"torch"`` (``reference.py``);
+``"auto"`` takes Triton for CUDA tensors when triton imports, else torch.
+
+What is saved and computed follows the RoLoRA phase, read from ``requires_grad`` at call time:
+
+    phase     trains   saves (besides W0, A, B)   backward computes
+    full      A, B     x (M×K), S (M×r)           dS, dB, dA, dx
+    B-only    B        S (M×r)                    dS, dB, dx        (no x kept: dA is not needed)
+    A-only    A        x (M×K)                    dS, dA, dx        (no S kept, no dB reduction)
+
+dx is computed only if x requires grad; W0 never gets a gradient (asking for one is an error).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from rolora.kernels.reference import torch_dropout_keep_mask, torch_lora_backward, torch_lora_forward
+
+BACKENDS = ("auto", "torch", "triton")
+MAX_TRITON_RANK = 128  # R_PAD ≤ 128 keeps the rank tiles in registers
+
+
+class LoRAPhase(str, enum.Enum):
+    """Which LoRA factors train: RoLoRA alternates B_ONLY and A_ONLY rounds."""
+
+    FULL = "full"
+    B_ONLY = "B"
+    A_ONLY = "A"
+    FROZEN = "frozen"
+
+
+def phase_of(lora_A: Tensor, lora_B: Tensor) -> LoRAPhase:
+    """The phase implied by which factors require grad."""
+    a, b = lora_A.requires_grad, lora_B.requires_grad
+    if a and b:
+        return LoRAPhase.FULL
+    if b:
+        return LoRAPhase.B_ONLY
+    if a:
+        return LoRAPhase.A_ONLY
+    return LoRAPhase.FROZEN
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """True when ``rolora.kernels.triton_kernels`` imports (triton installed and a driver or the interpreter)."""
+    try:
+        import rolora.kernels.triton_kernels  # noqa: F401
+    except Exception:  # ImportError, or triton's "0 active drivers" RuntimeError
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Turn ``auto`` into ``triton`` (CUDA tensors, triton importable) or ``torch``; check the name."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("backend='triton' but triton does not import here (install triton)")
+        from rolora.kernels.triton_kernels import is_interpreted
+
+        if device.type != "cuda" and not is_interpreted():
+            raise RuntimeError(f"backend='triton' on {device} tensors needs TRITON_INTERPRET=1, set "
+                               "before rolora.kernels.triton_kernels is imported")
+    return backend
+
+
+def dropout_keep_mask(seed: int, rows: int, cols: int, p: float, device: torch.device | str,
+                      backend: str = "torch") -> Tensor:
+    """The keep-mask (bool rows×cols) that ``backend`` draws for ``seed``; the paths differ in bits."""
+    device = torch.device(device)
+    if resolve_backend(backend, device) == "triton":
+        from rolora.kernels.triton_kernels import triton_keep_mask
+
+        return triton_keep_mask(seed, rows, cols, p, device)
+    return torch_dropout_keep_mask(seed, rows, cols, p, device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Custom ops
+# ---------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("rolora::lora_linear_fwd", mutates_args=())
+def lora_linear_fwd(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_A: Tensor, lora_B: Tensor,
+    scale: float, dropout_p: float, seed: int, backend: str,
+) -> tuple[Tensor, Tensor]:
+    """Forward on 2-D x (M×K), backend already resolved: returns (y M×N, S = x̂ Aᵀ M×r)."""
+    # Autocast must not re-cast inside: the entry point already chose the compute dtype.
+    with torch.autocast(x.device.type, enabled=False):
+        if backend == "triton":
+            from rolora.kernels.triton_kernels import triton_lora_forward
+
+            return triton_lora_forward(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed)
+        return torch_lora_forward(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed)
+
+
+@lora_linear_fwd.register_fake
+def _lora_linear_fwd_fake(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed, backend):
+    m = x.shape[0]
+    return x.new_empty((m, weight.shape[0])), x.new_empty((m, lora_A.shape[0]))
+
+
+@torch.library.custom_op("rolora::lora_linear_bwd", mutates_args=())
+def lora_linear_bwd(
+    grad_y: Tensor, x: Optional[Tensor], weight: Tensor, lora_A: Tensor, lora_B: Tensor,
+    s: Optional[Tensor], scale: float, dropout_p: float, seed: int, backend: str,
+    need_dx: bool, need_dA: bool, need_dB: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward: (dx, dA, dB); a gradient not asked for comes back as an empty placeholder."""
+    with torch.autocast(grad_y.device.type, enabled=False):
+        if backend == "triton":
+            from rolora.kernels.triton_kernels import triton_lora_backward as impl
+        else:
+            impl = torch_lora_backward
+        dx, da, db = impl(grad_y, x, weight, lora_A, lora_B, s, scale, dropout_p, seed,
+                          need_dx, need_dA, need_dB)
+    empty = grad_y.new_empty(0)  # custom ops cannot return None
+    return (dx if dx is not None else empty, da if da is not None else empty.clone(),
+            db if db is not None else empty.clone())
+
+
+@lora_linear_bwd.register_fake
+def _lora_linear_bwd_fake(grad_y, x, weight, lora_A, lora_B, s, scale, dropout_p, seed, backend,
+                          need_dx, need_dA, need_dB):
+    m, k = grad_y.shape[0], weight.shape[1]
+    dx = grad_y.new_empty((m, k)) if need_dx else grad_y.new_empty(0)
+    da = lora_A.new_empty(lora_A.shape) if need_dA else grad_y.new_empty(0)
+    db = lora_B.new_empty(lora_B.shape) if need_dB else grad_y.new_empty(0)
+    return dx, da, db
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, lora_A, lora_B, scale, dropout_p, seed, backend = inputs
+    _, s = output
+    need_dx, _, need_dbias, need_dA, need_dB = ctx.needs_input_grad[:5]
+    ctx.mark_non_differentiable(s)  # S is an auxiliary output, kept for dB only
+    ctx.flags = (need_dx, need_dbias, need_dA, need_dB)
+    ctx.args = (scale, dropout_p, seed, backend)
+    # The phase economy: x only if dA is needed, S only if dB is needed.
+    ctx.save_for_backward(x if need_dA else None, weight, lora_A, lora_B, s if need_dB else None)
+
+
+def _backward(ctx, grad_y: Tensor, _grad_s: Tensor):
+    x, weight, lora_A, lora_B, s = ctx.saved_tensors
+    need_dx, need_dbias, need_dA, need_dB = ctx.flags
+    dx = da = db = dbias = None
+    if need_dx or need_dA or need_dB:
+        dx, da, db = torch.ops.rolora.lora_linear_bwd(
+            grad_y, x, weight, lora_A, lora_B, s, *ctx.args, need_dx, need_dA, need_dB)
+        dx, da, db = (dx if need_dx else None), (da if need_dA else None), (db if need_dB else None)
+    if need_dbias:
+        dbias = grad_y.sum(0)
+    return dx, None, dbias, da, db, None, None, None, None
+
+
+torch.library.register_autograd("rolora::lora_linear_fwd", _backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checked entry point
+# ---------------------------------------------------------------------------------------------------
+
+
+def _check(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
+           dropout_p: float) -> None:
+    """Raise a ValueError naming the offending tensor and shape; touches nothing."""
+    if weight.dim() != 2:
+        raise ValueError(f"weight (W0) must be 2-D out×in, got shape {tuple(weight.shape)}")
+    n, k = weight.shape
+    if x.dim() < 1 or x.shape[-1] != k:
+        raise ValueError(f"x has shape {tuple(x.shape)}: its last dimension must be in_features={k}")
+    if lora_A.dim() != 2 or lora_A.shape[1] != k or lora_A.shape[0] < 1:
+        raise ValueError(f"lora_A must be r×in = r×{k} with r ≥ 1, got {tuple(lora_A.shape)}")
+    r = lora_A.shape[0]
+    if tuple(lora_B.shape) != (n, r):
+        raise ValueError(f"lora_B must be out×r = {n}×{r}, got {tuple(lora_B.shape)}")
+    if bias is not None and tuple(bias.shape) != (n,):
+        raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    tensors = {"x": x, "weight": weight, "lora_A": lora_A, "lora_B": lora_B}
+    if bias is not None:
+        tensors["bias"] = bias
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be floating point, got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+    if weight.requires_grad:
+        raise ValueError("weight (W0) requires grad, but the LoRA linear never computes dW0: "
+                         "freeze it with weight.requires_grad_(False)")
+
+
+def lora_linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
+    scale: float, dropout_p: float = 0.0, seed: int = 0, backend: str = "auto",
+) -> Tensor:
+    """y = x W0ᵀ (+ bias) + scale · dropout(x) Aᵀ Bᵀ, differentiable in x, bias, A and B.
+
+    Args:
+        x: input (..., in_features); any leading shape, any strides.
+        weight: frozen W0, out×in (must not require grad).
+        bias: optional, (out,).
+        lora_A: r×in; lora_B: out×r (PEFT layout). They may be in another dtype than x (fp32 adapters
+            with half activations): gradients come back in their own dtype.
+        scale: s = alpha / r.
+        dropout_p: dropout on the LoRA path's input; the mask is regenerated from ``seed``.
+        seed: dropout seed (ignored when dropout_p = 0). Use a fresh one per call in training.
+        backend: "auto" (Triton on CUDA when available, else PyTorch), "torch" or "triton".
+
+    Under autocast, x, W0 and bias are cast to the autocast dtype (as ``nn.Linear`` would be);
+    the adapters stay in their dtype. Without autocast, x and W0 must share a dtype.
+    """
+    _check(x, weight, bias, lora_A, lora_B, dropout_p)
+    if torch.is_autocast_enabled(x.device.type):
+        cdt = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(cdt), weight.to(cdt)
+        bias = bias.to(cdt) if bias is not None else None
+    elif weight.dtype != x.dtype:
+        raise ValueError(f"x is {x.dtype} but weight (W0) is {weight.dtype}: they must match "
+                         "(or run under torch.autocast)")
+    n, k, r = weight.shape[0], weight.shape[1], lora_A.shape[0]
+    resolved = resolve_backend(backend, x.device)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k)
+    if resolved == "triton":
+        if r > MAX_TRITON_RANK:
+            if backend == "triton":
+                raise ValueError(f"the Triton kernels support ranks ≤ {MAX_TRITON_RANK}, got r={r}")
+            resolved = "torch"
+        elif dropout_p > 0.0 and x2.shape[0] * k >= 2**31:
+            raise ValueError(f"dropout offsets are int32: M·K = {x2.shape[0] * k} must be < 2³¹")
+    y2, _ = torch.ops.rolora.lora_linear_fwd(x2, weight, bias, lora_A, lora_B, float(scale),
+                                             float(dropout_p), int(seed), resolved)
+    return y2.reshape(*lead, n)

@@ -1,0 +1,130 @@
+"""The LoRA linear in plain PyTorch: the float64 reference and the CPU/fallback path.
+
+Notation (shared with ``triton_kernels.py``): x is M×K, the frozen W0 is N×K (``nn.Linear`` layout),
+A (``lora_A``) is r×K, B (``lora_B``) is N×r, s = alpha/r, x̂ = dropout(x), S = x̂ Aᵀ (M×r).
+
+    forward   y  = x W0ᵀ (+ bias) + s · S Bᵀ
+    backward  dS = s · dY B          dB = s · dYᵀ S        dA = dSᵀ x̂
+              dx = dY W0 + (dS A) ⊙ keep / (1 − p)
+
+Two functions per direction live here:
+
+- ``lora_linear_float64``: the slow, obviously-correct reference (float64, plain autograd, explicit
+  keep-mask). Every fast path is tested against it.
+- ``torch_lora_forward`` / ``torch_lora_backward``: the PyTorch path used on CPU (and wherever Triton
+  is missing). Same maths and the same save/compute economy per RoLoRA phase as the kernels.
+
+Dtypes: activations (x, W0, bias, dY) share one compute dtype; the adapters A, B may be in another
+(fp32 adapters with half activations under autocast) and are cast to the compute dtype at use; each
+gradient comes back in the dtype of the tensor it belongs to.
+
+Dropout: the keep-mask is never stored. It is regenerated from ``seed`` by ``torch_dropout_keep_mask``
+(a ``torch.Generator`` seeded per call) in forward and backward. The Triton path draws its mask with
+``tl.rand`` from the same seed; the two paths give the same *function* (Bernoulli(1 − p) keep,
+scale 1/(1 − p)) but not the same bits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def torch_dropout_keep_mask(seed: int, rows: int, cols: int, p: float, device: torch.device) -> Tensor:
+    """Keep-mask (bool, rows×cols) of the PyTorch path for ``seed``: True with probability 1 − p.
+
+    A private generator seeded per call, so forward and backward regenerate identical masks and the
+    global RNG is never touched.
+    """
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
+    return torch.rand((rows, cols), generator=gen, device=device, dtype=torch.float32) >= p
+
+
+def lora_linear_float64(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    lora_A: Tensor,
+    lora_B: Tensor,
+    scale: float,
+    keep_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """Reference y = x W0ᵀ + b + s·(x ⊙ keep/(1−p)) Aᵀ Bᵀ in float64 (differentiable by autograd).
+
+    ``x`` may have any leading dimensions; ``keep_mask`` (if given) has x's shape flattened to 2-D
+    (M×K). Returns float64 with x's leading shape.
+    """
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1]).double()
+    xh = x2
+    if keep_mask is not None:
+        xh = x2 * keep_mask.double() / (1.0 - dropout_p)
+    y = x2 @ weight.double().t() + scale * (xh @ lora_A.double().t()) @ lora_B.double().t()
+    if bias is not None:
+        y = y + bias.double()
+    return y.reshape(*lead, weight.shape[0])
+
+
+def torch_lora_forward(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    lora_A: Tensor,
+    lora_B: Tensor,
+    scale: float,
+    dropout_p: float,
+    seed: int,
+) -> tuple[Tensor, Tensor]:
+    """PyTorch path forward on a 2-D x (M×K): returns (y M×N, S = x̂ Aᵀ M×r), both in x's dtype."""
+    cdt = x.dtype
+    xh = x
+    if dropout_p > 0.0:
+        keep = torch_dropout_keep_mask(seed, x.shape[0], x.shape[1], dropout_p, x.device)
+        xh = x * keep.to(cdt) / (1.0 - dropout_p)
+    s = xh @ lora_A.to(cdt).t()
+    y = torch.nn.functional.linear(x, weight, bias.to(cdt) if bias is not None else None)
+    # One output buffer: y += s · S Bᵀ (addmm_ accumulates without another M×N temporary).
+    y.addmm_(s, lora_B.to(cdt).t(), alpha=scale)
+    return y, s
+
+
+def torch_lora_backward(
+    grad_y: Tensor,
+    x: Tensor | None,
+    weight: Tensor,
+    lora_A: Tensor,
+    lora_B: Tensor,
+    s: Tensor | None,
+    scale: float,
+    dropout_p: float,
+    seed: int,
+    need_dx: bool,
+    need_dA: bool,
+    need_dB: bool,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """PyTorch path backward on 2-D tensors: (dx, dA, dB), each None when not asked for.
+
+    ``x`` is needed only for dA and ``s`` only for dB (that is what makes the RoLoRA phases cheaper).
+    """
+    cdt = grad_y.dtype
+    dx = da = db = None
+    keep = None
+    if dropout_p > 0.0 and (need_dx or need_dA):
+        keep = torch_dropout_keep_mask(seed, grad_y.shape[0], weight.shape[1], dropout_p, grad_y.device)
+    if need_dB:
+        assert s is not None, "dB needs the saved S"
+        db = (grad_y.t() @ s.to(cdt)).mul_(scale).to(lora_B.dtype)
+    if need_dx or need_dA:
+        ds = (grad_y @ lora_B.to(cdt)).mul_(scale)
+        if need_dA:
+            assert x is not None, "dA needs the saved x"
+            xh = x if keep is None else x * keep.to(cdt) / (1.0 - dropout_p)
+            da = (ds.t() @ xh).to(lora_A.dtype)
+        if need_dx:
+            lora = ds @ lora_A.to(cdt)
+            if keep is not None:
+                lora = lora * keep.to(cdt) / (1.0 - dropout_p)
+            dx = (grad_y @ weight).add_(lora)
+    return dx, da, db
