@@ -34,6 +34,11 @@ One round t = 1, 2, ... with participating clients S_t (any non-empty subset):
         state = method.aggregate(state, updates, t, weighting="samples")  # pure; validates first
         model = method.client_start(state, k, personal.get(k), t + 1)      # what client k runs next
 
+``client_start(state, k, kept, t)`` and ``aggregate(state, updates, t)`` both need
+t == state.round + 1 (the round being played). What a layer of ``state.layers`` holds is listed in
+each method's docstring; evaluate a client's model as
+``method.delta(method.client_start(state, k, kept, state.round + 1)[layer], alpha)``.
+
 Everything is a pure function of its arguments: nothing is mutated in place, so a bad update (which
 raises :class:`AggregationError` before any arithmetic) leaves the caller's state exactly as it was.
 """
@@ -100,11 +105,18 @@ class GlobalState:
 
 @dataclass(frozen=True)
 class CommCost:
-    """Communication of one round, per participating client, in parameters and bytes."""
+    """Communication of one round, per participating client, in parameters and bytes.
+
+    ``upload_params`` / ``download_params`` are what one participating client sends / receives.
+    When participants differ (mixed ranks), they are the mean over participants rounded to the
+    nearest parameter; ``per_client`` then holds every participant's exact (upload, download) and
+    ``total_upload_params`` / ``total_download_params`` the exact sums.
+    """
 
     upload_params: int
     download_params: int
     bytes_per_param: int = 4
+    per_client: Mapping[int | str | None, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def upload_bytes(self) -> int:
@@ -113,6 +125,18 @@ class CommCost:
     @property
     def download_bytes(self) -> int:
         return self.download_params * self.bytes_per_param
+
+    @property
+    def total_upload_params(self) -> int:
+        """Sum over the round's participants (one client when ``per_client`` is empty)."""
+        return sum(u for u, _ in self.per_client.values()) if self.per_client else self.upload_params
+
+    @property
+    def total_download_params(self) -> int:
+        """Sum over the round's participants (one client when ``per_client`` is empty)."""
+        if not self.per_client:
+            return self.download_params
+        return sum(d for _, d in self.per_client.values())
 
 
 class Method(ABC):
@@ -130,6 +154,8 @@ class Method(ABC):
     """Whether clients may use different ranks."""
     personalised: ClassVar[bool] = False
     """Whether each client's model differs from the broadcast one (evaluate per client)."""
+    summary: ClassVar[str] = ""
+    """One line for the README table: what clients train and what they send."""
 
     @abstractmethod
     def init(
@@ -184,7 +210,11 @@ class Method(ABC):
         self, specs: Mapping[str, LayerSpec], ranks: Mapping[int | str | None, int] | int, t: int,
         clients: Sequence[int | str] | int = 1, bytes_per_param: int = 4,
     ) -> CommCost:
-        """Parameters sent per participating client in round t (upload) and received (download)."""
+        """Parameters sent per participating client in round t (upload) and received (download).
+
+        ``clients`` is either the number of participants (all of the default rank) or their ids
+        (ranks looked up in ``ranks``); some downloads depend on the participants (FLoRA's stack).
+        """
 
     def delta(self, layer: LayerTensors, alpha: float) -> Tensor:
         """The layer's total change to the model's frozen W0, differentiable in the tensors.

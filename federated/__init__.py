@@ -1,0 +1,41 @@
+"""Federated LoRA methods: every aggregation rule, as pure functions of torch tensors.
+
+.. code-block:: python
+
+    from rolora.federated import get_method, LayerSpec
+    method = get_method("rolora")                      # or any name in available_methods()
+    state = method.init({"q": LayerSpec(64, 32)}, ranks=8, alpha=16.0, seed=0)
+
+See :mod:`rolora.federated.api` for the round protocol.
+"""
+
+from .api import (
+    AggregationError,
+    ClientUpdate,
+    CommCost,
+    GlobalState,
+    LayerSpec,
+    LayerTensors,
+    Method,
+    ModelTensors,
+    Weighting,
+)
+from .registry import METHODS, available_methods, get_method, methods_table
+from .schedule import AlternationSchedule
+
+__all__ = [
+    "AggregationError",
+    "AlternationSchedule",
+    "ClientUpdate",
+    "CommCost",
+    "GlobalState",
+    "LayerSpec",
+    "LayerTensors",
+    "METHODS",
+    "Method",
+    "ModelTensors",
+    "Weighting",
+    "available_methods",
+    "get_method",
+    "methods_table",
+]

@@ -1,0 +1,76 @@
+"""Property 5: FlexLoRA gives each client the best rank-r_k approximation of the mean product."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+from test_federated_support import ALPHA, PROPERTY_SETTINGS, assert_close_rel, cases, init_for
+
+from rolora.federated import LayerSpec, get_method
+from rolora.federated.reference import reference_product_sum
+from rolora.federated.svd import factored_truncated_svd, reference_truncated_svd
+from rolora.federated.synthetic import synthetic_round
+
+
+def _gap_ok(s: torch.Tensor, r: int, dtype) -> bool:
+    """The rank-r truncation is unique only with a gap between σ_r and σ_{r+1}."""
+    if r >= s.shape[0]:
+        return True
+    return float(s[r - 1] - s[r]) > (1e-6 if dtype == torch.float64 else 1e-2) * float(s[0])
+
+
+@PROPERTY_SETTINGS
+@given(case=cases(mixed_ranks=True, max_clients=12, max_rank=12))
+def test_each_client_gets_its_best_rank_approximation(case):
+    method = get_method("flexlora")
+    state = init_for(method, case)
+    _, updates, _ = synthetic_round(method, state, case.clients, case.samples, seed=case.seed)
+    new = method.aggregate(state, updates, 1)
+    total = sum(case.samples.values())
+    coef = [case.samples[u.client] / total * ALPHA / case.ranks[u.client] for u in updates]
+    for layer in case.specs:
+        w_g = reference_product_sum(
+            [u.tensors[layer]["B"] for u in updates], [u.tensors[layer]["A"] for u in updates], coef
+        ).to(torch.float64)
+        u, s, vh = torch.linalg.svd(w_g, full_matrices=False)
+        for c in case.clients:
+            r = case.ranks[c]
+            if not _gap_ok(s, r, case.dtype):
+                continue
+            model = method.delta(method.client_start(new, c, None, 2)[layer], ALPHA).to(torch.float64)
+            best = (u[:, :r] * s[:r]) @ vh[:r]
+            assert_close_rel(model, best, case.dtype, factor=10)
+            tail = float(s[r:].square().sum().sqrt())
+            err = float((w_g - model).norm())
+            assert abs(err - tail) <= 1e-6 * float(s[0]) + (1e-7 if case.dtype == torch.float64 else 1e-3) * float(s[0])
+
+
+@PROPERTY_SETTINGS
+@given(case=cases(mixed_ranks=True, max_clients=10, max_rank=10))
+def test_factored_svd_matches_dense_reference(case):
+    g = torch.Generator().manual_seed(case.seed)
+    spec = next(iter(case.specs.values()))
+    bs = [torch.randn(spec.out_features, r, generator=g, dtype=torch.float64).to(case.dtype) for r in case.ranks.values()]
+    as_ = [torch.randn(r, spec.in_features, generator=g, dtype=torch.float64).to(case.dtype) for r in case.ranks.values()]
+    coef = [case.samples[c] for c in case.ranks]
+    rank = max(case.ranks.values())
+    u1, s1, vh1 = factored_truncated_svd(bs, as_, coef, rank)
+    u2, s2, vh2 = reference_truncated_svd(bs, as_, coef, rank)
+    assert_close_rel(s1.to(torch.float64), s2.to(torch.float64), case.dtype, factor=10)
+    s = s2.to(torch.float64)
+    for r in range(1, rank + 1):
+        if _gap_ok(s, r, case.dtype):
+            assert_close_rel((u1[:, :r] * s1[:r]) @ vh1[:r], (u2[:, :r] * s2[:r]) @ vh2[:r], case.dtype, factor=10)
+
+
+def test_dense_and_factored_methods_agree():
+    case_specs = {"q": LayerSpec(30, 17)}
+    ranks = {0: 2, 1: 4, 2: 3}
+    out = []
+    for svd in ("factored", "dense"):
+        method = get_method("flexlora", svd=svd)
+        state = method.init(case_specs, ranks, alpha=ALPHA, seed=1, dtype=torch.float64)
+        _, updates, _ = synthetic_round(method, state, [0, 1, 2], seed=2)
+        new = method.aggregate(state, updates, 1)
+        out.append(method.delta(new.layers["q"], ALPHA))
+    torch.testing.assert_close(out[0], out[1], rtol=1e-10, atol=1e-10)
