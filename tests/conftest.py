@@ -22,6 +22,13 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
 import torch  # noqa: E402  (after the environment is set)
+from hypothesis import settings  # noqa: E402
+
+# CI replays the same generated examples every run (no flaky red builds, no example database);
+# locally hypothesis explores new examples each run. HYPOTHESIS_PROFILE overrides either.
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("dev")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 if not torch.cuda.is_available():
     # Without a GPU the Triton kernels still run, in the interpreter, so CI tests the kernel code.

@@ -64,9 +64,12 @@ def test_scaling_all_sample_counts_changes_nothing(name, data):
     _, updates, _ = synthetic_round(method, state, case.clients, case.samples, seed=case.seed)
     scaled = [ClientUpdate(u.client, u.num_samples * factor, u.tensors) for u in updates]
     a, b = method.aggregate(state, updates, 1), method.aggregate(state, scaled, 1)
+    # LoRA-FAIR solves a ridge system (Ā Āᵀ + λI, λ = 1e-6): with r > n it is ill-conditioned
+    # (cond ~ ‖Ā‖²/λ), which amplifies the weights' rounding; a weighting bug would still be O(1).
+    factor = 1e4 if name == "lora-fair" else 10
     for layer in case.specs:
         for name_ in a.layers[layer]:
-            assert_close_rel(b.layers[layer][name_], a.layers[layer][name_], case.dtype, factor=10)
+            assert_close_rel(b.layers[layer][name_], a.layers[layer][name_], case.dtype, factor=factor)
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)

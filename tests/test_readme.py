@@ -1,0 +1,27 @@
+"""The README's methods table and commands stay in sync with the code."""
+
+import re
+from pathlib import Path
+
+from rolora.cli import BENCHMARKS, COMMANDS
+from rolora.federated import METHODS
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_every_method_has_a_row_in_the_methods_table():
+    rows = set(re.findall(r"^\| `([a-z-]+)` \|", README, flags=re.M))
+    assert rows == set(METHODS), f"README rows {sorted(rows)} != methods {sorted(METHODS)}"
+
+
+def test_every_command_is_documented():
+    for name in COMMANDS:
+        assert f"`rolora {name}" in README, f"rolora {name} is not in the README"
+    for name in BENCHMARKS:
+        assert f"`rolora bench {name}" in README, f"rolora bench {name} is not in the README"
+
+
+def test_quickstart_commands_are_the_ci_commands():
+    ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    assert "./dev.sh test" in README and "./dev.sh main" in README
+    assert ci.strip().splitlines()[-1] == "./dev.sh test", "CI must run exactly the README's test command"
