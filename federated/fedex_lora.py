@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 
 from .api import GlobalState, LayerSpec, LayerTensors
-from .lora_base import AB, LoRAMethod
+from .lora_base import AB, MergesIntoBase
 from .weights import weighted_product_sum, weighted_sum
 
 
-class FedExLoRA(LoRAMethod):
+class FedExLoRA(MergesIntoBase):
     """FedEx-LoRA: clients train and send A_k, B_k; the server broadcasts Ā, B̄ and the residual
     R = sum_k p_k B_k A_k − B̄Ā, which every client (participant or not) adds to its frozen
     weight: ``base ← base + s·R`` in W0's own d×n layout. Then base + s·B̄Ā equals
@@ -40,16 +39,6 @@ class FedExLoRA(LoRAMethod):
 
     def uploads(self, t: int) -> frozenset[str]:
         return AB
-
-    def init_layer(self, layer: str, spec: LayerSpec, rank: int, seed: int, dtype, device) -> LayerTensors:
-        out = super().init_layer(layer, spec, rank, seed, dtype, device)
-        out["base"] = torch.zeros(spec.out_features, spec.in_features, dtype=dtype, device=device)
-        return out
-
-    def start_layer(self, state, layer, rank, kept, client) -> LayerTensors:
-        out = super().start_layer(state, layer, rank, kept, client)
-        out["base"] = state.layers[layer]["base"].clone()
-        return out
 
     def aggregate_layer(
         self, state: GlobalState, layer: str, uploads: list[LayerTensors], weights: list[float],

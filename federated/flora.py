@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 
 from .api import GlobalState, LayerSpec, LayerTensors
-from .lora_base import AB, LoRAMethod, init_a, lora_shape
+from .lora_base import AB, MergesIntoBase, init_a, lora_shape
 from .seeding import derive_seed, kaiming_uniform
 from .weights import weighted_product_sum
 
 
-class FLoRA(LoRAMethod):
+class FLoRA(MergesIntoBase):
     """FLoRA (stacking): clients (any rank r_k) train A_k, B_k from a fresh init and send both; the
     server stacks B_stack = [p_1 s_1 B_1 ... p_K s_K B_K], A_stack = [A_1; ...; A_K] (so
     B_stack A_stack = sum_k p_k s_k B_k A_k exactly, in any client order) and every client merges
@@ -40,16 +40,6 @@ class FLoRA(LoRAMethod):
 
     def uploads(self, t: int) -> frozenset[str]:
         return AB
-
-    def init_layer(self, layer: str, spec: LayerSpec, rank: int, seed: int, dtype, device) -> LayerTensors:
-        out = super().init_layer(layer, spec, rank, seed, dtype, device)
-        out["base"] = torch.zeros(spec.out_features, spec.in_features, dtype=dtype, device=device)
-        return out
-
-    def start_layer(self, state, layer, rank, kept, client) -> LayerTensors:
-        out = super().start_layer(state, layer, rank, kept, client)
-        out["base"] = state.layers[layer]["base"].clone()
-        return out
 
     def fresh_a(self, state: GlobalState, layer: str, next_round: int) -> torch.Tensor:
         """The A every client starts round ``next_round`` from (reproducible from the seed)."""

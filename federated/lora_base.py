@@ -196,3 +196,18 @@ class LoRAMethod(Method):
             bytes_per_param=bytes_per_param,
             per_client=per_client,
         )
+
+
+class MergesIntoBase(LoRAMethod):
+    """A LoRA method that also changes W0: the server keeps a d×n ``base`` (the accumulated change,
+    added to the model's frozen weight) and every client, participant or not, starts from it."""
+
+    def init_layer(self, layer: str, spec: LayerSpec, rank: int, seed: int, dtype, device) -> LayerTensors:
+        out = super().init_layer(layer, spec, rank, seed, dtype, device)
+        out["base"] = torch.zeros(spec.out_features, spec.in_features, dtype=dtype, device=device)
+        return out
+
+    def start_layer(self, state, layer, rank, kept, client) -> LayerTensors:
+        out = super().start_layer(state, layer, rank, kept, client)
+        out["base"] = state.layers[layer]["base"].clone()
+        return out
