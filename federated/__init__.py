@@ -20,7 +20,7 @@ from .api import (
     ModelTensors,
     Weighting,
 )
-from .registry import METHODS, available_methods, get_method, methods_table
+from .registry import METHODS, available_methods, get_method, method_from_spec, methods_table
 from .schedule import AlternationSchedule
 
 __all__ = [
@@ -37,5 +37,6 @@ __all__ = [
     "Weighting",
     "available_methods",
     "get_method",
+    "method_from_spec",
     "methods_table",
 ]

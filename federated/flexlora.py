@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from .api import GlobalState, LayerTensors
@@ -12,21 +13,26 @@ from .weights import weighted_product_sum
 
 class FlexLoRA(LoRAMethod):
     """FlexLoRA: clients (any rank r_k) train and send A_k, B_k; the server forms
-    W_g = sum_k p_k s_k B_k A_k, takes its SVD U Σ Vᵀ and each client of rank r_k receives
-    ``B = U_r Σ_r / s_k`` (d×r_k) and ``A = V_rᵀ`` (r_k×n), so s_k·B·A is the best rank-r_k
-    approximation of W_g (Eckart–Young; error sqrt(sum_{j>r_k} σ_j²)).
+    W_g = sum_k p_k s_k B_k A_k, takes its SVD U Σ Vᵀ and each client of rank r_k receives factors
+    with s_k·B·A = U_r Σ_r V_rᵀ, the best rank-r_k approximation of W_g (Eckart–Young; error
+    sqrt(sum_{j>r_k} σ_j²)). How Σ is split between the factors is the ``split`` parameter.
 
-    Split of Σ (documented choice): all of Σ goes to B, A is orthonormal (PEFT keeps A as the
-    "input" factor; an orthonormal A keeps the next round's A-gradients well scaled).
-
-    Server state: ``A = V_Rᵀ`` and ``B = U_R Σ_R / s_max`` at the largest client rank R
-    (s_max = alpha/R); a client of rank r takes the first r rows/columns and rescales B by s_max/s_k.
+    Server state: the same split at the largest client rank R (s_max = alpha/R); a client of rank r
+    takes the first r rows of A / columns of B and rescales so that s_k·B·A is the rank-r truncation:
+    by s_max/s_k = r/R on B for ``split="B"``, by sqrt(r/R) on each factor for ``"balanced"``.
 
     Parameters
     ----------
     svd:
         ``"factored"`` (default): QR of the stacked factors and an SVD of the small (sum r_k)² core,
         never forming d×n. ``"dense"``: form W_g and run the full SVD (the reference; O(dn·min(d,n))).
+    split:
+        ``"B"`` (default, as in FlexLoRA's code): ``B = U_r Σ_r / s_k`` (d×r_k), ``A = V_rᵀ``
+        (r_k×n): all of Σ in B, A orthonormal. ``"balanced"``: ``B = U_r Σ_r^{1/2} / sqrt(s_k)``,
+        ``A = Σ_r^{1/2} V_rᵀ / sqrt(s_k)``: column j of B and row j of A have the same norm
+        sqrt(σ_j / s_k). Same product, but SGD steps on A are not magnified by the whole of Σ
+        (with ``"B"`` the gradient of A carries Bᵀ, i.e. Σ/s_k, which can make A-steps too large
+        at a learning rate that suits B).
     """
 
     name = "flexlora"
@@ -34,10 +40,15 @@ class FlexLoRA(LoRAMethod):
     mixes_ranks = True
     summary = "trains and sends A_k, B_k (any rank); server SVDs the mean product, sends each client its best rank-r_k part"
 
-    def __init__(self, svd: Literal["factored", "dense"] = "factored") -> None:
+    def __init__(
+        self, svd: Literal["factored", "dense"] = "factored", split: Literal["B", "balanced"] = "B"
+    ) -> None:
         if svd not in ("factored", "dense"):
             raise ValueError(f"svd must be 'factored' or 'dense', got {svd!r}")
+        if split not in ("B", "balanced"):
+            raise ValueError(f"split must be 'B' or 'balanced', got {split!r}")
         self.svd = svd
+        self.split = split
 
     def trains(self, t: int) -> frozenset[str]:
         return AB
@@ -48,8 +59,12 @@ class FlexLoRA(LoRAMethod):
     def start_layer(self, state, layer, rank, kept, client) -> LayerTensors:
         g = state.layers[layer]
         big_r = g["A"].shape[0]
-        # s_max/s_k = rank/big_r: the client's s_k·B·A is the rank-r truncation of the server's product.
-        return {"A": g["A"][:rank].clone(), "B": g["B"][:, :rank] * (rank / big_r)}
+        # s_k·B·A must equal s_max·B_r·A_r (the rank-r truncation of the server's product), so the
+        # factors together are rescaled by s_max/s_k = rank/big_r: all on B, or sqrt of it on each.
+        if self.split == "B":
+            return {"A": g["A"][:rank].clone(), "B": g["B"][:, :rank] * (rank / big_r)}
+        c = math.sqrt(rank / big_r)
+        return {"A": g["A"][:rank] * c, "B": g["B"][:, :rank] * c}
 
     def aggregate_layer(
         self, state: GlobalState, layer: str, uploads: list[LayerTensors], weights: list[float],
@@ -63,4 +78,7 @@ class FlexLoRA(LoRAMethod):
         else:
             u, s, vh = factored_truncated_svd(bs, as_, coefficients, big_r)
         s_max = state.alpha / big_r
-        return {"A": vh.contiguous(), "B": (u * (s / s_max)).contiguous()}
+        if self.split == "B":
+            return {"A": vh.contiguous(), "B": (u * (s / s_max)).contiguous()}
+        root = (s / s_max).sqrt()  # s_max·(U·root)(root·Vᵀ) = U Σ Vᵀ; s ≥ 0 (SVD, zero-padded)
+        return {"A": (root[:, None] * vh).contiguous(), "B": (u * root).contiguous()}

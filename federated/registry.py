@@ -38,6 +38,37 @@ def get_method(name: str, **params: object) -> Method:
         raise AggregationError(f"method {name!r}: bad parameters {params}: {err}") from err
 
 
+def _parse_value(text: str) -> object:
+    """A parameter value from the command line: int, float, bool, None, else the string itself."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def method_from_spec(spec: str) -> Method:
+    """A configured method from a command-line spec ``name[:key=value[:key=value...]]``.
+
+    Examples: ``"rolora"``, ``"rolora:period=2:start=A"``, ``"lora-fair:ridge=0.001"``. Values are
+    read as int, float, ``true``/``false``, ``none`` or else a string.
+    """
+    name, *pairs = spec.strip().split(":")
+    params: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise AggregationError(f"method spec {spec!r}: expected key=value after ':', got {pair!r}")
+        params[key.strip()] = _parse_value(value.strip())
+    return get_method(name, **params)
+
+
 def methods_table() -> str:
     """A Markdown table of every method built from its class attributes (for the README)."""
     lines = [

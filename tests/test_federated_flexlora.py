@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
 from test_federated_support import ALPHA, PROPERTY_SETTINGS, assert_close_rel, cases, init_for
@@ -19,10 +20,14 @@ def _gap_ok(s: torch.Tensor, r: int, dtype) -> bool:
     return float(s[r - 1] - s[r]) > (1e-6 if dtype == torch.float64 else 1e-2) * float(s[0])
 
 
+SPLITS = ["B", "balanced"]
+
+
+@pytest.mark.parametrize("split", SPLITS)
 @PROPERTY_SETTINGS
 @given(case=cases(mixed_ranks=True, max_clients=12, max_rank=12))
-def test_each_client_gets_its_best_rank_approximation(case):
-    method = get_method("flexlora")
+def test_each_client_gets_its_best_rank_approximation(split, case):
+    method = get_method("flexlora", split=split)
     state = init_for(method, case)
     _, updates, _ = synthetic_round(method, state, case.clients, case.samples, seed=case.seed)
     new = method.aggregate(state, updates, 1)
@@ -63,14 +68,73 @@ def test_factored_svd_matches_dense_reference(case):
             assert_close_rel((u1[:, :r] * s1[:r]) @ vh1[:r], (u2[:, :r] * s2[:r]) @ vh2[:r], case.dtype, factor=10)
 
 
-def test_dense_and_factored_methods_agree():
+@pytest.mark.parametrize("split", SPLITS)
+def test_dense_and_factored_methods_agree(split):
     case_specs = {"q": LayerSpec(30, 17)}
     ranks = {0: 2, 1: 4, 2: 3}
     out = []
     for svd in ("factored", "dense"):
-        method = get_method("flexlora", svd=svd)
+        method = get_method("flexlora", svd=svd, split=split)
         state = method.init(case_specs, ranks, alpha=ALPHA, seed=1, dtype=torch.float64)
         _, updates, _ = synthetic_round(method, state, [0, 1, 2], seed=2)
         new = method.aggregate(state, updates, 1)
         out.append(method.delta(new.layers["q"], ALPHA))
     torch.testing.assert_close(out[0], out[1], rtol=1e-10, atol=1e-10)
+
+
+@PROPERTY_SETTINGS
+@given(case=cases(mixed_ranks=True, max_clients=8, max_rank=10))
+def test_balanced_split_gives_equal_column_and_row_norms(case):
+    """split="balanced": for every client, column j of B and row j of A have norm sqrt(σ_j / s_k)."""
+    method = get_method("flexlora", split="balanced")
+    state = init_for(method, case)
+    _, updates, _ = synthetic_round(method, state, case.clients, case.samples, seed=case.seed)
+    new = method.aggregate(state, updates, 1)
+    for c in case.clients:
+        r = case.ranks[c]
+        start = method.client_start(new, c, None, 2)
+        for layer in case.specs:
+            b, a = start[layer]["B"].to(torch.float64), start[layer]["A"].to(torch.float64)
+            b_cols, a_rows = b.norm(dim=0), a.norm(dim=1)
+            assert_close_rel(b_cols, a_rows, case.dtype, factor=10)
+            # The common norm is sqrt(σ_j/s_k): their product times s_k gives back the spectrum.
+            sigma = torch.linalg.svdvals(method.delta(start[layer], ALPHA).to(torch.float64))
+            padded = torch.zeros(r, dtype=torch.float64)
+            padded[: min(r, sigma.shape[0])] = sigma[:r]
+            assert_close_rel(ALPHA / r * b_cols * a_rows, padded, case.dtype, factor=10)
+
+
+@PROPERTY_SETTINGS
+@given(case=cases(mixed_ranks=True, max_clients=8, max_rank=10))
+def test_splits_give_the_same_client_products(case):
+    """The split only moves Σ between the factors: every client's s_k·B·A is the same for both."""
+    deltas = []
+    for split in SPLITS:
+        method = get_method("flexlora", split=split)
+        state = init_for(method, case)
+        _, updates, _ = synthetic_round(method, state, case.clients, case.samples, seed=case.seed)
+        new = method.aggregate(state, updates, 1)
+        deltas.append({(c, layer): method.delta(t, ALPHA).to(torch.float64)
+                       for c in case.clients for layer, t in method.client_start(new, c, None, 2).items()})
+    for key in deltas[0]:
+        assert_close_rel(deltas[1][key], deltas[0][key], case.dtype, factor=10)
+
+
+def test_split_b_keeps_a_orthonormal_and_balanced_does_not():
+    """split="B" (the default) puts all of Σ in B: A has orthonormal rows; balanced scales them."""
+    specs, ranks = {"q": LayerSpec(30, 17)}, {0: 2, 1: 5}
+    out = {}
+    for split in SPLITS:
+        method = get_method("flexlora", split=split)
+        state = method.init(specs, ranks, alpha=ALPHA, seed=3, dtype=torch.float64)
+        _, updates, _ = synthetic_round(method, state, [0, 1], seed=4)
+        out[split] = method.aggregate(state, updates, 1).layers["q"]
+    a = out["B"]["A"]
+    torch.testing.assert_close(a @ a.T, torch.eye(5, dtype=torch.float64), rtol=0, atol=1e-10)
+    assert not torch.allclose(out["balanced"]["A"] @ out["balanced"]["A"].T, torch.eye(5, dtype=torch.float64))
+    assert get_method("flexlora").split == "B"
+
+
+def test_unknown_split_is_rejected():
+    with pytest.raises(ValueError, match="split must be 'B' or 'balanced'"):
+        get_method("flexlora", split="A")

@@ -101,3 +101,23 @@ def test_same_config_and_seed_give_bit_identical_rounds(name):
     for layer in SPECS:
         for k in finals[0].layers[layer]:
             assert torch.equal(finals[0].layers[layer][k], finals[1].layers[layer][k])
+
+
+def test_method_spec_passes_typed_parameters_to_the_constructor():
+    from rolora.federated import method_from_spec
+
+    method = method_from_spec("rolora:period=2:start=A")
+    assert (method.schedule.period, method.schedule.start) == (2, "A")
+    assert method_from_spec("lora-fair:ridge=0.001").ridge == 0.001
+    assert method_from_spec("ffa-lora").name == "ffa-lora"
+
+
+@pytest.mark.parametrize(
+    "spec, words",
+    [("rolora:period", "key=value"), ("rolora:bogus=1", "bogus"), ("nope", "valid names")],
+)
+def test_bad_method_spec_says_what_is_wrong(spec, words):
+    from rolora.federated import AggregationError, method_from_spec
+
+    with pytest.raises(AggregationError, match=words):
+        method_from_spec(spec)

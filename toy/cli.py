@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=_csv_list(SPLITS), default=DEFAULT_SPLITS,
                    help="federated split(s), comma-separated: 5x2 / 10x1 label-disjoint (paper), iid, dirichlet")
     p.add_argument("--methods", default=DEFAULT_METHODS,
-                   help="comma-separated method names of rolora.federated, or 'all'")
+                   help="comma-separated methods of rolora.federated, or 'all'; each a name with optional "
+                        "constructor parameters, e.g. rolora:period=2 or rolora:ffa_after=0.2:total_rounds=40")
     p.add_argument("--model", choices=("mlp", "linear"), default=d.model,
                    help="mlp: W_out·ReLU(ΔW x) (paper); linear: W_out·ΔW x (same without the ReLU)")
     p.add_argument("--rounds", type=_positive_int, default=d.rounds, help="federated rounds")
@@ -109,14 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the experiment grid, write PNG / CSV / JSON, print the summary. Returns the exit code."""
     args = build_parser().parse_args(argv)
-    from rolora.federated import available_methods
+    from rolora.federated import AggregationError, available_methods, method_from_spec
 
     methods = available_methods() if args.methods == "all" else _csv_list()(args.methods)
-    unknown = [m for m in methods if m not in available_methods()]
-    if unknown:
-        print(f"rolora toy: error: unknown method(s) {unknown}; valid: {', '.join(available_methods())}",
-              file=sys.stderr)
-        return 2
+    for spec in methods:  # fail before any training, naming the bad spec
+        try:
+            method_from_spec(spec)
+        except AggregationError as err:
+            print(f"rolora toy: error: {err}", file=sys.stderr)
+            return 2
 
     import torch
 

@@ -190,11 +190,11 @@ def run_federated(cfg: ToyConfig, data: Mnist, on_round: Callable[[int], None] |
 
     ``on_round(t)`` is called after each round (progress bars).
     """
-    from rolora.federated import get_method
+    from rolora.federated import method_from_spec
     from rolora.federated.api import ClientUpdate
 
     cfg.check()
-    method = get_method(cfg.method)
+    method = method_from_spec(cfg.method)
     parts = subsample(make_partition(cfg.split, data.train_y, cfg.seed, cfg.num_clients, cfg.alpha_dir),
                       cfg.subsample, cfg.seed)
     for k, idx in enumerate(parts):
