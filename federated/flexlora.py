@@ -19,7 +19,8 @@ class FlexLoRA(LoRAMethod):
 
     Server state: the same split at the largest client rank R (s_max = alpha/R); a client of rank r
     takes the first r rows of A / columns of B and rescales so that s_k·B·A is the rank-r truncation:
-    by s_max/s_k = r/R on B for ``split="B"``, by sqrt(r/R) on each factor for ``"balanced"``.
+    by s_max/s_k = r/R on B for ``split="B"``, by sqrt(r/R) on each factor for ``"balanced"``
+    (except at round 0, whose state is the init, not an SVD: there B alone is rescaled in both modes).
 
     Parameters
     ----------
@@ -61,7 +62,9 @@ class FlexLoRA(LoRAMethod):
         big_r = g["A"].shape[0]
         # s_k·B·A must equal s_max·B_r·A_r (the rank-r truncation of the server's product), so the
         # factors together are rescaled by s_max/s_k = rank/big_r: all on B, or sqrt of it on each.
-        if self.split == "B":
+        # Round 0 holds the method's init (Kaiming A, not a split SVD): rescale B only, so every
+        # client starts from PEFT's rank-independent A and both splits start identically.
+        if self.split == "B" or state.round == 0:
             return {"A": g["A"][:rank].clone(), "B": g["B"][:, :rank] * (rank / big_r)}
         c = math.sqrt(rank / big_r)
         return {"A": g["A"][:rank] * c, "B": g["B"][:, :rank] * c}
