@@ -23,13 +23,13 @@ from rolora.kernels.testing import rel_err
 K, N, R, ALPHA = 48, 80, 8, 16
 
 
-def _pair(dtype: torch.dtype, backend: str):
+def _pair(dtype: torch.dtype, backend: str, k: int = K, n: int = N, r: int = R, dropout: float = 0.0):
     torch.manual_seed(0)  # PEFT's own init draws from the global RNG; only the reference side uses it
-    base = nn.Sequential(OrderedDict(fc=nn.Linear(K, N))).to(dtype)
+    base = nn.Sequential(OrderedDict(fc=nn.Linear(k, n))).to(dtype)
     ours = copy.deepcopy(base)
-    ref = peft.get_peft_model(base, peft.LoraConfig(r=R, lora_alpha=ALPHA, target_modules=["fc"],
-                                                    lora_dropout=0.0, init_lora_weights=False))
-    inject_lora(ours, ["fc"], r=R, alpha=ALPHA, backend=backend)
+    ref = peft.get_peft_model(base, peft.LoraConfig(r=r, lora_alpha=ALPHA, target_modules=["fc"],
+                                                    lora_dropout=dropout, init_lora_weights=False))
+    inject_lora(ours, ["fc"], r=r, alpha=ALPHA, dropout=dropout, backend=backend)
     load_peft_state_dict(ours, peft.get_peft_model_state_dict(ref))
     return ours, ref
 
@@ -39,17 +39,37 @@ if triton_available():
     CASES += [("triton", torch.float32, 1e-4), ("triton", torch.float16, 1e-2)]
 
 
+# Shape × rank × dropout on the torch path (cheap); non-square layers both ways. Dropout is configured
+# but the models are in eval mode, where both must skip it (PEFT's training mask is global-RNG-drawn).
+SHAPE_CASES = [(K, N, R, 0.0), (96, 40, 1, 0.0), (40, 96, 64, 0.0), (K, N, R, 0.3)]
+TORCH_DTYPES = [(torch.float32, 1e-5), (torch.float16, 1e-2), (torch.bfloat16, 3e-2)]
+
+
+@pytest.mark.parametrize("dtype,tol", TORCH_DTYPES)
+@pytest.mark.parametrize("k,n,r,dropout", SHAPE_CASES)
+@pytest.mark.parametrize("phase", ["full", "B", "A"])
+def test_torch_path_matches_peft_across_shapes_ranks_dtypes(dtype, tol, k, n, r, dropout, phase):
+    _check_against_peft("torch", dtype, tol, phase, k, n, r, dropout)
+
+
 @pytest.mark.parametrize("backend,dtype,tol", CASES)
 @pytest.mark.parametrize("phase", ["full", "B", "A"])
 def test_layer_matches_peft_outputs_and_grads(backend, dtype, tol, phase):
-    ours, ref = _pair(dtype, backend)
+    _check_against_peft(backend, dtype, tol, phase)
+
+
+def _check_against_peft(backend, dtype, tol, phase, k=K, n=N, r=R, dropout=0.0):
+    ours, ref = _pair(dtype, backend, k, n, r, dropout)
+    if dropout:
+        ours.eval()
+        ref.eval()
     set_phase(ours, phase)
     ref_fc = ref.base_model.model.fc
     ref_fc.lora_A["default"].weight.requires_grad_(phase != "B")
     ref_fc.lora_B["default"].weight.requires_grad_(phase != "A")
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(3, 13, K, generator=gen).to(dtype)
-    gy = torch.randn(3, 13, N, generator=gen).to(dtype)
+    x = torch.randn(3, 13, k, generator=gen).to(dtype)
+    gy = torch.randn(3, 13, n, generator=gen).to(dtype)
     xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
     yo, yr = ours(xo), ref(xr)
     assert rel_err(yo, yr) <= tol
