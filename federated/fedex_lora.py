@@ -20,8 +20,9 @@ class FedExLoRA(MergesIntoBase):
     ----------
     residual_transport:
         How the residual's download is counted: ``"dense"`` (default, d·n per layer, what the
-        paper sends) or ``"factors"`` ((K+1)·r·(d+n): the stacked factors [p_k B_k, −B̄] and
-        [A_k; Ā], smaller when (K+1)·r·(d+n) < d·n). The arithmetic is the same.
+        paper sends) or ``"factors"`` ((K−1)·r·(d+n)): since sum_k p_k (B_k − B̄) = 0,
+        R = sum_{k<K} p_k (B_k − B̄)(A_k − A_K), K−1 rank-r blocks, nothing for one client; smaller
+        than dense when (K−1)·r·(d+n) < d·n). The arithmetic is the same.
     """
 
     name = "fedex-lora"
@@ -56,4 +57,4 @@ class FedExLoRA(MergesIntoBase):
         factors = rank * (d + n)
         if self.residual_transport == "dense":
             return factors + d * n
-        return factors + (len(round_ranks) + 1) * rank * (d + n)
+        return factors + max(len(round_ranks) - 1, 0) * rank * (d + n)

@@ -34,7 +34,7 @@ def get_method(name: str, **params: object) -> Method:
         raise AggregationError(f"unknown method {name!r}; valid names: {', '.join(available_methods())}")
     try:
         return METHODS[name](**params)
-    except TypeError as err:  # an unknown or missing parameter: say which method and what it takes
+    except (TypeError, ValueError) as err:  # unknown, missing or invalid parameter: name the method
         raise AggregationError(f"method {name!r}: bad parameters {params}: {err}") from err
 
 

@@ -6,6 +6,7 @@ Every error names the client, the layer, the tensor and what is wrong.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -125,7 +126,9 @@ def check_updates(
             raise AggregationError(f"{who}: more than one update from this client")
         seen.add(u.client)
         n = u.num_samples
-        if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
+        if isinstance(n, bool) or not isinstance(n, numbers.Real):  # numpy scalars are Real too
+            raise AggregationError(f"{who}: num_samples must be a real number, got {type(n).__name__} {n!r}")
+        if not math.isfinite(float(n)) or float(n) <= 0:
             raise AggregationError(f"{who}: num_samples must be a positive finite number, got {n!r}")
         rank = rank_of(state.ranks, u.client)
         if not isinstance(u.tensors, Mapping):

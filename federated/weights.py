@@ -19,7 +19,10 @@ def client_weights(updates: Sequence[ClientUpdate], weighting: Weighting) -> lis
     if weighting == "uniform":
         return [1.0 / len(updates)] * len(updates)
     if weighting == "samples":
-        total = math.fsum(float(u.num_samples) for u in updates)
+        try:
+            total = math.fsum(float(u.num_samples) for u in updates)
+        except OverflowError:
+            raise AggregationError("the sum of the clients' num_samples overflows a float") from None
         return [float(u.num_samples) / total for u in updates]
     raise AggregationError(f"weighting must be 'samples' or 'uniform', got {weighting!r}")
 

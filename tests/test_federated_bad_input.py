@@ -198,3 +198,31 @@ def test_upload_that_is_not_a_tensor(name):
     as_list = updates[1].tensors["v_proj"][key].tolist()
     _expect_error(method, state, [updates[0], _edit(updates[1], "v_proj", key, as_list)],
                   "client 1", "'v_proj'", "expected a torch.Tensor")
+
+
+def test_numpy_sample_counts_are_accepted_and_giant_ones_rejected_cleanly():
+    import numpy as np
+
+    method = get_method("rolora")
+    specs = {"q": LayerSpec(9, 5)}
+    state = method.init(specs, 2, alpha=8.0, seed=0, dtype=torch.float64)
+    _, updates, _ = synthetic_round(method, state, [0, 1], seed=3)
+    as_numpy = [ClientUpdate(u.client, np.int64(10 + i), u.tensors) for i, u in enumerate(updates)]
+    as_float = [ClientUpdate(u.client, float(10 + i), u.tensors) for i, u in enumerate(updates)]
+    assert torch.equal(method.aggregate(state, as_numpy, 1).layers["q"]["B"],
+                       method.aggregate(state, as_float, 1).layers["q"]["B"])
+    before = snapshot(state)
+    giant = [ClientUpdate(u.client, 1e308, u.tensors) for u in updates]
+    with pytest.raises(AggregationError, match="overflow"):
+        method.aggregate(state, giant, 1)
+    assert_state_equal(state, before)
+    with pytest.raises(AggregationError, match="real number"):
+        method.aggregate(state, [ClientUpdate(0, "10", updates[0].tensors)], 1)
+
+
+@pytest.mark.parametrize("spec", ["rolora:period=0", "rolora:ffa_after=0.5", "fedex-lora:residual_transport=x"])
+def test_invalid_method_parameters_raise_aggregation_error_naming_the_method(spec):
+    from rolora.federated import method_from_spec
+
+    with pytest.raises(AggregationError, match="method"):
+        method_from_spec(spec)
