@@ -87,6 +87,10 @@ def test_every_method_starts_from_the_same_function():
     lora = initial_state(get_method("fedavg-lora"), 16, 16.0, 0).layers[LAYER]
     full = initial_state(get_method("fedavg-full"), 16, 16.0, 0).layers[LAYER]
     torch.testing.assert_close(full["W"], lora["B"] @ lora["A"], rtol=1e-6, atol=1e-9)
+    # With s = alpha/r != 1 the scale must be in W too.
+    lora8 = initial_state(get_method("fedavg-lora"), 16, 8.0, 0).layers[LAYER]
+    full8 = initial_state(get_method("fedavg-full"), 16, 8.0, 0).layers[LAYER]
+    torch.testing.assert_close(full8["W"], 0.5 * lora8["B"] @ lora8["A"], rtol=1e-6, atol=1e-9)
     for name in ("ffa-lora", "flora", "fedsa-lora", "lora-fair"):
         other = initial_state(get_method(name), 16, 16.0, 0).layers[LAYER]
         torch.testing.assert_close(other["B"], lora["B"], rtol=0, atol=0, msg=name)
