@@ -20,7 +20,7 @@ from .api import (
     ModelTensors,
     Weighting,
 )
-from .registry import METHODS, available_methods, get_method, method_from_spec, methods_table
+from .registry import METHODS, available_methods, get_method, method_from_spec, methods_table, parse_method_spec
 from .schedule import AlternationSchedule
 
 __all__ = [
@@ -38,5 +38,6 @@ __all__ = [
     "available_methods",
     "get_method",
     "method_from_spec",
+    "parse_method_spec",
     "methods_table",
 ]

@@ -53,8 +53,8 @@ def _parse_value(text: str) -> object:
     return text
 
 
-def method_from_spec(spec: str) -> Method:
-    """A configured method from a command-line spec ``name[:key=value[:key=value...]]``.
+def parse_method_spec(spec: str) -> tuple[str, dict[str, object]]:
+    """Split a command-line spec ``name[:key=value[:key=value...]]`` into the name and its parameters.
 
     Examples: ``"rolora"``, ``"rolora:period=2:start=A"``, ``"lora-fair:ridge=0.001"``. Values are
     read as int, float, ``true``/``false``, ``none`` or else a string.
@@ -66,7 +66,14 @@ def method_from_spec(spec: str) -> Method:
         if not sep or not key:
             raise AggregationError(f"method spec {spec!r}: expected key=value after ':', got {pair!r}")
         params[key.strip()] = _parse_value(value.strip())
-    return get_method(name, **params)
+    return name, params
+
+
+def method_from_spec(spec: str, **defaults: object) -> Method:
+    """A configured method from a spec (see :func:`parse_method_spec`); ``defaults`` fill parameters
+    the spec does not give (e.g. ``total_rounds`` from the run's own round count)."""
+    name, params = parse_method_spec(spec)
+    return get_method(name, **{**defaults, **params})
 
 
 def methods_table() -> str:

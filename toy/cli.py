@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="federated split(s), comma-separated: 5x2 / 10x1 label-disjoint (paper), iid, dirichlet")
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated methods of rolora.federated, or 'all'; each a name with optional "
-                        "constructor parameters, e.g. rolora:period=2 or rolora:ffa_after=0.2:total_rounds=40")
+                        "constructor parameters, e.g. rolora:period=2 or rolora:ffa_after=0.2 (a fraction of --rounds)")
     p.add_argument("--model", choices=("mlp", "linear"), default=d.model,
                    help="mlp: W_out·ReLU(ΔW x) (paper); linear: W_out·ΔW x (same without the ReLU)")
     p.add_argument("--rounds", type=_positive_int, default=d.rounds, help="federated rounds")
@@ -110,12 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the experiment grid, write PNG / CSV / JSON, print the summary. Returns the exit code."""
     args = build_parser().parse_args(argv)
-    from rolora.federated import AggregationError, available_methods, method_from_spec
+    from rolora.federated import AggregationError, available_methods
+
+    from .train import make_method
 
     methods = available_methods() if args.methods == "all" else _csv_list()(args.methods)
     for spec in methods:  # fail before any training, naming the bad spec
         try:
-            method_from_spec(spec)
+            make_method(spec, args.rounds)
         except AggregationError as err:
             print(f"rolora toy: error: {err}", file=sys.stderr)
             return 2
