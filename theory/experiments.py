@@ -95,7 +95,8 @@ def theorem_contraction(seed: int, quick: bool = False, tick: Tick = _noop) -> E
             worst_measured_ratio=float(np.max(worst)), mean_measured_rate=float(np.mean(rates)),
             worst_ratio_over_bound=float(np.max(np.asarray(worst) / np.asarray(bounds))),
             bound_holds_every_round=bool(np.all(np.asarray(worst) <= np.asarray(bounds))),
-            rounds_to_1e6_measured=float(np.mean(reach)), rounds_to_1e6_bound=float(np.mean(predicted)),
+            rounds_to_1e6_measured=float(np.mean(reach)) if min(reach) >= 0 else float("nan"),  # nan: a seed never got there
+            rounds_to_1e6_bound=float(np.mean(predicted)),
         )
     return res
 
