@@ -62,8 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--r", help="comma list of ranks")
     p.add_argument("--dtype", help="comma list of bf16, fp16, fp32")
     p.add_argument("--methods", help=f"comma list of {','.join(METHODS)} (default: all)")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="timed repeats per measurement (default: 20 CPU; do_bench's 100 ms on GPU)")
+    p.add_argument("--repeats", type=int, default=20,
+                   help="CPU only: timed calls per measurement, median reported (default 20)")
+    p.add_argument("--rep-ms", type=float, default=100.0,
+                   help="GPU only: milliseconds of timed calls per measurement, passed to "
+                        "triton.testing.do_bench as rep (default 100)")
     p.add_argument("--input-sets", type=int, default=3, help="inputs rotated between calls (default 3)")
     p.add_argument("--cpu-threads", type=int, default=1,
                    help="torch threads when timing on CPU (default 1: steadier on a shared machine)")
@@ -149,20 +152,21 @@ def saved_bytes(module: nn.Module, x: Tensor) -> int:
     return total
 
 
-def _timer(cuda: bool, repeats: int | None) -> Callable[[Callable[[], object]], float]:
+def _timer(cuda: bool, repeats: int, rep_ms: float) -> Callable[[Callable[[], object]], float]:
+    """Median milliseconds per call: do_bench over ``rep_ms`` ms on GPU, ``repeats`` calls on CPU."""
     if cuda:
         import triton.testing
 
         def gpu_time(fn: Callable[[], object]) -> float:
-            kwargs = {"rep": repeats} if repeats else {}
-            return float(triton.testing.do_bench(fn, warmup=25, return_mode="median", **kwargs))
+            # do_bench's rep is a time budget in ms (it picks the call count), not a repeat count.
+            return float(triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"))
         return gpu_time
 
     def cpu_time(fn: Callable[[], object]) -> float:
         for _ in range(5):  # warm-up: allocator, first-call dispatch
             fn()
         samples = []
-        for _ in range(repeats or 20):
+        for _ in range(repeats):
             t0 = time.perf_counter()
             fn()
             samples.append((time.perf_counter() - t0) * 1e3)
@@ -242,7 +246,10 @@ def _run(args: argparse.Namespace) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"rolora bench kernels: error: unknown methods {unknown}, choose from {METHODS}")
-    timer = _timer(cuda, args.repeats)
+    if args.repeats < 1 or not args.rep_ms > 0:
+        raise SystemExit(f"rolora bench kernels: error: --repeats must be ≥ 1 and --rep-ms > 0, got "
+                         f"{args.repeats} and {args.rep_ms}")
+    timer = _timer(cuda, args.repeats, args.rep_ms)
     configs = [(s, m, r, d, meth) for s in shapes for m in ms for r in rs for d in dts for meth in methods]
     from tqdm import tqdm
 

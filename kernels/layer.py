@@ -15,9 +15,20 @@ from torch import Tensor, nn
 from rolora.kernels.op import BACKENDS, LoRAPhase, lora_linear, phase_of
 
 
-def _mix_seed(seed: int, step: int) -> int:
-    """A per-call dropout seed from (module seed, call count): deterministic, no global RNG."""
-    return (seed * 1_000_003 + step * 2_654_435_761 + 12_345) % (2**31 - 1)
+def _init_seed(seed: int) -> int:
+    """The seed of A's initialisation, derived from the module seed (distinct from W0's stream)."""
+    return (seed * 1_000_003 - 2_654_435_761 + 12_345) % (2**31 - 1)
+
+
+def draw_dropout_seed() -> torch.Tensor:
+    """A fresh per-call dropout seed: a 0-d int64 tensor drawn from torch's default CPU generator.
+
+    Drawn from torch's RNG (as ``nn.Dropout`` draws its mask) on purpose: ``torch.utils.checkpoint``
+    saves and restores that state, so its re-run of the forward regenerates the same mask, and
+    ``torch.compile`` sees a tensor (data) rather than a changing Python attribute (no recompiles).
+    Consequence: dropout randomness follows ``torch.manual_seed``, exactly like nn.Dropout / PEFT.
+    """
+    return torch.randint(0, 2**31 - 1, (), dtype=torch.int64)
 
 
 class LoRALinear(nn.Module):
@@ -29,7 +40,9 @@ class LoRALinear(nn.Module):
         dropout: dropout probability on the LoRA path's input (training mode only).
         bias: whether the frozen layer has a bias.
         backend: "auto" | "torch" | "triton" (see ``rolora.kernels.op.lora_linear``).
-        seed: seeds A's initialisation and the per-call dropout seeds.
+        seed: seeds the initialisation of W0 (unless ``init_weight=False``) and of A. It does not
+            seed dropout: each training call draws its dropout seed from torch's RNG (see
+            ``draw_dropout_seed``), so masks follow ``torch.manual_seed`` like ``nn.Dropout``.
         adapter_dtype: dtype of A and B (fp32 by default, as PEFT keeps them under half base weights).
         init_weight: initialise W0 like ``nn.Linear`` (False leaves it uninitialised: the caller fills it).
     """
@@ -53,7 +66,6 @@ class LoRALinear(nn.Module):
                      if bias else None)
         self.lora_A = nn.Parameter(torch.empty(r, in_features, device=device, dtype=adapter_dtype))
         self.lora_B = nn.Parameter(torch.empty(out_features, r, device=device, dtype=adapter_dtype))
-        self._calls = 0  # counts training forwards with dropout, for fresh per-call seeds
         if init_weight:  # W0 initialised as nn.Linear does (from_linear skips this and shares instead)
             gen = torch.Generator().manual_seed(seed)
             w = torch.empty(out_features, in_features)
@@ -69,7 +81,7 @@ class LoRALinear(nn.Module):
 
     def reset_lora_parameters(self) -> None:
         """PEFT's default init, seeded: A ~ kaiming-uniform(a=√5), B = 0."""
-        gen = torch.Generator().manual_seed(_mix_seed(self.seed, -1))
+        gen = torch.Generator().manual_seed(_init_seed(self.seed))
         a = torch.empty(self.lora_A.shape, dtype=torch.float32)
         nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=gen)
         with torch.no_grad():
@@ -107,10 +119,8 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         p = self.dropout if self.training else 0.0
-        seed = 0
-        if p > 0.0:
-            seed = _mix_seed(self.seed, self._calls)
-            self._calls += 1
+        # Only training calls with dropout consume torch's RNG (eval and p = 0 leave it untouched).
+        seed = draw_dropout_seed() if p > 0.0 else 0
         return lora_linear(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scale, p, seed,
                            self.backend)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import operator
 from typing import Optional
 
 import torch
@@ -101,16 +102,21 @@ def dropout_keep_mask(seed: int, rows: int, cols: int, p: float, device: torch.d
 @torch.library.custom_op("rolora::lora_linear_fwd", mutates_args=())
 def lora_linear_fwd(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_A: Tensor, lora_B: Tensor,
-    scale: float, dropout_p: float, seed: int, backend: str,
+    scale: float, dropout_p: float, seed: Tensor, backend: str,
 ) -> tuple[Tensor, Tensor]:
-    """Forward on 2-D x (M×K), backend already resolved: returns (y M×N, S = x̂ Aᵀ M×r)."""
+    """Forward on 2-D x (M×K), backend already resolved: returns (y M×N, S = x̂ Aᵀ M×r).
+
+    ``seed`` is a 0-d int64 tensor (on the CPU, whatever x's device): a tensor, not an int, so
+    ``torch.compile`` treats it as data and does not specialise (recompile) on each new value.
+    """
+    seed_int = int(seed.item())
     # Autocast must not re-cast inside: the entry point already chose the compute dtype.
     with torch.autocast(x.device.type, enabled=False):
         if backend == "triton":
             from rolora.kernels.triton_kernels import triton_lora_forward
 
-            return triton_lora_forward(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed)
-        return torch_lora_forward(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed)
+            return triton_lora_forward(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed_int)
+        return torch_lora_forward(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed_int)
 
 
 @lora_linear_fwd.register_fake
@@ -122,16 +128,17 @@ def _lora_linear_fwd_fake(x, weight, bias, lora_A, lora_B, scale, dropout_p, see
 @torch.library.custom_op("rolora::lora_linear_bwd", mutates_args=())
 def lora_linear_bwd(
     grad_y: Tensor, x: Optional[Tensor], weight: Tensor, lora_A: Tensor, lora_B: Tensor,
-    s: Optional[Tensor], scale: float, dropout_p: float, seed: int, backend: str,
+    s: Optional[Tensor], scale: float, dropout_p: float, seed: Tensor, backend: str,
     need_dx: bool, need_dA: bool, need_dB: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Backward: (dx, dA, dB); a gradient not asked for comes back as an empty placeholder."""
+    seed_int = int(seed.item())  # the forward's seed: the same mask is regenerated
     with torch.autocast(grad_y.device.type, enabled=False):
         if backend == "triton":
             from rolora.kernels.triton_kernels import triton_lora_backward as impl
         else:
             impl = torch_lora_backward
-        dx, da, db = impl(grad_y, x, weight, lora_A, lora_B, s, scale, dropout_p, seed,
+        dx, da, db = impl(grad_y, x, weight, lora_A, lora_B, s, scale, dropout_p, seed_int,
                           need_dx, need_dA, need_dB)
     empty = grad_y.new_empty(0)  # custom ops cannot return None
     return (dx if dx is not None else empty, da if da is not None else empty.clone(),
@@ -154,18 +161,21 @@ def _setup_context(ctx, inputs, output) -> None:
     need_dx, _, need_dbias, need_dA, need_dB = ctx.needs_input_grad[:5]
     ctx.mark_non_differentiable(s)  # S is an auxiliary output, kept for dB only
     ctx.flags = (need_dx, need_dbias, need_dA, need_dB)
-    ctx.args = (scale, dropout_p, seed, backend)
-    # The phase economy: x only if dA is needed, S only if dB is needed.
-    ctx.save_for_backward(x if need_dA else None, weight, lora_A, lora_B, s if need_dB else None)
+    ctx.args = (scale, dropout_p, backend)
+    # The phase economy: x only if dA is needed, S only if dB is needed. The 0-d seed tensor is
+    # saved too: backward regenerates the forward's mask from it.
+    ctx.save_for_backward(x if need_dA else None, weight, lora_A, lora_B, s if need_dB else None, seed)
 
 
 def _backward(ctx, grad_y: Tensor, _grad_s: Tensor):
-    x, weight, lora_A, lora_B, s = ctx.saved_tensors
+    x, weight, lora_A, lora_B, s, seed = ctx.saved_tensors
     need_dx, need_dbias, need_dA, need_dB = ctx.flags
+    scale, dropout_p, backend = ctx.args
     dx = da = db = dbias = None
     if need_dx or need_dA or need_dB:
         dx, da, db = torch.ops.rolora.lora_linear_bwd(
-            grad_y, x, weight, lora_A, lora_B, s, *ctx.args, need_dx, need_dA, need_dB)
+            grad_y, x, weight, lora_A, lora_B, s, scale, dropout_p, seed, backend,
+            need_dx, need_dA, need_dB)
         dx, da, db = (dx if need_dx else None), (da if need_dA else None), (db if need_dB else None)
     if need_dbias:
         dbias = grad_y.sum(0)
@@ -210,9 +220,23 @@ def _check(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_
                          "freeze it with weight.requires_grad_(False)")
 
 
+def _seed_tensor(seed: int | Tensor) -> Tensor:
+    """The dropout seed as the 0-d int64 CPU tensor the custom ops take."""
+    if isinstance(seed, Tensor):
+        if seed.numel() != 1 or seed.is_floating_point() or seed.is_complex():
+            raise ValueError(f"seed must be an int or a 0-d integer tensor, got {seed.dtype} "
+                             f"of shape {tuple(seed.shape)}")
+        return seed.reshape(()).to(device="cpu", dtype=torch.int64)
+    try:
+        value = operator.index(seed)  # int, numpy integers; not float
+    except TypeError:
+        raise ValueError(f"seed must be an int or a 0-d integer tensor, got {type(seed).__name__}") from None
+    return torch.tensor(value, dtype=torch.int64)
+
+
 def lora_linear(
     x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
-    scale: float, dropout_p: float = 0.0, seed: int = 0, backend: str = "auto",
+    scale: float, dropout_p: float = 0.0, seed: int | Tensor = 0, backend: str = "auto",
 ) -> Tensor:
     """y = x W0ᵀ (+ bias) + scale · dropout(x) Aᵀ Bᵀ, differentiable in x, bias, A and B.
 
@@ -224,7 +248,11 @@ def lora_linear(
             with half activations): gradients come back in their own dtype.
         scale: s = alpha / r.
         dropout_p: dropout on the LoRA path's input; the mask is regenerated from ``seed``.
-        seed: dropout seed (ignored when dropout_p = 0). Use a fresh one per call in training.
+        seed: dropout seed (ignored when dropout_p = 0): a Python int or a 0-d integer tensor (what
+            ``LoRALinear`` passes, drawn from torch's RNG, so ``torch.compile`` does not specialise
+            on it). It is kept as a 0-d int64 tensor on the CPU whatever x's device: the custom ops
+            read it with ``.item()`` on the host and the kernels take it as a scalar argument. Use a
+            fresh one per call in training.
         backend: "auto" (Triton on CUDA when available, else PyTorch), "torch" or "triton".
 
     Under autocast, x, W0 and bias are cast to the autocast dtype (as ``nn.Linear`` would be);
@@ -250,5 +278,5 @@ def lora_linear(
         elif dropout_p > 0.0 and x2.shape[0] * k >= 2**31:
             raise ValueError(f"dropout offsets are int32: M·K = {x2.shape[0] * k} must be < 2³¹")
     y2, _ = torch.ops.rolora.lora_linear_fwd(x2, weight, bias, lora_A, lora_B, float(scale),
-                                             float(dropout_p), int(seed), resolved)
+                                             float(dropout_p), _seed_tensor(seed), resolved)
     return y2.reshape(*lead, n)

@@ -33,8 +33,8 @@ from torch import Tensor
 def torch_dropout_keep_mask(seed: int, rows: int, cols: int, p: float, device: torch.device) -> Tensor:
     """Keep-mask (bool, rows×cols) of the PyTorch path for ``seed``: True with probability 1 − p.
 
-    A private generator seeded per call, so forward and backward regenerate identical masks and the
-    global RNG is never touched.
+    A private generator seeded per call, so forward and backward regenerate identical masks; this
+    function never touches the global RNG (``LoRALinear`` draws the per-call *seed* from it).
     """
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))

@@ -12,8 +12,9 @@ and written again for the add, and autograd keeps a dropout copy of x. Here:
               6. ``_da_kernel``         dA = dSᵀ x̂            (only when A trains; regenerates keep)
 
 Conventions. x is M×K, W0 is N×K, A is r×K, B is N×r (PyTorch/PEFT layout). Every pointer is
-addressed through explicit strides, so non-contiguous 2-D views need no copy. ``tl.dot`` needs every
-dimension ≥ 16, so the rank is padded to R_PAD = max(16, next_pow2(r)) by masked loads (zeros in the
+addressed through explicit strides, so non-contiguous 2-D views need no copy; every row and column
+offset is widened to int64 before it multiplies a stride (N·K or M·K may exceed 2³¹). ``tl.dot``
+needs every dimension ≥ 16, so the rank is padded to R_PAD = max(16, next_pow2(r)) by masked loads (zeros in the
 padding, which add nothing). Activations (x, W0, bias, dY) share one dtype; adapters may be in another
 (fp32 under autocast) and are converted to the activation dtype when loaded; accumulation is fp32.
 The two M-reductions (dB, dA) are split over ``split`` programs that write fp32 partials, summed by
@@ -153,12 +154,12 @@ def _shrink_kernel(
     acc = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k.to(tl.int64)[None, :] * stride_xk,
                     mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
         if HAS_DROPOUT:
             x = tl.where(_keep(seed, offs_m, offs_k, K, p), x, 0.0).to(x.dtype)
         # Aᵀ tile [BLOCK_K, R_PAD]: padded ranks load as zeros.
-        at = tl.load(a_ptr + offs_r[None, :] * stride_ar + offs_k[:, None] * stride_ak,
+        at = tl.load(a_ptr + offs_r[None, :] * stride_ar + offs_k.to(tl.int64)[:, None] * stride_ak,
                      mask=(offs_r[None, :] < R) & (offs_k[:, None] < K), other=0.0)
         acc = tl.dot(x, at.to(x.dtype), acc, input_precision=DOT_PRECISION)
     if HAS_DROPOUT:
@@ -172,7 +173,7 @@ def _fused_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, s_ptr, b_ptr, y_ptr,
     M, N, K, R, scale,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_sm, stride_sr, stride_bn, stride_br,
-    stride_ym, stride_yn,
+    stride_ym, stride_yn, stride_bias,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     R_PAD: tl.constexpr, GROUP_M: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -186,10 +187,10 @@ def _fused_fwd_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k.to(tl.int64)[None, :] * stride_xk,
                     mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
         # W0ᵀ tile [BLOCK_K, BLOCK_N] read straight from the N×K weight.
-        wt = tl.load(w_ptr + cols[None, :] * stride_wn + offs_k[:, None] * stride_wk,
+        wt = tl.load(w_ptr + cols[None, :] * stride_wn + offs_k.to(tl.int64)[:, None] * stride_wk,
                      mask=(offs_n[None, :] < N) & (offs_k[:, None] < K), other=0.0)
         acc = tl.dot(x, wt, acc, input_precision=DOT_PRECISION)
     # Low-rank epilogue: one more (padded) K-step of depth R_PAD.
@@ -199,7 +200,7 @@ def _fused_fwd_kernel(
                  mask=(offs_n[None, :] < N) & (offs_r[:, None] < R), other=0.0)
     acc += scale * tl.dot(s.to(x.dtype), bt.to(x.dtype), input_precision=DOT_PRECISION)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        acc += tl.load(bias_ptr + cols * stride_bias, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :] * stride_yn,
              acc.to(y_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
@@ -219,9 +220,9 @@ def _ds_kernel(
     acc = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        dy = tl.load(dy_ptr + rows[:, None] * stride_dym + offs_n[None, :] * stride_dyn,
+        dy = tl.load(dy_ptr + rows[:, None] * stride_dym + offs_n.to(tl.int64)[None, :] * stride_dyn,
                      mask=(offs_m[:, None] < M) & (offs_n[None, :] < N), other=0.0)
-        b = tl.load(b_ptr + offs_n[:, None] * stride_bn + offs_r[None, :] * stride_br,
+        b = tl.load(b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn + offs_r[None, :] * stride_br,
                     mask=(offs_n[:, None] < N) & (offs_r[None, :] < R), other=0.0)
         acc = tl.dot(dy, b.to(dy.dtype), acc, input_precision=DOT_PRECISION)
     tl.store(ds_ptr + rows[:, None] * stride_dsm + offs_r[None, :] * stride_dsr,
@@ -246,12 +247,13 @@ def _db_kernel(
         offs_m = mt * BLOCK_M + tl.arange(0, BLOCK_M)
         rows = offs_m.to(tl.int64)
         # dYᵀ tile [BLOCK_N, BLOCK_M] and S tile [BLOCK_M, R_PAD].
-        dyt = tl.load(dy_ptr + rows[None, :] * stride_dym + offs_n[:, None] * stride_dyn,
+        dyt = tl.load(dy_ptr + rows[None, :] * stride_dym + offs_n.to(tl.int64)[:, None] * stride_dyn,
                       mask=(offs_m[None, :] < M) & (offs_n[:, None] < N), other=0.0)
         s = tl.load(s_ptr + rows[:, None] * stride_sm + offs_r[None, :] * stride_sr,
                     mask=(offs_m[:, None] < M) & (offs_r[None, :] < R), other=0.0)
         acc = tl.dot(dyt, s.to(dyt.dtype), acc, input_precision=DOT_PRECISION)
-    tl.store(part_ptr + pid_s * stride_pp + offs_n[:, None] * stride_pn + offs_r[None, :] * stride_pr,
+    tl.store(part_ptr + pid_s * stride_pp + offs_n.to(tl.int64)[:, None] * stride_pn
+             + offs_r[None, :] * stride_pr,
              acc * scale, mask=(offs_n[:, None] < N) & (offs_r[None, :] < R))
 
 
@@ -274,19 +276,21 @@ def _dx_kernel(
     # Low-rank part first (one K-step of depth R_PAD), so dropout applies to it alone.
     ds = tl.load(ds_ptr + rows[:, None] * stride_dsm + offs_r[None, :] * stride_dsr,
                  mask=(offs_m[:, None] < M) & (offs_r[None, :] < R), other=0.0)
-    a = tl.load(a_ptr + offs_r[:, None] * stride_ar + offs_k[None, :] * stride_ak,
+    a = tl.load(a_ptr + offs_r[:, None] * stride_ar + offs_k.to(tl.int64)[None, :] * stride_ak,
                 mask=(offs_r[:, None] < R) & (offs_k[None, :] < K), other=0.0)
     acc = tl.dot(ds, a.to(ds.dtype), input_precision=DOT_PRECISION)
     if HAS_DROPOUT:
         acc = tl.where(_keep(seed, offs_m, offs_k, K, p), acc * inv_keep, 0.0)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        dy = tl.load(dy_ptr + rows[:, None] * stride_dym + offs_n[None, :] * stride_dyn,
+        dy = tl.load(dy_ptr + rows[:, None] * stride_dym + offs_n.to(tl.int64)[None, :] * stride_dyn,
                      mask=(offs_m[:, None] < M) & (offs_n[None, :] < N), other=0.0)
-        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
+        # int64 column offsets: n·stride_wn reaches N·K, which can exceed 2³¹.
+        w = tl.load(w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
+                    + offs_k.to(tl.int64)[None, :] * stride_wk,
                     mask=(offs_n[:, None] < N) & (offs_k[None, :] < K), other=0.0)
         acc = tl.dot(dy, w, acc, input_precision=DOT_PRECISION)
-    tl.store(dx_ptr + rows[:, None] * stride_dxm + offs_k[None, :] * stride_dxk,
+    tl.store(dx_ptr + rows[:, None] * stride_dxm + offs_k.to(tl.int64)[None, :] * stride_dxk,
              acc.to(dx_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_k[None, :] < K))
 
 
@@ -310,14 +314,15 @@ def _da_kernel(
         rows = offs_m.to(tl.int64)
         dst = tl.load(ds_ptr + rows[None, :] * stride_dsm + offs_r[:, None] * stride_dsr,
                       mask=(offs_m[None, :] < M) & (offs_r[:, None] < R), other=0.0)
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k.to(tl.int64)[None, :] * stride_xk,
                     mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
         if HAS_DROPOUT:
             x = tl.where(_keep(seed, offs_m, offs_k, K, p), x, 0.0).to(x.dtype)
         acc = tl.dot(dst.to(x.dtype), x, acc, input_precision=DOT_PRECISION)
     if HAS_DROPOUT:
         acc = acc * inv_keep
-    tl.store(part_ptr + pid_s * stride_pp + offs_r[:, None] * stride_pr + offs_k[None, :] * stride_pk,
+    tl.store(part_ptr + pid_s * stride_pp + offs_r[:, None] * stride_pr
+             + offs_k.to(tl.int64)[None, :] * stride_pk,
              acc, mask=(offs_r[:, None] < R) & (offs_k[None, :] < K))
 
 
@@ -373,6 +378,7 @@ def triton_lora_forward(
         m, n, k, r, scale,
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), s.stride(0), s.stride(1),
         lora_B.stride(0), lora_B.stride(1), y.stride(0), y.stride(1),
+        bias.stride(0) if bias is not None else 0,
         HAS_BIAS=bias is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         R_PAD=r_pad, GROUP_M=cfg.group_m, DOT_PRECISION=prec,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

@@ -24,9 +24,10 @@ def test_bench_main_tiny_config_writes_csv(tmp_path, capsys):
     rows = list(csv.DictReader(out.open()))
     assert [r["method"] for r in rows] == ["frozen", "peft", "addmm", "full", "B-only", "A-only"]
     saved = {r["method"]: float(r["saved_mib"]) for r in rows}
-    # Measured by hooks: the frozen layer keeps no activation; B-only keeps only S (16×4 fp32).
+    # Measured by hooks: the frozen layer keeps no activation; B-only keeps only S (16×4 fp32) and
+    # the 0-d int64 dropout seed (8 bytes).
     assert saved["frozen"] == 0.0
-    assert saved["B-only"] * 2**20 == 16 * 4 * 4
+    assert saved["B-only"] * 2**20 == 16 * 4 * 4 + 8
     assert saved["B-only"] < saved["A-only"] <= saved["full"]
 
 
@@ -47,3 +48,28 @@ def test_addmm_baseline_matches_float64_and_saves_x():
     for name, g, r in zip(("y", "dx", "dA", "dB"), (y, x.grad, layer.lora_A.grad, layer.lora_B.grad), ref):
         assert rel_err(g, r) <= 1e-5, name
     assert saved_bytes(layer, x) == x.numel() * 4
+
+
+def test_gpu_timer_passes_rep_ms_as_do_bench_time_budget(monkeypatch):
+    # do_bench's `rep` is milliseconds, so the option feeding it must be milliseconds too.
+    pytest.importorskip("triton")
+    import triton.testing
+
+    from rolora.kernels.bench import _parser, _timer
+
+    seen = {}
+
+    def fake_do_bench(fn, **kwargs):
+        seen.update(kwargs)
+        return 1.5
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
+    args = _parser().parse_args(["--rep-ms", "37", "--repeats", "3"])
+    assert _timer(True, args.repeats, args.rep_ms)(lambda: None) == 1.5
+    assert seen["rep"] == 37.0
+    calls = []
+    _timer(False, args.repeats, args.rep_ms)(lambda: calls.append(1))
+    assert len(calls) == 5 + 3  # 5 warm-up calls, then --repeats timed calls
+    for bad in (["--repeats", "0"], ["--rep-ms", "0"]):
+        with pytest.raises(SystemExit):
+            main(bad + ["--no-progress"])

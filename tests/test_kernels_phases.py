@@ -48,7 +48,8 @@ def test_saved_tensors_and_grads_per_phase(backend, phase, keeps_x, keeps_s):
     shapes, y = _saved_shapes(layer, x)
     assert ((M, K) in shapes) == keeps_x, f"{phase}: saved {shapes}"
     assert ((M, R) in shapes) == keeps_s, f"{phase}: saved {shapes}"
-    assert all(s[0] != M for s in shapes if s not in [(M, K), (M, R)]), shapes  # nothing else per-row
+    assert () in shapes, shapes  # the 0-d dropout seed, kept so backward regenerates the mask
+    assert all(s[:1] != (M,) for s in shapes if s not in [(M, K), (M, R)]), shapes  # nothing else per-row
     y.sum().backward()
     assert layer.weight.grad is None and layer.bias.grad is None
     assert (layer.lora_A.grad is not None) == (phase != LoRAPhase.B_ONLY)
@@ -86,8 +87,12 @@ def test_b_phase_backward_never_computes_da(monkeypatch):
 def test_dropout_seeds_are_fresh_per_call_and_reproducible():
     a, b = _layer("torch"), _layer("torch")
     x = torch.randn(M, K, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(5)  # per-call dropout seeds come from torch's RNG, like nn.Dropout
     ya1, ya2 = a(x), a(x)
     assert not torch.equal(ya1, ya2)  # a new mask each training call
-    torch.testing.assert_close(b(x), ya1, rtol=0, atol=0)  # same seed, same call count: same mask
+    torch.manual_seed(5)
+    torch.testing.assert_close(b(x), ya1, rtol=0, atol=0)  # same torch seed: same mask
     a.eval()
+    state = torch.get_rng_state()
     torch.testing.assert_close(a(x), a(x), rtol=0, atol=0)  # no dropout in eval
+    assert torch.equal(state, torch.get_rng_state())  # and eval draws nothing from the RNG

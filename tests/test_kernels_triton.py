@@ -130,3 +130,12 @@ def test_compiled_module_with_triton_backend_on_gpu():
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
     compiled.sum().backward()
     assert layer.lora_A.grad is not None and layer.lora_B.grad is not None
+
+
+def test_triton_non_contiguous_bias():
+    # A strided bias view (every other element) must be read through its stride, not as contiguous.
+    pb = make_problem((37,), 48, 80, 4, torch.float32, seed=12, device=DEVICE)
+    wide = torch.randn(2 * 80, generator=torch.Generator().manual_seed(13)).to(DEVICE)
+    pb.bias = wide[::2]
+    assert not pb.bias.is_contiguous()
+    _compare(pb, "full", 0.0, 0, TOL[torch.float32])
