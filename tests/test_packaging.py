@@ -1,6 +1,7 @@
 """The folders install as subpackages of one `rolora` package, never as top-level `kernels`/`llm`."""
 
 import importlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,9 +20,14 @@ def test_each_area_imports_as_a_rolora_subpackage(area):
 
 
 def test_wheel_holds_only_the_rolora_package(tmp_path):
+    # Build from a clean copy: setuptools reuses an in-tree build/ folder, whose stale files would
+    # leak into the wheel (and the build would litter the checkout).
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "out", "*.egg-info", ".hypothesis", "__pycache__", ".pytest_cache"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(ROOT)],
+         "-w", str(tmp_path), str(src)],
         check=True, capture_output=True, text=True,
     )
     (wheel,) = tmp_path.glob("rolora-*.whl")
