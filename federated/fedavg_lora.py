@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .api import GlobalState, LayerTensors
-from .lora_base import AB, LoRAMethod
+from .lora_base import LoRAMethod
 from .weights import weighted_sum
 
 
@@ -18,12 +18,6 @@ class FedAvgLoRA(LoRAMethod):
     exact = "no"
     mixes_ranks = False
     summary = "trains A and B, sends A and B; server averages each factor (inexact)"
-
-    def trains(self, t: int) -> frozenset[str]:
-        return AB
-
-    def uploads(self, t: int) -> frozenset[str]:
-        return AB
 
     def aggregate_layer(
         self, state: GlobalState, layer: str, uploads: list[LayerTensors], weights: list[float],

@@ -6,7 +6,7 @@ from typing import Literal
 
 
 from .api import GlobalState, LayerSpec, LayerTensors
-from .lora_base import AB, MergesIntoBase
+from .lora_base import MergesIntoBase
 from .weights import weighted_product_sum, weighted_sum
 
 
@@ -34,12 +34,6 @@ class FedExLoRA(MergesIntoBase):
         if residual_transport not in ("dense", "factors"):
             raise ValueError(f"residual_transport must be 'dense' or 'factors', got {residual_transport!r}")
         self.residual_transport = residual_transport
-
-    def trains(self, t: int) -> frozenset[str]:
-        return AB
-
-    def uploads(self, t: int) -> frozenset[str]:
-        return AB
 
     def aggregate_layer(
         self, state: GlobalState, layer: str, uploads: list[LayerTensors], weights: list[float],

@@ -6,7 +6,7 @@ import math
 from typing import Literal
 
 from .api import GlobalState, LayerTensors
-from .lora_base import AB, LoRAMethod
+from .lora_base import LoRAMethod
 from .svd import dense_truncated_svd, factored_truncated_svd
 from .weights import weighted_product_sum
 
@@ -50,12 +50,6 @@ class FlexLoRA(LoRAMethod):
             raise ValueError(f"split must be 'B' or 'balanced', got {split!r}")
         self.svd = svd
         self.split = split
-
-    def trains(self, t: int) -> frozenset[str]:
-        return AB
-
-    def uploads(self, t: int) -> frozenset[str]:
-        return AB
 
     def start_layer(self, state, layer, rank, kept, client) -> LayerTensors:
         g = state.layers[layer]

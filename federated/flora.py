@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .api import GlobalState, LayerSpec, LayerTensors
-from .lora_base import AB, MergesIntoBase, init_a, lora_shape
+from .lora_base import MergesIntoBase, init_a, lora_shape
 from .seeding import derive_seed, kaiming_uniform
 from .weights import weighted_product_sum
 
@@ -34,12 +34,6 @@ class FLoRA(MergesIntoBase):
 
     def __init__(self, fresh_a_per_round: bool = True) -> None:
         self.fresh_a_per_round = bool(fresh_a_per_round)
-
-    def trains(self, t: int) -> frozenset[str]:
-        return AB
-
-    def uploads(self, t: int) -> frozenset[str]:
-        return AB
 
     def fresh_a(self, state: GlobalState, layer: str, next_round: int) -> torch.Tensor:
         """The A every client starts round ``next_round`` from (reproducible from the seed)."""

@@ -54,6 +54,14 @@ class LoRAMethod(Method):
     uses_ranks: ClassVar[bool] = True
     """False for full-rank methods, which accept and ignore any ranks."""
 
+    def trains(self, t: int) -> frozenset[str]:
+        """Default: clients train both factors every round."""
+        return AB
+
+    def uploads(self, t: int) -> frozenset[str]:
+        """Default: clients send both factors every round."""
+        return AB
+
     # ----------------------------------------------------------------------------- round 0
     def init(
         self,

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .api import GlobalState, LayerTensors
-from .lora_base import AB, LoRAMethod
+from .lora_base import LoRAMethod
 from .svd import linalg_dtype
 from .weights import weighted_sum
 
@@ -54,12 +54,6 @@ class LoRAFAIR(LoRAMethod):
         if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not math.isfinite(ridge) or ridge < 0:
             raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
         self.ridge = float(ridge)
-
-    def trains(self, t: int) -> frozenset[str]:
-        return AB
-
-    def uploads(self, t: int) -> frozenset[str]:
-        return AB
 
     def aggregate_layer(
         self, state: GlobalState, layer: str, uploads: list[LayerTensors], weights: list[float],
