@@ -9,7 +9,10 @@
 See :mod:`rolora.federated.api` for the round protocol.
 """
 
-from .api import (
+if __name__ != "rolora.federated":  # e.g. `import federated` from the repository root: a second copy
+    raise ImportError(f"imported as {__name__!r}: import rolora.federated instead (the repository root is package rolora)")
+
+from rolora.federated.api import (
     AggregationError,
     ClientUpdate,
     CommCost,
@@ -20,8 +23,8 @@ from .api import (
     ModelTensors,
     Weighting,
 )
-from .registry import METHODS, available_methods, get_method, method_from_spec, methods_table, parse_method_spec
-from .schedule import AlternationSchedule
+from rolora.federated.registry import METHODS, available_methods, get_method, method_from_spec, methods_table, parse_method_spec
+from rolora.federated.schedule import AlternationSchedule
 
 __all__ = [
     "AggregationError",

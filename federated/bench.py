@@ -32,10 +32,10 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from .api import ClientUpdate, LayerSpec, Method
-from .registry import available_methods, get_method
-from .synthetic import synthetic_round
-from .validation import check_updates
+from rolora.federated.api import ClientUpdate, LayerSpec, Method
+from rolora.federated.registry import available_methods, get_method
+from rolora.federated.synthetic import synthetic_round
+from rolora.federated.validation import check_updates
 
 QUICK = {"layers": 4, "shape": (1024, 768), "clients": [10, 50], "repeats": 3}
 """``--quick``: small enough for a 2-core CPU in well under a minute (overrides --layers/--dim/--shape/--clients)."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .api import AggregationError, GlobalState, LayerSpec, LayerTensors, ModelTensors
-from .lora_base import LoRAMethod, init_a
-from .seeding import derive_seed, kaiming_uniform
-from .validation import check_kept
-from .weights import weighted_product_sum
+from rolora.federated.api import AggregationError, GlobalState, LayerSpec, LayerTensors, ModelTensors
+from rolora.federated.lora_base import LoRAMethod, init_a
+from rolora.federated.seeding import derive_seed, kaiming_uniform
+from rolora.federated.validation import check_kept
+from rolora.federated.weights import weighted_product_sum
 
 TRAINS = frozenset({"A", "M", "B1", "B2"})
 UPLOADS = frozenset({"B1", "B2"})
@@ -74,7 +74,7 @@ class FedALoRA(LoRAMethod):
 
     def personal_init(self, state: GlobalState, layer: str, rank: int) -> LayerTensors:
         """A client's round-0 personal tensors (reproducible from the state's seed)."""
-        spec, seed = state.specs[layer], state.extras["seed"]
+        spec, seed = state.specs[layer], state.seed
         ref = state.layers[layer]["B_base"]
         dtype, device = ref.dtype, ref.device
         ri = self.inner_rank

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .api import GlobalState, LayerSpec, LayerTensors
-from .lora_base import LoRAMethod
-from .weights import weighted_sum
+from rolora.federated.api import GlobalState, LayerSpec, LayerTensors
+from rolora.federated.lora_base import LoRAMethod
+from rolora.federated.weights import weighted_sum
 
 ONLY_W = frozenset({"W"})
 

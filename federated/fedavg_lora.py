@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .api import GlobalState, LayerTensors
-from .lora_base import LoRAMethod
-from .weights import weighted_sum
+from rolora.federated.api import GlobalState, LayerTensors
+from rolora.federated.lora_base import LoRAMethod
+from rolora.federated.weights import weighted_sum
 
 
 class FedAvgLoRA(LoRAMethod):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 
-from .api import GlobalState, LayerSpec, LayerTensors
-from .lora_base import MergesIntoBase
-from .weights import weighted_product_sum, weighted_sum
+from rolora.federated.api import GlobalState, LayerSpec, LayerTensors
+from rolora.federated.lora_base import MergesIntoBase
+from rolora.federated.weights import weighted_product_sum, weighted_sum
 
 
 class FedExLoRA(MergesIntoBase):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .api import GlobalState, LayerTensors, ModelTensors
-from .lora_base import AB, LoRAMethod
-from .validation import check_kept
-from .weights import weighted_sum
+from rolora.federated.api import GlobalState, LayerTensors, ModelTensors
+from rolora.federated.lora_base import AB, LoRAMethod
+from rolora.federated.validation import check_kept
+from rolora.federated.weights import weighted_sum
 
 ONLY_A = frozenset({"A"})
 ONLY_B = frozenset({"B"})

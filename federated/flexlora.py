@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from .api import GlobalState, LayerTensors
-from .lora_base import LoRAMethod
-from .svd import dense_truncated_svd, factored_truncated_svd
-from .weights import weighted_product_sum
+from rolora.federated.api import GlobalState, LayerTensors
+from rolora.federated.lora_base import LoRAMethod
+from rolora.federated.svd import dense_truncated_svd, factored_truncated_svd
+from rolora.federated.weights import weighted_product_sum
 
 
 class FlexLoRA(LoRAMethod):

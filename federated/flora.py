@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .api import GlobalState, LayerSpec, LayerTensors
-from .lora_base import MergesIntoBase, init_a, lora_shape
-from .seeding import derive_seed, kaiming_uniform
-from .weights import weighted_product_sum
+from rolora.federated.api import GlobalState, LayerSpec, LayerTensors
+from rolora.federated.lora_base import MergesIntoBase, init_a, lora_shape
+from rolora.federated.seeding import derive_seed, kaiming_uniform
+from rolora.federated.weights import weighted_product_sum
 
 
 class FLoRA(MergesIntoBase):
@@ -39,7 +39,7 @@ class FLoRA(MergesIntoBase):
         """The A every client starts round ``next_round`` from (reproducible from the seed)."""
         a = state.layers[layer]["A"]
         spec = state.specs[layer]
-        seed = state.extras["seed"]
+        seed = state.seed
         if not self.fresh_a_per_round:
             return init_a(layer, spec, a.shape[0], seed, a.dtype, a.device)
         return kaiming_uniform(

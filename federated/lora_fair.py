@@ -7,10 +7,10 @@ import math
 import torch
 from torch import Tensor
 
-from .api import GlobalState, LayerTensors
-from .lora_base import LoRAMethod
-from .svd import linalg_dtype
-from .weights import weighted_sum
+from rolora.federated.api import GlobalState, LayerTensors
+from rolora.federated.lora_base import LoRAMethod
+from rolora.federated.svd import linalg_dtype
+from rolora.federated.weights import weighted_sum
 
 
 def ridge_correction(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .api import AggregationError, GlobalState
+from rolora.federated.api import AggregationError, GlobalState
 
 RankMap = dict[int | str | None, int]
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from .api import AggregationError, Method
-from .fed_alora import FedALoRA
-from .fedavg_full import FedAvgFull
-from .fedavg_lora import FedAvgLoRA
-from .fedex_lora import FedExLoRA
-from .fedsa_lora import FedSALoRA
-from .ffa_lora import FFALoRA
-from .flexlora import FlexLoRA
-from .flora import FLoRA
-from .lora_fair import LoRAFAIR
-from .rolora import RoLoRA
+from rolora.federated.api import AggregationError, Method
+from rolora.federated.fed_alora import FedALoRA
+from rolora.federated.fedavg_full import FedAvgFull
+from rolora.federated.fedavg_lora import FedAvgLoRA
+from rolora.federated.fedex_lora import FedExLoRA
+from rolora.federated.fedsa_lora import FedSALoRA
+from rolora.federated.ffa_lora import FFALoRA
+from rolora.federated.flexlora import FlexLoRA
+from rolora.federated.flora import FLoRA
+from rolora.federated.lora_fair import LoRAFAIR
+from rolora.federated.rolora import RoLoRA
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .api import GlobalState, LayerTensors
-from .lora_base import LoRAMethod
-from .schedule import AlternationSchedule
-from .weights import weighted_sum
+from rolora.federated.api import GlobalState, LayerTensors
+from rolora.federated.lora_base import LoRAMethod
+from rolora.federated.schedule import AlternationSchedule
+from rolora.federated.weights import weighted_sum
 
 
 class RoLoRA(LoRAMethod):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .weights import weighted_product_sum
+from rolora.federated.weights import weighted_product_sum
 
 
 def linalg_dtype(dtype: torch.dtype) -> torch.dtype:

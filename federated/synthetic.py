@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .api import ClientUpdate, GlobalState, Method, ModelTensors
-from .seeding import derive_seed
+from rolora.federated.api import ClientUpdate, GlobalState, Method, ModelTensors
+from rolora.federated.seeding import derive_seed
 
 
 def perturb_trained(

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .api import AggregationError, ClientUpdate, GlobalState, LayerSpec
-from .ranks import rank_of
+from rolora.federated.api import AggregationError, ClientUpdate, GlobalState, LayerSpec
+from rolora.federated.ranks import rank_of
 
 ShapeFn = Callable[[str, LayerSpec, int], tuple[int, ...]]
 """(tensor name, layer spec, client rank) -> the shape that tensor must have."""

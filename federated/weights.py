@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .api import AggregationError, ClientUpdate, Weighting
+from rolora.federated.api import AggregationError, ClientUpdate, Weighting
 
 
 def client_weights(updates: Sequence[ClientUpdate], weighting: Weighting) -> list[float]:

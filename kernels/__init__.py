@@ -12,6 +12,9 @@ Public API:
 Triton is imported lazily: without it (or without a GPU) everything runs on the PyTorch path.
 """
 
+if __name__ != "rolora.kernels":  # e.g. `import kernels` from the repository root: a second copy
+    raise ImportError(f"imported as {__name__!r}: import rolora.kernels instead (the repository root is package rolora)")
+
 from rolora.kernels.layer import LoRALinear, inject_lora, lora_modules, set_phase
 from rolora.kernels.op import LoRAPhase, dropout_keep_mask, lora_linear, phase_of, resolve_backend
 from rolora.kernels.peft_compat import load_peft_state_dict, parse_peft_key, peft_key, peft_state_dict

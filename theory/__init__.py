@@ -19,3 +19,6 @@ Modules:
 
 This package imports only NumPy, SciPy, Matplotlib (lazily, in ``plots``) and tqdm; never torch.
 """
+
+if __name__ != "rolora.theory":  # e.g. `import theory` from the repository root: a second copy
+    raise ImportError(f"imported as {__name__!r}: import rolora.theory instead (the repository root is package rolora)")

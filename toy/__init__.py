@@ -8,3 +8,6 @@ Modules: ``data`` (safe MNIST loading), ``partition`` (federated splits), ``mode
 initial state), ``train`` (local training, evaluation, the federated loop), ``experiment`` (the grid of
 splits × methods), ``plots`` (PNG + CSV), ``cli`` (``rolora toy``).
 """
+
+if __name__ != "rolora.toy":  # e.g. `import toy` from the repository root: a second copy
+    raise ImportError(f"imported as {__name__!r}: import rolora.toy instead (the repository root is package rolora)")

@@ -14,8 +14,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .partition import SPLITS
-from .train import OPTIMIZERS, ToyConfig
+from rolora.toy.partition import SPLITS
+from rolora.toy.train import OPTIMIZERS, ToyConfig
 
 DEFAULT_SPLITS = "5x2,10x1"
 DEFAULT_METHODS = "fedavg-lora,ffa-lora,rolora"
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from rolora.federated import AggregationError, available_methods
 
-    from .train import make_method
+    from rolora.toy.train import make_method
 
     methods = available_methods() if args.methods == "all" else _csv_list()(args.methods)
     for spec in methods:  # fail before any training, naming the bad spec
@@ -124,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from .data import MnistDataError, load_mnist
-    from .experiment import run_grid, summary_table
-    from .plots import plot_histories, write_csv
+    from rolora.toy.data import MnistDataError, load_mnist
+    from rolora.toy.experiment import run_grid, summary_table
+    from rolora.toy.plots import plot_histories, write_csv
 
     torch.set_num_threads(args.threads)
     base = ToyConfig(

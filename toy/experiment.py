@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from .data import Mnist
-from .train import History, ToyConfig, run_federated
+from rolora.toy.data import Mnist
+from rolora.toy.train import History, ToyConfig, run_federated
 
 
 def run_grid(splits: Sequence[str], methods: Sequence[str], base: ToyConfig, data: Mnist,

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from rolora.federated.api import GlobalState, Method
 
-from .model import layer_specs
+from rolora.toy.model import layer_specs
 
 UP_PROJECTIONS = ("B", "B_base")
 """State tensor names that are up-projections (d×·) which the core starts at zero."""

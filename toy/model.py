@@ -29,7 +29,7 @@ from torch import Tensor
 
 from rolora.federated.api import LayerSpec, Method
 
-from .data import NUM_CLASSES, NUM_PIXELS
+from rolora.toy.data import NUM_CLASSES, NUM_PIXELS
 
 LAYER = "hidden"
 """Name of the single targeted layer."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data import NUM_CLASSES
+from rolora.toy.data import NUM_CLASSES
 
 SPLITS = ("5x2", "10x1", "iid", "dirichlet")
 """Split names accepted by :func:`make_partition`."""

@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from .train import History
+from rolora.toy.train import History
 
 SPLIT_TITLES = {
     "5x2": "5 clients × 2 labels",

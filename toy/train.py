@@ -30,10 +30,10 @@ from torch import Tensor
 
 from rolora.federated.api import Method
 
-from .data import NUM_CLASSES, Mnist
-from .init_state import initial_state
-from .model import LAYER, logits, make_w_out
-from .partition import make_partition, subsample
+from rolora.toy.data import NUM_CLASSES, Mnist
+from rolora.toy.init_state import initial_state
+from rolora.toy.model import LAYER, logits, make_w_out
+from rolora.toy.partition import make_partition, subsample
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -68,8 +68,8 @@ class ToyConfig:
 
     def check(self) -> None:
         """Raise ValueError naming the first bad field."""
-        from .model import KINDS
-        from .partition import SPLITS
+        from rolora.toy.model import KINDS
+        from rolora.toy.partition import SPLITS
 
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
