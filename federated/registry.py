@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from rolora.federated.api import AggregationError, Method
 from rolora.federated.fed_alora import FedALoRA
 from rolora.federated.fedavg_full import FedAvgFull
@@ -69,11 +71,19 @@ def parse_method_spec(spec: str) -> tuple[str, dict[str, object]]:
     return name, params
 
 
-def method_from_spec(spec: str, **defaults: object) -> Method:
-    """A configured method from a spec (see :func:`parse_method_spec`); ``defaults`` fill parameters
-    the spec does not give (e.g. ``total_rounds`` from the run's own round count)."""
+def method_from_spec(spec: str, total_rounds: int | None = None) -> Method:
+    """A configured method from a spec (see :func:`parse_method_spec`) for a run of ``total_rounds``.
+
+    Methods whose constructor takes ``total_rounds`` (RoLoRA, for its ``ffa_after`` hand-over, a
+    fraction of the run) get the run's count; a spec that states a different count is an error,
+    since the fraction would then refer to some other run.
+    """
     name, params = parse_method_spec(spec)
-    return get_method(name, **{**defaults, **params})
+    if total_rounds is not None and name in METHODS and "total_rounds" in inspect.signature(METHODS[name]).parameters:
+        given = params.setdefault("total_rounds", total_rounds)
+        if given != total_rounds:
+            raise AggregationError(f"method {spec!r}: total_rounds={given} but the run has {total_rounds} rounds")
+    return get_method(name, **params)
 
 
 def methods_table() -> str:

@@ -112,6 +112,18 @@ def test_method_spec_passes_typed_parameters_to_the_constructor():
     assert method_from_spec("ffa-lora").name == "ffa-lora"
 
 
+def test_method_spec_takes_the_hand_over_fraction_of_the_runs_rounds():
+    from rolora.federated import AggregationError, method_from_spec
+
+    method = method_from_spec("rolora:ffa_after=0.25", total_rounds=8)
+    assert [method.schedule.factor(t) for t in range(1, 9)] == ["B", "A", "B", "B", "B", "B", "B", "B"]
+    assert method_from_spec("rolora:ffa_after=0.25:total_rounds=8", total_rounds=8).schedule.total_rounds == 8
+    with pytest.raises(AggregationError, match="total_rounds=9 but the run has 8"):
+        method_from_spec("rolora:ffa_after=0.25:total_rounds=9", total_rounds=8)
+    # methods without a round-count parameter are not handed one
+    assert method_from_spec("flexlora:split=balanced", total_rounds=3).split == "balanced"
+
+
 @pytest.mark.parametrize(
     "spec, words",
     [("rolora:period", "key=value"), ("rolora:bogus=1", "bogus"), ("nope", "valid names")],

@@ -117,14 +117,3 @@ def test_evaluate_with_the_test_label_mix_is_plain_accuracy(mnist):
 def test_bad_config_names_the_field(mnist, field, value):
     with pytest.raises(ValueError, match=field):
         run_federated(dataclasses.replace(TINY, **{field: value}), mnist)
-
-
-def test_make_method_takes_the_hand_over_fraction_of_this_runs_rounds():
-    from rolora.federated import AggregationError
-    from rolora.toy.train import make_method
-
-    method = make_method("rolora:ffa_after=0.25", rounds=8)
-    assert [method.schedule.factor(t) for t in range(1, 9)] == ["B", "A", "B", "B", "B", "B", "B", "B"]
-    with pytest.raises(AggregationError, match="total_rounds=9 but the run has 8"):
-        make_method("rolora:ffa_after=0.25:total_rounds=9", rounds=8)
-    assert make_method("flexlora:split=balanced", rounds=3).split == "balanced"

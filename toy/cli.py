@@ -110,14 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the experiment grid, write PNG / CSV / JSON, print the summary. Returns the exit code."""
     args = build_parser().parse_args(argv)
-    from rolora.federated import AggregationError, available_methods
-
-    from rolora.toy.train import make_method
+    from rolora.federated import AggregationError, available_methods, method_from_spec
 
     methods = available_methods() if args.methods == "all" else _csv_list()(args.methods)
     for spec in methods:  # fail before any training, naming the bad spec
         try:
-            make_method(spec, args.rounds)
+            method_from_spec(spec, total_rounds=args.rounds)
         except AggregationError as err:
             print(f"rolora toy: error: {err}", file=sys.stderr)
             return 2

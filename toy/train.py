@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rolora.federated.api import Method
+from rolora.federated.registry import method_from_spec
 
 from rolora.toy.data import NUM_CLASSES, Mnist
 from rolora.toy.init_state import initial_state
@@ -185,22 +186,6 @@ def evaluate(method: Method, models: Sequence[Mapping[str, Tensor]], label_mix: 
     return float(w @ accs), float(w @ losses)
 
 
-def make_method(spec: str, rounds: int) -> Method:
-    """The federated method of a spec (``name[:key=value...]``) for a run of ``rounds`` rounds.
-
-    A hand-over fraction (RoLoRA's ``ffa_after``) is a fraction of *this run's* rounds: its
-    ``total_rounds`` defaults to ``rounds``, and a different explicit value is an error.
-    """
-    from rolora.federated import AggregationError, get_method, parse_method_spec
-
-    name, params = parse_method_spec(spec)
-    if "ffa_after" in params:
-        given = params.setdefault("total_rounds", rounds)
-        if given != rounds:
-            raise AggregationError(f"method {spec!r}: total_rounds={given} but the run has {rounds} rounds")
-    return get_method(name, **params)
-
-
 def run_federated(cfg: ToyConfig, data: Mnist, on_round: Callable[[int], None] | None = None) -> History:
     """Run ``cfg.rounds`` federated rounds of ``cfg.method`` on MNIST; return the per-round history.
 
@@ -209,7 +194,7 @@ def run_federated(cfg: ToyConfig, data: Mnist, on_round: Callable[[int], None] |
     from rolora.federated.api import ClientUpdate
 
     cfg.check()
-    method = make_method(cfg.method, cfg.rounds)
+    method = method_from_spec(cfg.method, total_rounds=cfg.rounds)
     parts = subsample(make_partition(cfg.split, data.train_y, cfg.seed, cfg.num_clients, cfg.alpha_dir),
                       cfg.subsample, cfg.seed)
     for k, idx in enumerate(parts):
