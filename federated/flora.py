@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rolora.federated.api import GlobalState, LayerSpec, LayerTensors
+from rolora.federated.api import Exactness, GlobalState, LayerSpec, LayerTensors
 from rolora.federated.lora_base import MergesIntoBase, init_a, lora_shape
 from rolora.federated.seeding import derive_seed, kaiming_uniform
 from rolora.federated.weights import weighted_product_sum
@@ -28,7 +28,7 @@ class FLoRA(MergesIntoBase):
     """
 
     name = "flora"
-    exact = "yes"
+    exact = Exactness.EXACT
     mixes_ranks = True
     summary = "trains and sends fresh A_k, B_k (any rank); server stacks them, all clients merge into W0 and re-init"
 

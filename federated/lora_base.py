@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import torch
 
-from .api import (
+from rolora.federated.api import (
     AggregationError,
     ClientUpdate,
     CommCost,
@@ -25,10 +25,11 @@ from .api import (
     ModelTensors,
     Weighting,
 )
-from .ranks import check_uniform_ranks, max_rank, normalise_ranks, participant_ranks, rank_of
-from .seeding import derive_seed, kaiming_uniform
-from .validation import check_round_number, check_specs, check_updates
-from .weights import client_weights
+from rolora.federated.dense import average_dense, check_dense, initial_dense
+from rolora.federated.ranks import check_uniform_ranks, max_rank, normalise_ranks, participant_ranks, rank_of
+from rolora.federated.seeding import derive_seed, kaiming_uniform
+from rolora.federated.validation import check_round_number, check_specs, check_updates
+from rolora.federated.weights import client_weights
 
 AB = frozenset({"A", "B"})
 
@@ -71,9 +72,11 @@ class LoRAMethod(Method):
         seed: int,
         dtype=None,
         device=None,
+        dense: Mapping[str, torch.Tensor] | None = None,
     ) -> GlobalState:
         """Round-0 state: A Kaiming-uniform (PEFT default) from ``seed``, B = 0, identical everywhere.
 
+        ``dense`` (optional) are plainly averaged tensors such as a classification head, copied.
         With mixed ranks the server keeps factors of the largest rank and a client of rank r uses
         the first r rows of A and the first r columns of B.
         """
@@ -93,7 +96,8 @@ class LoRAMethod(Method):
             layer: self.init_layer(layer, spec, r, seed, dtype, device) for layer, spec in specs.items()
         }
         return GlobalState(
-            round=0, alpha=float(alpha), layers=layers, ranks=rank_map, specs=specs, extras={"seed": seed}
+            round=0, alpha=float(alpha), layers=layers, ranks=rank_map, specs=specs, seed=seed,
+            dense=initial_dense(dense),
         )
 
     def init_layer(self, layer: str, spec: LayerSpec, rank: int, seed: int, dtype, device) -> LayerTensors:
@@ -144,6 +148,7 @@ class LoRAMethod(Method):
     ) -> GlobalState:
         """The server's new state after round t. Validates everything before computing."""
         check_updates(state, updates, t, self.uploads(t), self.shape_of)
+        check_dense(state, updates)
         weights = client_weights(updates, weighting)
         ranks = [rank_of(state.ranks, u.client) for u in updates]
         with torch.no_grad():
@@ -151,7 +156,8 @@ class LoRAMethod(Method):
                 layer: self.aggregate_layer(state, layer, [u.tensors[layer] for u in updates], weights, ranks, t)
                 for layer in state.specs
             }
-        return replace(state, round=t, layers=layers)
+            dense = average_dense(state, updates, weights)
+        return replace(state, round=t, layers=layers, dense=dense)
 
     def aggregate_layer(
         self,
@@ -181,6 +187,7 @@ class LoRAMethod(Method):
         t: int,
         clients: Sequence[int | str] | int = 1,
         bytes_per_param: int = 4,
+        dense_params: int = 0,
     ) -> CommCost:
         """Parameters sent per participating client in round t (upload) and received (download).
 
@@ -191,8 +198,8 @@ class LoRAMethod(Method):
         round_ranks = list(per_rank.values())
         per_client = {
             c: (
-                sum(self.upload_params(spec, r, t) for spec in specs.values()),
-                sum(self.download_params(spec, r, t, round_ranks) for spec in specs.values()),
+                dense_params + sum(self.upload_params(spec, r, t) for spec in specs.values()),
+                dense_params + sum(self.download_params(spec, r, t, round_ranks) for spec in specs.values()),
             )
             for c, r in per_rank.items()
         }

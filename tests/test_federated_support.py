@@ -80,12 +80,16 @@ def assert_state_equal(a: GlobalState, b: GlobalState) -> None:
     """Bit-for-bit equality of two states (tensors with torch.equal, the rest with ==)."""
     assert a.round == b.round and a.alpha == b.alpha
     assert dict(a.ranks) == dict(b.ranks) and dict(a.specs) == dict(b.specs)
-    assert dict(a.extras) == dict(b.extras)
-    assert a.layers.keys() == b.layers.keys()
+    assert dict(a.extras) == dict(b.extras) and a.seed == b.seed
+    assert list(a.dense) == list(b.dense)
+    for name in a.dense:
+        assert a.dense[name].dtype == b.dense[name].dtype and torch.equal(a.dense[name], b.dense[name]), name
+    assert list(a.layers) == list(b.layers)
     for layer in a.layers:
         assert a.layers[layer].keys() == b.layers[layer].keys(), layer
         for name in a.layers[layer]:
-            assert torch.equal(a.layers[layer][name], b.layers[layer][name]), (layer, name)
+            x, y = a.layers[layer][name], b.layers[layer][name]
+            assert x.dtype == y.dtype and torch.equal(x, y), (layer, name)
 
 
 ALL_METHODS = available_methods()
