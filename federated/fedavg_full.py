@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rolora.federated.api import GlobalState, LayerSpec, LayerTensors
+from rolora.federated.api import Exactness, GlobalState, LayerSpec, LayerTensors
 from rolora.federated.lora_base import LoRAMethod
 from rolora.federated.weights import weighted_sum
 
@@ -18,7 +18,7 @@ class FedAvgFull(LoRAMethod):
     """
 
     name = "fedavg-full"
-    exact = "yes"
+    exact = Exactness.EXACT
     mixes_ranks = True  # ranks play no role
     uses_ranks = False
     summary = "trains the full d×n update W, sends W; server averages W (exact, dn per layer)"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rolora.federated.api import GlobalState, LayerTensors
+from rolora.federated.api import Exactness, GlobalState, LayerTensors
 from rolora.federated.lora_base import LoRAMethod
 from rolora.federated.weights import weighted_sum
 
@@ -15,7 +15,7 @@ class FedAvgLoRA(LoRAMethod):
     """
 
     name = "fedavg-lora"
-    exact = "no"
+    exact = Exactness.INEXACT
     mixes_ranks = False
     summary = "trains A and B, sends A and B; server averages each factor (inexact)"
 

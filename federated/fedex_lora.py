@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 
-from rolora.federated.api import GlobalState, LayerSpec, LayerTensors
+from rolora.federated.api import Exactness, GlobalState, LayerSpec, LayerTensors
 from rolora.federated.lora_base import MergesIntoBase
 from rolora.federated.weights import weighted_product_sum, weighted_sum
 
@@ -26,7 +26,7 @@ class FedExLoRA(MergesIntoBase):
     """
 
     name = "fedex-lora"
-    exact = "yes"
+    exact = Exactness.EXACT
     mixes_ranks = False
     summary = "trains and sends A and B; server averages them and folds the exact residual into W0 (exact)"
 

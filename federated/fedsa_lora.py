@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rolora.federated.api import GlobalState, LayerTensors, ModelTensors
+from rolora.federated.api import Exactness, GlobalState, LayerTensors, ModelTensors
 from rolora.federated.lora_base import AB, LoRAMethod
 from rolora.federated.validation import check_kept
 from rolora.federated.weights import weighted_sum
@@ -18,9 +18,8 @@ class FedSALoRA(LoRAMethod):
     """
 
     name = "fedsa-lora"
-    exact = "personalised"
+    exact = Exactness.PERSONALISED
     mixes_ranks = False
-    personalised = True
     summary = "trains A and B, sends only A (B stays on the client); server averages A (personalised)"
 
     def trains(self, t: int) -> frozenset[str]:

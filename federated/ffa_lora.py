@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rolora.federated.api import GlobalState, LayerTensors
+from rolora.federated.api import Exactness, GlobalState, LayerTensors
 from rolora.federated.lora_base import LoRAMethod
 from rolora.federated.weights import weighted_sum
 
@@ -16,7 +16,7 @@ class FFALoRA(LoRAMethod):
     """
 
     name = "ffa-lora"
-    exact = "yes"
+    exact = Exactness.EXACT
     mixes_ranks = False
     summary = "trains B (A frozen at its seeded init), sends B; server averages B (exact)"
 

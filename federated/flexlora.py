@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from rolora.federated.api import GlobalState, LayerTensors
+from rolora.federated.api import Exactness, GlobalState, LayerTensors
 from rolora.federated.lora_base import LoRAMethod
 from rolora.federated.svd import dense_truncated_svd, factored_truncated_svd
 from rolora.federated.weights import weighted_product_sum
@@ -37,7 +37,7 @@ class FlexLoRA(LoRAMethod):
     """
 
     name = "flexlora"
-    exact = "approximate"
+    exact = Exactness.APPROXIMATE
     mixes_ranks = True
     summary = "trains and sends A_k, B_k (any rank); server SVDs the mean product, sends each client its best rank-r_k part"
 

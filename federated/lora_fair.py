@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from rolora.federated.api import GlobalState, LayerTensors
+from rolora.federated.api import Exactness, GlobalState, LayerTensors
 from rolora.federated.lora_base import LoRAMethod
 from rolora.federated.svd import linalg_dtype
 from rolora.federated.weights import weighted_sum
@@ -46,7 +46,7 @@ class LoRAFAIR(LoRAMethod):
     """
 
     name = "lora-fair"
-    exact = "approximate"
+    exact = Exactness.APPROXIMATE
     mixes_ranks = False
     summary = "trains and sends A and B; server averages them and corrects B̄ by a ridge least-squares fit"
 

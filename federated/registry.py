@@ -86,15 +86,20 @@ def method_from_spec(spec: str, total_rounds: int | None = None) -> Method:
     return get_method(name, **params)
 
 
+def mixed_ranks_cell(cls: type[Method]) -> str:
+    """The "mixed ranks" column of the README table: yes, no, or n/a for full-rank methods."""
+    if not getattr(cls, "uses_ranks", True):
+        return "n/a"
+    return "yes" if cls.mixes_ranks else "no"
+
+
 def methods_table() -> str:
     """A Markdown table of every method built from its class attributes (for the README)."""
     lines = [
-        "| name | what clients train and send; what the server does | exact | mixed ranks | personalised |",
-        "|---|---|---|---|---|",
+        "| name | what clients train and send; what the server does | exact | mixed ranks |",
+        "|---|---|---|---|",
     ]
     for name in available_methods():
         cls = METHODS[name]
-        mixed = "n/a" if not getattr(cls, "uses_ranks", True) else ("yes" if cls.mixes_ranks else "no")
-        personal = "yes" if cls.personalised else "no"
-        lines.append(f"| `{name}` | {cls.summary} | {cls.exact} | {mixed} | {personal} |")
+        lines.append(f"| `{name}` | {cls.summary} | {cls.exact.value} | {mixed_ranks_cell(cls)} |")
     return "\n".join(lines)

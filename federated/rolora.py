@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from rolora.federated.api import GlobalState, LayerTensors
+from rolora.federated.api import Exactness, GlobalState, LayerTensors
 from rolora.federated.lora_base import LoRAMethod
 from rolora.federated.schedule import AlternationSchedule
 from rolora.federated.weights import weighted_sum
@@ -22,7 +22,7 @@ class RoLoRA(LoRAMethod):
     """
 
     name = "rolora"
-    exact = "yes"
+    exact = Exactness.EXACT
     mixes_ranks = False
     summary = "trains and sends B on B-rounds, A on A-rounds (alternating); server averages it (exact)"
 

@@ -12,10 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_federated_support import ALPHA, PROPERTY_SETTINGS, assert_close_rel, cases, init_for
 
-from rolora.federated import get_method, available_methods
+from rolora.federated import Exactness, available_methods, get_method
 from rolora.federated.synthetic import synthetic_round
 
-EXACT = [m for m in available_methods() if get_method(m).exact == "yes"]
+EXACT = [m for m in available_methods() if get_method(m).exact is Exactness.EXACT]
 
 
 def test_the_exact_methods_are_the_expected_ones():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rolora.federated import METHODS, LayerSpec, Method, available_methods, get_method, methods_table
+from rolora.federated import METHODS, Exactness, LayerSpec, Method, available_methods, get_method, methods_table
 
 SPECS = {"q": LayerSpec(10, 6), "v": LayerSpec(3, 8)}
 NAMES = ["fedavg-lora", "ffa-lora", "rolora", "flexlora", "flora", "fedex-lora", "lora-fair",
@@ -22,9 +22,9 @@ def test_every_requested_method_is_registered():
 def test_class_attributes_for_the_readme_table(name):
     cls = METHODS[name]
     assert issubclass(cls, Method) and cls.name == name
-    assert cls.exact in {"yes", "no", "approximate", "personalised"}
-    assert isinstance(cls.mixes_ranks, bool) and isinstance(cls.personalised, bool)
-    assert cls.personalised == (cls.exact == "personalised")
+    assert isinstance(cls.exact, Exactness)
+    assert isinstance(cls.mixes_ranks, bool)
+    assert get_method(name).personalised == (cls.exact is Exactness.PERSONALISED)  # one source of truth
     assert cls.summary and "\n" not in cls.summary and cls.__doc__
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from rolora.cli import BENCHMARKS, COMMANDS
 from rolora.federated import METHODS
+from rolora.federated.registry import mixed_ranks_cell
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -12,6 +13,18 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 def test_every_method_has_a_row_in_the_methods_table():
     rows = set(re.findall(r"^\| `([a-z-]+)` \|", README, flags=re.M))
     assert rows == set(METHODS), f"README rows {sorted(rows)} != methods {sorted(METHODS)}"
+
+
+def test_methods_table_exact_and_mixed_ranks_columns_match_the_classes():
+    header = next(line for line in README.splitlines() if line.startswith("| name | method |"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    exact_col, mixed_col = columns.index("exact"), columns.index("mixed ranks")
+    for name, cls in METHODS.items():
+        row = next(line for line in README.splitlines() if line.startswith(f"| `{name}` |"))
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        # the exact cell may explain itself after a colon ("approximate: server sum exact, ...")
+        assert cells[exact_col].split(":")[0] == cls.exact.value, name
+        assert cells[mixed_col] == mixed_ranks_cell(cls), name
 
 
 def test_every_command_is_documented():
