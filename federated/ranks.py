@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from rolora.federated.api import AggregationError, GlobalState
+from rolora.federated.api import AggregationError
 
 RankMap = dict[int | str | None, int]
 
@@ -66,8 +66,3 @@ def participant_ranks(
     if len(clients) == 0:
         raise AggregationError("communication: empty list of clients")
     return {c: rank_of(rank_map, c) for c in clients}
-
-
-def state_rank_of(state: GlobalState, client: int | str) -> int:
-    """The rank of ``client`` in a global state."""
-    return rank_of(state.ranks, client)

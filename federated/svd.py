@@ -2,9 +2,9 @@
 
 W = [c_1 B_1 ... c_K B_K] [A_1; ...; A_K] has rank <= R = sum r_k. The factored path never forms the
 d×n matrix: QR of both stacks, then an SVD of the small R×R core (cost O((d+n)R² + R³)). The dense
-path forms W and calls ``torch.linalg.svd`` (cost O(dn·min(d,n))); it is the obviously-correct
-reference the tests compare against, and the fallback when the factored path cannot give ``rank``
-orthonormal directions.
+path forms W and calls ``torch.linalg.svd`` (cost O(dn·min(d,n))); FlexLoRA's ``svd="dense"`` option,
+and the fallback when the factored path cannot give ``rank`` orthonormal directions. (The tests'
+obviously-correct reference is in ``tests/federated_reference.py``.)
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from rolora.federated.weights import weighted_product_sum
 
 
 def linalg_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -49,13 +48,6 @@ def factored_truncated_svd(
     u = q_b @ u_c[:, :rank]
     vh = vh_c[:rank] @ q_a.T
     return _pad(u.to(dtype), s[:rank].to(dtype), vh.to(dtype), rank)
-
-
-def reference_truncated_svd(
-    bs: Sequence[Tensor], as_: Sequence[Tensor], coefficients: Sequence[float], rank: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The slow reference of :func:`factored_truncated_svd`: form the dense sum, then SVD it."""
-    return dense_truncated_svd(weighted_product_sum(bs, as_, coefficients), rank)
 
 
 def _pad(u: Tensor, s: Tensor, vh: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from federated_reference import reference_product_sum, reference_weighted_mean
 from test_federated_support import PROPERTY_SETTINGS, assert_close_rel, cases, init_for
 
 from rolora.federated import ClientUpdate, LayerSpec, get_method
-from rolora.federated.reference import reference_product_sum, reference_weighted_mean
 from rolora.federated.synthetic import synthetic_round
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 from hypothesis import given
+from federated_reference import reference_product_sum
 from test_federated_support import ALPHA, PROPERTY_SETTINGS, assert_close_rel, cases, init_for
 
 from rolora.federated import get_method
-from rolora.federated.reference import reference_product_sum
 from rolora.federated.synthetic import synthetic_round
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import given
+from federated_reference import reference_product_sum, reference_truncated_svd
 from test_federated_support import ALPHA, PROPERTY_SETTINGS, assert_close_rel, cases, init_for
 
 from rolora.federated import LayerSpec, get_method
-from rolora.federated.reference import reference_product_sum
-from rolora.federated.svd import factored_truncated_svd, reference_truncated_svd
+from rolora.federated.svd import factored_truncated_svd
 from rolora.federated.synthetic import synthetic_round
 
 

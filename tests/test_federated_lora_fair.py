@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from federated_reference import reference_product_sum, reference_ridge_correction
 from test_federated_support import PROPERTY_SETTINGS, assert_close_rel, cases, init_for
 
 from rolora.federated import get_method
 from rolora.federated.lora_fair import ridge_correction
-from rolora.federated.reference import reference_product_sum, reference_ridge_correction
 from rolora.federated.synthetic import synthetic_round
 
 

@@ -6,7 +6,7 @@ import pytest
 from rolora.theory import algorithms as fast
 from rolora.theory import reference as slow
 from rolora.theory.data import ProblemConfig, make_problem
-from rolora.theory.init import init_at_angle, random_init
+from rolora.theory.initial_factors import init_at_angle, random_init
 from rolora.theory.metrics import gradients, sin_theta, training_loss
 
 # Parity tolerance: both paths do the same arithmetic in a different order (float64).

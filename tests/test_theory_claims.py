@@ -5,7 +5,7 @@ import pytest
 
 from rolora.theory.algorithms import run
 from rolora.theory.data import ProblemConfig, make_problem
-from rolora.theory.init import init_at_angle, random_init
+from rolora.theory.initial_factors import init_at_angle, random_init
 from rolora.theory.stochastic import grad_norm_sq, loglog_slope, rolora_sgd
 
 ETA_SCALE = 0.5  # η‖b*‖² = 0.5 <= 1, the theorem's condition in our reading

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rolora.theory.data import ProblemConfig, make_problem, stats_from_data
-from rolora.theory.init import init_at_angle, random_init
+from rolora.theory.initial_factors import init_at_angle, random_init
 from rolora.theory.metrics import (
     gradients,
     population_error,

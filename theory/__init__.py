@@ -10,7 +10,7 @@ Modules:
 
 - ``sampling``: seeded random pieces (orthonormal bases, the Wishart sampler for exact large-m data).
 - ``data``: problem generation (truth A*, B*_i, client covariances, sufficient statistics, raw data).
-- ``init``: initialisation at a prescribed angle δ0 = sin θ(A⁰, A*) or at random.
+- ``initial_factors``: the starting A⁰, at a prescribed angle δ0 = sin θ(A⁰, A*) or at random.
 - ``metrics``: principal angles, population error, training loss, gradients.
 - ``algorithms``: RoLoRA (analysed Alt-min-GD form), FFA-LoRA, FedAvg-LoRA, centralised references.
 - ``reference``: slow, obviously-correct versions of the rounds on raw data (for parity tests).

@@ -16,7 +16,7 @@ import numpy as np
 
 from rolora.theory.algorithms import centralised_solution, run
 from rolora.theory.data import ProblemConfig, make_problem
-from rolora.theory.init import init_at_angle, random_init
+from rolora.theory.initial_factors import init_at_angle, random_init
 from rolora.theory.metrics import population_error, sin_theta
 from rolora.theory.stochastic import loglog_slope, rolora_sgd
 

@@ -70,15 +70,6 @@ def default_mnist_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "mnist.pkl.gz"
 
 
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_pickle_numpy_only(raw: bytes) -> object:
     """Unpickle ``raw`` with :class:`NumpyOnlyUnpickler` (latin1: the file was written by Python 2)."""
     return NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()

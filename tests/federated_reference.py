@@ -1,4 +1,4 @@
-"""Slow, obviously-correct references for the fast aggregation paths (used by the parity tests)."""
+"""Slow, obviously-correct references for the fast aggregation paths of rolora.federated (parity tests only)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from rolora.federated.svd import dense_truncated_svd
 
 
 def reference_weighted_mean(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
@@ -33,3 +35,10 @@ def reference_ridge_correction(
     if ridge == 0:
         return target @ a_bar.T @ torch.linalg.pinv(gram)
     return target @ a_bar.T @ torch.linalg.inv(gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device))
+
+
+def reference_truncated_svd(
+    bs: Sequence[Tensor], as_: Sequence[Tensor], coefficients: Sequence[float], rank: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The slow reference of :func:`factored_truncated_svd`: form the dense sum, then SVD it."""
+    return dense_truncated_svd(reference_product_sum(bs, as_, coefficients), rank)
