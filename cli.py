@@ -14,6 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "theory": ("rolora.theory.cli", "reproduce the linear-model analysis and its figures (NumPy)"),
     "toy": ("rolora.toy.cli", "the MNIST two-layer federated experiment (the paper's Figure 2)"),
+    "llm": ("rolora.llm.cli", "federated fine-tuning of Hugging Face models (BERT/RoBERTa, Llama)"),
 }
 
 # `rolora bench <name>` -> module

@@ -1,0 +1,314 @@
+"""Run configuration: one TOML file with sections, ``section.key=value`` overrides, validation.
+
+Every field has a default, so ``RunConfig()`` is a complete (tiny) run. A resolved config is written
+into the run folder, and resuming compares it key by key with what the resume asks for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+"""Example configs that ship with the package (``rolora llm run --config NAME`` finds them by name)."""
+
+TASKS = ("classification", "generation-classification", "instruction")
+PARTITIONS = ("iid", "dirichlet", "k-labels", "natural")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("constant", "linear", "cosine")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message names the key and what is wrong."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "tiny-bert"
+    """minilm | smollm2 | tiny-bert | tiny-roberta | tiny-llama, or a local Hugging Face folder."""
+    task: str = "classification"
+    """classification (encoder) | generation-classification | instruction (decoder)."""
+    max_length: int = 128
+    dtype: str = "float32"
+    """Dtype of the frozen base weights; adapters and optimiser state stay float32."""
+    backend: str = "auto"
+    """LoRA kernel backend: auto (Triton on CUDA, PyTorch on CPU) | torch | triton."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "rotten_tomatoes"
+    """A built-in set (rotten_tomatoes, trec, vader, sms_spam) or a CSV/JSON/JSONL/parquet file."""
+    text_column: str = "text"
+    label_column: str = "label"
+    pair_column: str = ""
+    group_column: str = ""
+    test_size: float = 0.1
+    """Held-out test set: a count (≥ 1) or a fraction (< 1) of the data."""
+    val_size: float = 0.0
+    max_train_samples: int = 0
+    """Use at most this many training samples before partitioning (0: all)."""
+    partition: str = "iid"
+    dirichlet_alpha: float = 0.5
+    labels_per_client: int = 2
+    template: str = ""
+    """Prompt template for generation-classification ('' = the task's default)."""
+    label_words: list[str] = field(default_factory=list)
+    """One word per class for generation-classification ([] = the dataset's defaults)."""
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=list)
+    """Module short names ([] = the family default: query/value, or q_proj/v_proj on Llama)."""
+    layers: list[int] = field(default_factory=list)
+    """Transformer blocks that get adapters ([] = all; negative counts from the top: [-2, -1])."""
+    train_head: bool = True
+    """Train the classification head and average it every round (False: frozen at its init)."""
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    method: str = "rolora"
+    """A method spec (``rolora``, ``rolora:ffa_after=0.5``, ``flexlora:split=balanced``, ...)."""
+    clients: int = 3
+    participation: float = 1.0
+    rounds: int = 2
+    reference_clients: int = 0
+    """If > 0, rounds scale as 1/N: ``rounds`` at this many clients, ⌈rounds·ref/clients⌉ here."""
+    weighting: str = "samples"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    local_steps: int = 2
+    local_epochs: int = 0
+    """If > 0, each client makes this many passes over its data instead of ``local_steps`` steps."""
+    batch_size: int = 8
+    optimizer: str = "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    max_grad_norm: float = 0.0
+    """Clip each client's gradient norm to this (0: no clipping)."""
+    warmup_rounds: int = 0
+    schedule: str = "constant"
+    """Learning rate across rounds after warm-up: constant | linear | cosine (to 0 at the last round)."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    seed: int = 0
+    eval_every: int = 1
+    eval_batch_size: int = 64
+    checkpoint_every: int = 1
+    threads: int = 0
+    """torch intra-op threads (0: leave torch's default)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def total_rounds(self) -> int:
+        f = self.federated
+        if f.reference_clients > 0:
+            return max(1, math.ceil(f.rounds * f.reference_clients / f.clients))
+        return f.rounds
+
+
+SECTIONS = {f.name: f.type for f in fields(RunConfig)}
+
+
+def _section_class(name: str):
+    return {"model": ModelConfig, "data": DataConfig, "lora": LoRAConfig, "federated": FederatedConfig,
+            "train": TrainConfig, "run": RunSettings}[name]
+
+
+def _coerce(key: str, value: object, default: object) -> object:
+    """``value`` as the type of the field's default, or a ConfigError naming the key."""
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    elif kind is list:
+        if isinstance(value, list):
+            return list(value)
+        if isinstance(value, str):  # a,b,c on the command line
+            return [v.strip() for v in value.split(",") if v.strip()]
+    raise ConfigError(f"{key}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+
+
+def from_dict(data: dict, where: str = "config") -> RunConfig:
+    """A config from nested sections; unknown sections or keys are errors that list the valid ones."""
+    sections = {}
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section [{section}]; valid: {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: [{section}] must be a table of keys")
+        cls = _section_class(section)
+        defaults = cls()
+        known = {f.name for f in fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{where}: unknown key {section}.{key}; valid: {', '.join(sorted(known))}")
+            kwargs[key] = _coerce(f"{section}.{key}", value, getattr(defaults, key))
+        sections[section] = cls(**kwargs)
+    config = RunConfig(**sections)
+    check(config)
+    return config
+
+
+def find_config(name_or_path: str) -> Path:
+    """A config file by path, or by the name of an example that ships in ``rolora/llm/configs``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / (name_or_path if name_or_path.endswith(".toml") else f"{name_or_path}.toml")
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+    raise ConfigError(f"config {name_or_path!r}: no such file, and no shipped example of that name ({names})")
+
+
+def parse_value(text: str) -> object:
+    """A command-line value read as TOML (numbers, booleans, [lists], "strings"), else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``section.key=value`` overrides applied to nested config data (a new dict)."""
+    out = {k: dict(v) for k, v in data.items()}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"override {item!r}: expected section.key=value (e.g. train.lr=1e-3)")
+        out.setdefault(section, {})[name] = parse_value(value.strip())
+    return out
+
+
+def load_config(name_or_path: str | None, overrides: list[str] = ()) -> RunConfig:
+    """The config of a TOML file (or the defaults when None) with overrides applied and checked."""
+    data: dict = {}
+    where = "defaults"
+    if name_or_path:
+        path = find_config(name_or_path)
+        where = str(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return from_dict(apply_overrides(data, list(overrides)), where)
+
+
+def _fail(key: str, message: str) -> None:
+    raise ConfigError(f"{key}: {message}")
+
+
+def check(c: RunConfig) -> None:
+    """Raise ConfigError naming the first bad key."""
+    if c.model.task not in TASKS:
+        _fail("model.task", f"must be one of {TASKS}, got {c.model.task!r}")
+    if c.model.dtype not in DTYPES:
+        _fail("model.dtype", f"must be one of {DTYPES}, got {c.model.dtype!r}")
+    if c.data.partition not in PARTITIONS:
+        _fail("data.partition", f"must be one of {PARTITIONS}, got {c.data.partition!r}")
+    if c.train.optimizer not in OPTIMIZERS:
+        _fail("train.optimizer", f"must be one of {OPTIMIZERS}, got {c.train.optimizer!r}")
+    if c.train.schedule not in SCHEDULES:
+        _fail("train.schedule", f"must be one of {SCHEDULES}, got {c.train.schedule!r}")
+    if c.federated.weighting not in ("samples", "uniform"):
+        _fail("federated.weighting", f"must be 'samples' or 'uniform', got {c.federated.weighting!r}")
+    positive = {
+        "model.max_length": c.model.max_length, "lora.rank": c.lora.rank, "federated.clients": c.federated.clients,
+        "federated.rounds": c.federated.rounds, "train.batch_size": c.train.batch_size,
+        "run.eval_every": c.run.eval_every, "run.eval_batch_size": c.run.eval_batch_size,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            _fail(key, f"must be ≥ 1, got {value}")
+    non_negative = {
+        "train.local_epochs": c.train.local_epochs, "train.local_steps": c.train.local_steps,
+        "train.weight_decay": c.train.weight_decay, "train.max_grad_norm": c.train.max_grad_norm,
+        "train.warmup_rounds": c.train.warmup_rounds, "train.momentum": c.train.momentum,
+        "run.seed": c.run.seed, "run.checkpoint_every": c.run.checkpoint_every, "run.threads": c.run.threads,
+        "data.max_train_samples": c.data.max_train_samples, "federated.reference_clients": c.federated.reference_clients,
+        "data.val_size": c.data.val_size,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            _fail(key, f"must be ≥ 0, got {value}")
+    if c.train.local_steps == 0 and c.train.local_epochs == 0:
+        _fail("train.local_steps", "need local_steps ≥ 1 or local_epochs ≥ 1")
+    if not c.lora.alpha > 0:
+        _fail("lora.alpha", f"must be > 0, got {c.lora.alpha}")
+    if not 0 <= c.lora.dropout < 1:
+        _fail("lora.dropout", f"must be in [0, 1), got {c.lora.dropout}")
+    if not 0 < c.federated.participation <= 1:
+        _fail("federated.participation", f"must be in (0, 1], got {c.federated.participation}")
+    if not c.train.lr > 0:
+        _fail("train.lr", f"must be > 0, got {c.train.lr}")
+    if not c.data.test_size > 0:
+        _fail("data.test_size", f"must be > 0 (a count or a fraction), got {c.data.test_size}")
+    if not c.data.dirichlet_alpha > 0:
+        _fail("data.dirichlet_alpha", f"must be > 0, got {c.data.dirichlet_alpha}")
+
+
+def diff(a: RunConfig, b: RunConfig) -> list[str]:
+    """The ``section.key`` names whose values differ between two configs."""
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k]]
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(config: RunConfig, header: str = "") -> str:
+    """The config as TOML (every key, resolved); ``header`` becomes leading comment lines."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for section, values in config.to_dict().items():
+        lines.append(f"\n[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+    return "\n".join(lines).lstrip("\n") + "\n"

@@ -1,0 +1,141 @@
+"""Everything a run needs before its first round: data, partition, tokens, model, adapters, method.
+
+Built once per run (tokenising included) and shared by every simulated client: ONE frozen base
+model in memory, each client only its adapter tensors (``rolora.llm.adapters``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rolora.federated import GlobalState, Method, method_from_spec
+from rolora.llm.adapters import Targets, attach, layer_specs, read_head
+from rolora.llm.config import ConfigError, RunConfig
+from rolora.llm.data import load_builtin, load_file, split
+from rolora.llm.federated_linear import FederatedLinear
+from rolora.llm.models import load_model
+from rolora.llm.partition import partition
+from rolora.llm.tasks import Encoded, encode
+
+BUILTIN = ("rotten_tomatoes", "trec", "vader", "sms_spam")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class RunSetup:
+    """The run's fixed ingredients (nothing here changes during the run but the model's adapters)."""
+
+    config: RunConfig
+    method: Method
+    model: nn.Module
+    tokenizer: object
+    adapters: dict[str, FederatedLinear]
+    train: Encoded
+    test: Encoded
+    clients: list[np.ndarray]
+    """Client k's training samples: indices into ``train``."""
+    label_names: list[str]
+    device: torch.device
+    ranks: dict
+
+    @property
+    def train_head(self) -> bool:
+        return self.config.lora.train_head and self.config.model.task == "classification"
+
+    def initial_state(self) -> GlobalState:
+        c = self.config
+        return self.method.init(layer_specs(self.adapters), self.ranks, alpha=c.lora.alpha, seed=c.run.seed,
+                                dense=read_head(self.model) if self.train_head else None)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"model.device: {name!r} asked for, but torch sees no CUDA device")
+    return device
+
+
+def load_data(config: RunConfig):
+    """The configured dataset: a built-in name or a local file."""
+    d = config.data
+    if config.model.task == "instruction":
+        from rolora.llm.data import load_instructions
+
+        return load_instructions(d.dataset)
+    if d.dataset in BUILTIN:
+        return load_builtin(d.dataset)
+    if not Path(d.dataset).exists():
+        raise ConfigError(f"data.dataset: {d.dataset!r} is neither a built-in set ({', '.join(BUILTIN)}) nor a file")
+    return load_file(d.dataset, d.text_column, d.label_column, pair_column=d.pair_column or None,
+                     group_column=d.group_column or None)
+
+
+def client_ranks(config: RunConfig) -> dict:
+    """Every client's rank: ``lora.rank`` (key None: the default for all)."""
+    return {None: config.lora.rank}
+
+
+def build(config: RunConfig, quiet: bool = True) -> RunSetup:
+    """Load and prepare everything for ``config`` (deterministic for its seed)."""
+    c = config
+    if c.run.threads:
+        torch.set_num_threads(c.run.threads)
+    device = resolve_device(c.model.device)
+    method = method_from_spec(c.federated.method, total_rounds=c.total_rounds)
+
+    data = load_data(c)
+    train_ds, _, test_ds = split(data, test_size=_size(c.data.test_size), val_size=_size(c.data.val_size),
+                                 seed=c.run.seed)
+    if c.data.max_train_samples and len(train_ds) > c.data.max_train_samples:
+        keep = np.sort(np.random.default_rng([c.run.seed, 11]).permutation(len(train_ds))[: c.data.max_train_samples])
+        train_ds = train_ds.subset(keep)
+    if c.model.task == "instruction":
+        parts = _iid(len(train_ds), c.federated.clients, c.run.seed)
+        labels: list[str] = []
+    else:
+        parts = partition(train_ds, c.data.partition, c.federated.clients, c.run.seed, alpha=c.data.dirichlet_alpha,
+                          labels_per_client=c.data.labels_per_client)
+        labels = list(train_ds.label_names)
+    if len(parts) != c.federated.clients:
+        raise ConfigError(f"federated.clients = {c.federated.clients}, but the {c.data.partition} partition "
+                          f"made {len(parts)} clients")
+
+    model_task = "classification" if c.model.task == "classification" else "causal-lm"
+    model, tokenizer = load_model(c.model.name, model_task, num_labels=len(labels) or None,
+                                  dtype=DTYPES[c.model.dtype], seed=c.run.seed)
+    options = {}
+    if c.model.task == "generation-classification":
+        if c.data.template:
+            options["template"] = c.data.template
+        if c.data.label_words:
+            options["label_words"] = list(c.data.label_words)
+    train = encode(c.model.task, tokenizer, train_ds, c.model.max_length, **options)
+    test = encode(c.model.task, tokenizer, test_ds, c.model.max_length, **options)
+
+    model.to(device)
+    targets = Targets(modules=tuple(c.lora.targets) or None, layers=tuple(c.lora.layers) or None)
+    adapters = attach(model, targets, dropout=c.lora.dropout, backend=c.model.backend)
+    return RunSetup(config=c, method=method, model=model, tokenizer=tokenizer, adapters=adapters, train=train,
+                    test=test, clients=[np.asarray(p, dtype=np.int64) for p in parts], label_names=labels,
+                    device=device, ranks=client_ranks(c))
+
+
+def _size(value: float) -> float | int:
+    """A split size from the config: counts are whole numbers ≥ 1, fractions are < 1."""
+    return int(value) if value >= 1 else value
+
+
+def _iid(n: int, clients: int, seed: int) -> list[np.ndarray]:
+    order = np.random.default_rng([seed, 13]).permutation(n)
+    parts = np.array_split(order, clients)
+    for k, p in enumerate(parts):
+        if len(p) == 0:
+            raise ConfigError(f"federated.clients = {clients}: client {k} gets no samples of {n}")
+    return [np.sort(p) for p in parts]
