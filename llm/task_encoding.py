@@ -6,18 +6,20 @@ batch. Choices:
 - ``classification`` (encoders): the tokenizer's own single-sentence or pair encoding (special
   tokens, segment ids where it makes them), truncated to ``max_length`` longest-first.
 - ``generation-classification`` (decoders): ``template`` is formatted with ``{text}`` (and ``{pair}``
-  for pair sets; literal braces are doubled), tokenised with the tokenizer's special tokens (BOS if
-  it adds one); each class's label word is tokenised ON ITS OWN as ``label_word_prefix + word``
-  (default prefix " ", the word following "Type:" after a space) without special tokens and appended.
-  So training and scoring see exactly the same answer tokens. A prompt that does not fit
+  for pair sets; literal braces are doubled) and tokenised with the tokenizer's leading special
+  tokens (BOS, if it adds one) but not its trailing ones (BERT's [SEP]): the answer must follow the
+  prompt directly. Each class's label word is tokenised ON ITS OWN as ``label_word_prefix + word``
+  (default prefix " ": the word follows "Type:" after a space) without special tokens and appended,
+  so training and scoring see exactly the same answer tokens. A prompt that does not fit
   ``max_length`` minus the longest label word loses tokens from the end of the text, never the
   template's closing cue (``"\\nType:"``). Defaults per builtin set in
   :data:`rolora.llm.builtin_data.GENERATION_DEFAULTS`; other sets use ``"Text: {text}\\nLabel:"``
   (pairs: ``"Sentence 1: {text}\\nSentence 2: {pair}\\nLabel:"``) and their label names as words.
-- ``instruction`` (decoders): the Alpaca prompt (with or without the input paragraph) and the
-  response followed by the tokenizer's EOS id (so the model learns to stop). Too long: the response
-  is cut at the end, keeping at least half the window (or all of itself); the prompt then loses
-  tokens from its start.
+- ``instruction`` (decoders): the Alpaca prompt (with or without the input paragraph; or, with
+  ``chat_template=True``, the tokenizer's chat format), then the response and the tokenizer's EOS id
+  (so the model learns to stop); loss on the response and EOS. Too long: the response is cut at
+  its end, keeping at least half the window (or all of itself); the prompt then loses tokens from
+  its start.
 """
 
 from __future__ import annotations
@@ -81,6 +83,23 @@ def pad_id_of(tokenizer) -> int:
     return 0
 
 
+def trailing_special_tokens(tokenizer) -> int:
+    """How many special tokens the tokenizer appends after a text (a BERT tokenizer's [SEP]: 1;
+    Llama and GPT-style tokenizers: 0). Decoder prompts drop them: the answer must follow the prompt."""
+    full = tokenizer("a")["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return len(full) - start - len(plain)
+    return 0
+
+
+def _prompt_ids(tokenizer, prompt: str, trailing: int) -> list[int]:
+    """A decoder prompt's ids with the tokenizer's leading special tokens (BOS) but no trailing ones."""
+    ids = tokenizer(prompt)["input_ids"]
+    return ids[:len(ids) - trailing]
+
+
 def encode(task: str, tokenizer, dataset, max_length: int, **task_options) -> Encoded:
     """Tokenise ``dataset`` for ``task`` (options per task: module docstring and the encoders below)."""
     if task not in TASKS:
@@ -142,10 +161,11 @@ def encode_generation_classification(tokenizer, ds: TextDataset, max_length: int
     if budget <= cue_len:
         raise ValueError(f"max_length {max_length} leaves no room for text beside the cue {cue!r} "
                          f"and the longest label word")
+    trailing = trailing_special_tokens(tokenizer)
     input_ids, answer_start = [], []
     for row, text in enumerate(ds.texts):
         values = {"text": text} if ds.pairs is None else {"text": text, "pair": ds.pairs[row]}
-        prompt = tokenizer(_render(template, values, row))["input_ids"]
+        prompt = _prompt_ids(tokenizer, _render(template, values, row), trailing)
         if len(prompt) > budget:  # cut the end of the text, keep the cue
             prompt = prompt[:budget - cue_len] + prompt[len(prompt) - cue_len:]
         input_ids.append(prompt + word_ids[int(ds.labels[row])])
@@ -154,13 +174,29 @@ def encode_generation_classification(tokenizer, ds: TextDataset, max_length: int
                    answer_start=answer_start, label_word_ids=word_ids)
 
 
+def _chat_prompt(tokenizer, instruction: str, extra: str) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat_template=True, but this tokenizer has no chat template; use the Alpaca prompt")
+    content = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
 def encode_instruction(tokenizer, ds: InstructionDataset, max_length: int, prompt: str = ALPACA_PROMPT,
-                       prompt_no_input: str = ALPACA_PROMPT_NO_INPUT, add_eos: bool = True) -> Encoded:
+                       prompt_no_input: str = ALPACA_PROMPT_NO_INPUT, add_eos: bool = True,
+                       chat_template: bool = False) -> Encoded:
+    """``chat_template=True``: the tokenizer's own chat format (instruction, then the input after a blank
+    line, as the user turn; the template's special tokens, no others) instead of the Alpaca prompt."""
     eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
+    trailing = trailing_special_tokens(tokenizer)
     input_ids, answer_start = [], []
     for row, (instruction, extra, output) in enumerate(zip(ds.instructions, ds.inputs, ds.outputs)):
-        template = prompt if extra.strip() else prompt_no_input
-        prompt_ids = tokenizer(_render(template, {"instruction": instruction, "input": extra}, row))["input_ids"]
+        if chat_template:
+            prompt_ids = tokenizer(_chat_prompt(tokenizer, instruction, extra), add_special_tokens=False)["input_ids"]
+        else:
+            template = prompt if extra.strip() else prompt_no_input
+            prompt_ids = _prompt_ids(tokenizer, _render(template, {"instruction": instruction, "input": extra}, row),
+                                     trailing)
         response = tokenizer(output, add_special_tokens=False)["input_ids"] + eos
         if not response:
             raise ValueError(f"{ds.name}: row {row} has an empty response and no EOS token to learn")

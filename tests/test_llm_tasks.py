@@ -1,6 +1,7 @@
 """rolora.llm tasks on tiny random models built from configs (offline): encodings, answer-only losses,
 label-word accuracy by total log-likelihood, padding invariance, pair encoding, evaluation."""
 
+import copy
 import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
@@ -231,6 +232,15 @@ def test_generation_options_are_checked(word_tokenizer):
         encode("generation-classification", word_tokenizer, ds, 2)
 
 
+def test_decoder_prompts_keep_leading_but_not_trailing_special_tokens(minilm_tokenizer):
+    tok = minilm_tokenizer  # a BERT tokenizer wraps text in [CLS] ... [SEP]; a decoder prompt keeps [CLS] only
+    enc = encode("generation-classification", tok, _trec_like(), 64)
+    ids, start = enc.input_ids[0], enc.answer_start[0]
+    assert ids[0] == tok.cls_token_id and tok.sep_token_id not in ids
+    assert tok.decode(ids[:start]).startswith("[CLS] question : what is the capital")
+    assert ids[start:] == tok(" location", add_special_tokens=False)["input_ids"]
+
+
 # ---------------------------------------------------------------- instruction tuning
 
 def test_instruction_loss_is_on_the_response_and_perplexity_pools_tokens(word_tokenizer):
@@ -256,6 +266,18 @@ def test_instruction_truncation_keeps_half_the_window_for_the_response(word_toke
     ds = InstructionDataset(["what is the capital of france ?"], [""], [" ".join(["far"] * 40)], "long")
     enc = encode("instruction", word_tokenizer, ds, 32)
     assert enc.lengths[0] == 32 and len(enc.input_ids[0]) - enc.answer_start[0] == 16
+
+
+def test_instruction_prompt_from_the_tokenizers_chat_template(word_tokenizer):
+    tok = copy.deepcopy(word_tokenizer)
+    ds = InstructionDataset(["how far is the moon ?"], ["the sea"], ["far"], "chat")
+    with pytest.raises(ValueError, match="no chat template"):
+        encode("instruction", tok, ds, 64, chat_template=True)
+    tok.chat_template = "{% for m in messages %}### {{ m['content'] }} {% endfor %}### Response:"
+    enc = encode("instruction", tok, ds, 64, chat_template=True)
+    prompt = tok.decode(enc.input_ids[0][:enc.answer_start[0]])
+    assert prompt == "### how far is the moon ? the sea ### Response:"
+    assert enc.input_ids[0][enc.answer_start[0]:] == [tok.convert_tokens_to_ids("far"), tok.eos_token_id]
 
 
 # ---------------------------------------------------------------- bad input
