@@ -34,6 +34,8 @@ Partition = list[np.ndarray]
 
 
 def _column_values(ds: TextDataset, column: str) -> np.ndarray | list[str]:
+    if not isinstance(ds, TextDataset):
+        raise ValueError(f"{ds.name} has no labels or groups ({type(ds).__name__}); only 'iid' can split it")
     if column == "label":
         return ds.labels
     if column == "group":
@@ -77,9 +79,11 @@ def _check_clients(parts: Partition, scheme: str, remedy: str) -> Partition:
     return parts
 
 
-def partition(ds: TextDataset, scheme: str, num_clients: int | None, seed: int, *, alpha: float = 0.5,
+def partition(ds, scheme: str, num_clients: int | None, seed: int, *, alpha: float = 0.5,
               labels_per_client: int = 2, column: str | None = None) -> Partition:
     """Split ``ds`` over clients: one sorted int64 array of row indices per client.
+
+    ``ds`` is a :class:`TextDataset`, or for ``iid`` any set with a length (e.g. instruction data).
 
     Schemes and their choices are in the module docstring. ``num_clients`` may be None for
     ``natural`` (one client per value); otherwise it must equal the number of distinct values.
@@ -87,7 +91,8 @@ def partition(ds: TextDataset, scheme: str, num_clients: int | None, seed: int, 
     if scheme not in SCHEMES:
         raise ValueError(f"unknown partition scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
     column = column or ("group" if scheme == "natural" else "label")
-    values = _column_values(ds, column)
+    # iid needs no column, so it also splits sets without labels (instruction data)
+    values = np.zeros(len(ds), dtype=np.int64) if scheme == "iid" else _column_values(ds, column)
     if scheme == "natural":
         return _natural(ds, values, num_clients, column)
     if num_clients is None or num_clients < 1:

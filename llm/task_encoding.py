@@ -68,6 +68,18 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def subset(self, indices) -> Encoded:
+        """The samples at ``indices`` (no re-tokenising; label words and pad id are shared)."""
+        idx = [int(i) for i in np.asarray(indices).reshape(-1)]
+
+        def take(values):
+            return None if values is None else [values[i] for i in idx]
+
+        return Encoded(self.task, take(self.input_ids), self.pad_id,
+                       labels=None if self.labels is None else self.labels[idx],
+                       token_type_ids=take(self.token_type_ids), answer_start=take(self.answer_start),
+                       label_word_ids=self.label_word_ids)
+
     @property
     def lengths(self) -> np.ndarray:
         """Tokens per sample (for tokens/s and, later, length grouping)."""

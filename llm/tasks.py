@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from rolora.llm.task_encoding import TASKS, Encoded, encode
 
-__all__ = ["TASKS", "Encoded", "encode", "batch", "loss", "evaluate", "answer_nll"]
+__all__ = ["TASKS", "Encoded", "encode", "batch", "loss", "evaluate", "per_sample_metrics", "summarise",
+           "answer_nll", "label_word_scores"]
 
 IGNORE = -100  # label of positions without loss (PyTorch's and Hugging Face's convention)
 
@@ -116,10 +117,13 @@ def _chunks(n: int, size: int):
 
 
 @torch.no_grad()
-def evaluate(model, encoded: Encoded, batch_size: int = 32) -> dict[str, float]:
-    """Metrics of ``model`` on all of ``encoded`` in eval mode (the previous mode is restored):
-    ``loss`` and ``accuracy`` for the classification tasks, ``loss`` and ``perplexity`` for
-    ``instruction``. ``loss`` is a mean over samples, except for instruction (over tokens)."""
+def per_sample_metrics(model, encoded: Encoded, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Each sample's evaluation numbers, in eval mode (the previous mode is restored), so that callers
+    can summarise any subset (a class, a client's label mix) without another pass.
+
+    Classification tasks: ``loss`` [N] (the per-sample loss of :func:`loss`) and ``correct`` [N]
+    (bool). Instruction: ``nll`` [N] (summed over the response tokens) and ``tokens`` [N].
+    """
     if len(encoded) == 0:
         raise ValueError("nothing to evaluate: the encoded set is empty")
     if batch_size < 1:
@@ -128,25 +132,39 @@ def evaluate(model, encoded: Encoded, batch_size: int = 32) -> dict[str, float]:
     model.eval()
     try:
         if encoded.task == "generation-classification":
-            return _evaluate_label_words(model, encoded, batch_size)
-        nll, weight, correct = 0.0, 0, 0
-        for idx in _chunks(len(encoded), batch_size):
-            tensors = batch(encoded, idx)
-            logits = _logits(model, tensors)
-            if encoded.task == "classification":
-                labels = tensors["labels"].to(logits.device)
-                nll += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-                correct += (logits.argmax(dim=-1) == labels).sum().item()
-                weight += len(idx)
-            else:
-                total, count = answer_nll(logits, tensors["labels"])
-                nll += total.sum().item()
-                weight += int(count.sum().item())
-        if encoded.task == "classification":
-            return {"loss": nll / weight, "accuracy": correct / weight}
-        return {"loss": nll / weight, "perplexity": float(np.exp(nll / weight))}
+            parts = [_label_word_metrics(model, encoded, idx)
+                     for idx in _chunks(len(encoded), max(1, batch_size // len(encoded.label_word_ids)))]
+        else:
+            parts = [_batch_metrics(model, encoded, idx) for idx in _chunks(len(encoded), batch_size)]
     finally:
         model.train(was_training)
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def summarise(metrics: dict[str, np.ndarray], rows=None) -> dict[str, float]:
+    """``loss`` and ``accuracy`` (classification tasks; means over samples) or ``loss`` and
+    ``perplexity`` (instruction; pooled over tokens) of the samples at ``rows`` (default: all)."""
+    picked = {k: v if rows is None else v[np.asarray(rows, dtype=np.int64)] for k, v in metrics.items()}
+    if "correct" in picked:
+        return {"loss": float(picked["loss"].mean()), "accuracy": float(picked["correct"].mean())}
+    mean_nll = float(picked["nll"].sum() / picked["tokens"].sum())
+    return {"loss": mean_nll, "perplexity": float(np.exp(mean_nll))}
+
+
+def evaluate(model, encoded: Encoded, batch_size: int = 32) -> dict[str, float]:
+    """Metrics of ``model`` on all of ``encoded``: :func:`summarise` of :func:`per_sample_metrics`."""
+    return summarise(per_sample_metrics(model, encoded, batch_size))
+
+
+def _batch_metrics(model, encoded: Encoded, idx: np.ndarray) -> dict[str, np.ndarray]:
+    tensors = batch(encoded, idx)
+    logits = _logits(model, tensors)
+    if encoded.task == "classification":
+        labels = tensors["labels"].to(logits.device)
+        return {"loss": F.cross_entropy(logits.float(), labels, reduction="none").cpu().numpy(),
+                "correct": (logits.argmax(dim=-1) == labels).cpu().numpy()}
+    total, count = answer_nll(logits, tensors["labels"])
+    return {"nll": total.cpu().numpy().astype(np.float64), "tokens": count.cpu().numpy()}
 
 
 def label_word_scores(model, encoded: Encoded, indices) -> torch.Tensor:
@@ -162,13 +180,9 @@ def label_word_scores(model, encoded: Encoded, indices) -> torch.Tensor:
     return -total.view(len(indices), len(words))
 
 
-def _evaluate_label_words(model, encoded: Encoded, batch_size: int) -> dict[str, float]:
-    classes = len(encoded.label_word_ids)
+def _label_word_metrics(model, encoded: Encoded, idx: np.ndarray) -> dict[str, np.ndarray]:
+    scores = label_word_scores(model, encoded, idx).cpu()  # one forward over C sequences per sample
+    truth = torch.as_tensor(encoded.labels[idx], dtype=torch.int64)
     word_lengths = torch.tensor([len(w) for w in encoded.label_word_ids], dtype=torch.float32)
-    nll, correct = 0.0, 0
-    for idx in _chunks(len(encoded), max(1, batch_size // classes)):  # C sequences per sample
-        scores = label_word_scores(model, encoded, idx).cpu()
-        truth = torch.as_tensor(encoded.labels[idx], dtype=torch.int64)
-        nll += (-scores.gather(1, truth[:, None]).squeeze(1) / word_lengths[truth]).sum().item()
-        correct += (scores.argmax(dim=1) == truth).sum().item()
-    return {"loss": nll / len(encoded), "accuracy": correct / len(encoded)}
+    true_nll = -scores.gather(1, truth[:, None]).squeeze(1) / word_lengths[truth]
+    return {"loss": true_nll.numpy(), "correct": (scores.argmax(dim=1) == truth).numpy()}

@@ -4,7 +4,7 @@ clear errors for empty clients and impossible requests."""
 import numpy as np
 import pytest
 
-from rolora.llm.data import TextDataset
+from rolora.llm.data import InstructionDataset, TextDataset
 from rolora.llm.partition import natural_client_names, partition
 
 
@@ -105,3 +105,11 @@ def test_bad_scheme_column_and_alpha():
         partition(ds, "dirichlet", 4, seed=0, column="user")
     with pytest.raises(ValueError, match="alpha must be > 0"):
         partition(ds, "dirichlet", 4, seed=0, alpha=0)
+
+
+def test_instruction_data_splits_iid_only():
+    ds = InstructionDataset([f"i{k}" for k in range(10)], [""] * 10, [f"o{k}" for k in range(10)], "alpaca")
+    parts = partition(ds, "iid", 3, seed=0)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(10)) and [len(p) for p in parts] == [4, 3, 3]
+    with pytest.raises(ValueError, match="alpaca has no labels or groups .*only 'iid'"):
+        partition(ds, "dirichlet", 3, seed=0)

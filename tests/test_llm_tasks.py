@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rolora.llm.data import InstructionDataset, TextDataset
-from rolora.llm.tasks import IGNORE, batch, encode, evaluate, loss
+from rolora.llm.tasks import IGNORE, batch, encode, evaluate, loss, per_sample_metrics, summarise
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -133,6 +133,23 @@ def test_evaluate_matches_the_per_sample_losses_and_restores_the_mode(word_token
     assert model.training
     assert metrics["loss"] == pytest.approx(per_sample.mean().item(), abs=1e-5)
     assert metrics["accuracy"] == pytest.approx((predictions == every["labels"]).float().mean().item())
+
+
+@pytest.mark.parametrize("task", ["classification", "generation-classification", "instruction"])
+def test_per_sample_metrics_summarise_any_subset_like_evaluating_it(word_tokenizer, task):
+    if task == "instruction":
+        ds = InstructionDataset(SENTENCES[:3], ["", "the sea", ""], SENTENCES[3:], "alpaca")
+        model = _llama(len(word_tokenizer))
+    else:
+        ds = _trec_like()
+        model = _roberta(word_tokenizer) if task == "classification" else _llama(len(word_tokenizer))
+    enc = encode(task, word_tokenizer, ds, 64)
+    per_sample = per_sample_metrics(model, enc, batch_size=2)
+    assert all(len(v) == len(enc) for v in per_sample.values())
+    rows = [2, 0]
+    on_subset = evaluate(model, enc.subset(rows), batch_size=5)
+    assert summarise(per_sample, rows) == pytest.approx(on_subset, rel=1e-5)
+    assert summarise(per_sample) == pytest.approx(evaluate(model, enc), rel=1e-5)
 
 
 # ---------------------------------------------------------------- generation-classification (decoders)
