@@ -5,10 +5,20 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import torch
+
 from rolora.federated.api import Exactness, GlobalState, LayerTensors
 from rolora.federated.lora_base import LoRAMethod
-from rolora.federated.svd import dense_truncated_svd, factored_truncated_svd
+from rolora.federated.seeding import derive_seed, kaiming_uniform
+from rolora.federated.svd import dense_truncated_svd, factored_truncated_svd, linalg_dtype
 from rolora.federated.weights import weighted_product_sum
+
+
+def empty_components(s: torch.Tensor, d: int, n: int) -> torch.Tensor:
+    """Which singular values are numerically zero: σ_j <= σ_1·max(d, n)·eps (NumPy's matrix_rank rule;
+    eps of the dtype the SVD ran in)."""
+    eps = torch.finfo(linalg_dtype(s.dtype)).eps
+    return s <= s.max() * max(d, n) * eps
 
 
 class FlexLoRA(LoRAMethod):
@@ -33,7 +43,10 @@ class FlexLoRA(LoRAMethod):
         ``A = Σ_r^{1/2} V_rᵀ / sqrt(s_k)``: column j of B and row j of A have the same norm
         sqrt(σ_j / s_k). Same product, but SGD steps on A are not magnified by the whole of Σ
         (with ``"B"`` the gradient of A carries Bᵀ, i.e. Σ/s_k, which can make A-steps too large
-        at a learning rate that suits B).
+        at a learning rate that suits B). Components the aggregate leaves empty (σ_j numerically 0,
+        e.g. when the round's ranks add up to less than the server's rank) would then be ≈0 in
+        *both* factors and barely train, so they restart as a fresh LoRA init would: A's row
+        Kaiming-uniform, seeded by (seed, layer, round), and B's column 0 (the product is unchanged).
     """
 
     name = "flexlora"
@@ -78,4 +91,10 @@ class FlexLoRA(LoRAMethod):
         if self.split == "B":
             return {"A": vh.contiguous(), "B": (u * (s / s_max)).contiguous()}
         root = (s / s_max).sqrt()  # s_max·(U·root)(root·Vᵀ) = U Σ Vᵀ; s ≥ 0 (SVD, zero-padded)
-        return {"A": (root[:, None] * vh).contiguous(), "B": (u * root).contiguous()}
+        a, b = root[:, None] * vh, u * root
+        empty = empty_components(s, b.shape[0], a.shape[1])
+        if bool(empty.any()):
+            fresh = kaiming_uniform(tuple(a.shape), derive_seed(state.seed, "A", layer, "empty", t), a.dtype, a.device)
+            a = torch.where(empty[:, None], fresh, a)
+            b = torch.where(empty[None, :], torch.zeros_like(b), b)
+        return {"A": a.contiguous(), "B": b.contiguous()}

@@ -28,7 +28,7 @@ from rolora.federated.api import (
 from rolora.federated.dense import average_dense, check_dense, initial_dense
 from rolora.federated.ranks import check_uniform_ranks, max_rank, normalise_ranks, participant_ranks, rank_of
 from rolora.federated.seeding import derive_seed, kaiming_uniform
-from rolora.federated.validation import check_round_number, check_specs, check_updates
+from rolora.federated.validation import check_finite_result, check_round_number, check_specs, check_updates
 from rolora.federated.weights import client_weights
 
 AB = frozenset({"A", "B"})
@@ -153,11 +153,26 @@ class LoRAMethod(Method):
         ranks = [rank_of(state.ranks, u.client) for u in updates]
         with torch.no_grad():
             layers = {
-                layer: self.aggregate_layer(state, layer, [u.tensors[layer] for u in updates], weights, ranks, t)
+                layer: self.finite_aggregate_layer(state, layer, [u.tensors[layer] for u in updates], weights, ranks, t)
                 for layer in state.specs
             }
             dense = average_dense(state, updates, weights)
         return replace(state, round=t, layers=layers, dense=dense)
+
+    def finite_aggregate_layer(
+        self, state: GlobalState, layer: str, uploads: list[LayerTensors], weights: list[float], ranks: list[int],
+        t: int,
+    ) -> LayerTensors:
+        """:meth:`aggregate_layer`, refused (AggregationError naming the layer) if its result is not finite."""
+        try:
+            out = self.aggregate_layer(state, layer, uploads, weights, ranks, t)
+        except torch.linalg.LinAlgError as err:  # an SVD or solve fed a matrix that overflowed
+            raise AggregationError(
+                f"round {t}, layer {layer!r}: the aggregate could not be factorised ({err}); the uploads "
+                "are finite, so combining them overflowed; the state is left unchanged"
+            ) from err
+        check_finite_result(t, layer, out)
+        return out
 
     def aggregate_layer(
         self,

@@ -1,4 +1,8 @@
-"""Client ranks: one int for everyone, or a mapping client -> rank (key ``None``: everyone else)."""
+"""Client ids and ranks: one int rank for everyone, or a mapping client -> rank (key ``None``: everyone else).
+
+A client id is an ``int`` or a ``str``; anything else is refused by name, because a float ``1.0``
+or ``True`` would silently be client 1, and ``None`` would silently get the default rank.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,22 @@ from rolora.federated.api import AggregationError
 RankMap = dict[int | str | None, int]
 
 
+def check_client_id(client: object) -> None:
+    """Raise unless ``client`` is an int (not a bool) or a str."""
+    if isinstance(client, bool) or not isinstance(client, (int, str)):
+        raise AggregationError(
+            f"client id {client!r} ({type(client).__name__}): client ids must be int or str"
+        )
+
+
 def normalise_ranks(ranks: int | Mapping[int | str | None, int]) -> RankMap:
     """Validate ``ranks`` and return it as a mapping (an int r becomes ``{None: r}``)."""
     rank_map: RankMap = {None: ranks} if not isinstance(ranks, Mapping) else dict(ranks)
     if not rank_map:
         raise AggregationError("ranks: empty mapping; give an int or at least one client's rank")
     for client, r in rank_map.items():
+        if client is not None:
+            check_client_id(client)
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             who = "default rank" if client is None else f"client {client!r}"
             raise AggregationError(f"ranks: {who} has rank {r!r}; ranks must be integers >= 1")
@@ -23,6 +37,7 @@ def normalise_ranks(ranks: int | Mapping[int | str | None, int]) -> RankMap:
 
 def rank_of(ranks: Mapping[int | str | None, int], client: int | str) -> int:
     """The rank of ``client``: its own entry, else the default (key ``None``)."""
+    check_client_id(client)
     if client in ranks:
         return ranks[client]
     if None in ranks:
@@ -53,6 +68,8 @@ def participant_ranks(
 ) -> dict[int | str | None, int]:
     """client -> rank for a round's participants (``clients`` an id list, or a count of default-rank clients)."""
     rank_map = normalise_ranks(ranks)
+    if isinstance(clients, bool):
+        raise AggregationError(f"communication: clients must be a count or a list of ids, got {clients!r}")
     if isinstance(clients, int):
         if clients < 1:
             raise AggregationError(f"communication: need at least one client, got {clients}")

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from rolora.federated.api import AggregationError, ClientUpdate, GlobalState, LayerSpec
-from rolora.federated.ranks import rank_of
+from rolora.federated.ranks import check_client_id, rank_of
 
 ShapeFn = Callable[[str, LayerSpec, int], tuple[int, ...]]
 """(tensor name, layer spec, client rank) -> the shape that tensor must have."""
@@ -77,6 +77,16 @@ def all_finite(x: Tensor) -> bool:
     return bool(torch.isfinite(x).all())
 
 
+def check_finite_result(t: int, layer: str, tensors: Mapping[str, Tensor]) -> None:
+    """A layer's aggregate must be finite: finite uploads can still overflow in a sum or a product."""
+    for name, x in tensors.items():
+        if not all_finite(x):
+            raise AggregationError(
+                f"round {t}, layer {layer!r}: the aggregate {name!r} holds NaN or ±Inf (the uploads are "
+                f"finite, but combining them overflows {x.dtype}); the state is left unchanged"
+            )
+
+
 def check_layer_tensors(
     where: str,
     tensors: object,
@@ -121,6 +131,7 @@ def check_updates(
     for u in updates:
         if not isinstance(u, ClientUpdate):
             raise AggregationError(f"round {t}: expected ClientUpdate, got {type(u).__name__}")
+        check_client_id(u.client)  # before hashing it: a list would raise TypeError
         who = f"round {t}, client {u.client!r}"
         if u.client in seen:
             raise AggregationError(f"{who}: more than one update from this client")

@@ -96,7 +96,9 @@ def test_balanced_split_gives_equal_column_and_row_norms(case):
         for layer in case.specs:
             b, a = start[layer]["B"].to(torch.float64), start[layer]["A"].to(torch.float64)
             b_cols, a_rows = b.norm(dim=0), a.norm(dim=1)
-            assert_close_rel(b_cols, a_rows, case.dtype, factor=10)
+            filled = b_cols > 0  # empty components restart as a fresh init (B column 0), see below
+            assert_close_rel(b_cols[filled], a_rows[filled], case.dtype, factor=10)
+            assert bool((a_rows[~filled] > 0).all())
             # The common norm is sqrt(σ_j/s_k): their product times s_k gives back the spectrum.
             sigma = torch.linalg.svdvals(method.delta(start[layer], ALPHA).to(torch.float64))
             padded = torch.zeros(r, dtype=torch.float64)
@@ -118,6 +120,31 @@ def test_splits_give_the_same_client_products(case):
                        for c in case.clients for layer, t in method.client_start(new, c, None, 2).items()})
     for key in deltas[0]:
         assert_close_rel(deltas[1][key], deltas[0][key], case.dtype, factor=10)
+
+
+def test_balanced_split_restarts_empty_components_like_a_fresh_lora_init():
+    """One rank-2 client against a server rank of 6: components 3..6 of the aggregate are empty.
+    With split="balanced" they would be ≈0 in both factors (so ≈0 gradients); they restart with a
+    Kaiming A row and a zero B column instead, and then train about as well as under split="B"."""
+    specs, ranks = {"q": LayerSpec(30, 17)}, {0: 2, 1: 6}
+    g = torch.randn(30, 17, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    grads, deltas = {}, {}
+    for split in SPLITS:
+        method = get_method("flexlora", split=split)
+        state = method.init(specs, ranks, alpha=ALPHA, seed=3, dtype=torch.float64)
+        _, updates, _ = synthetic_round(method, state, [0], seed=4)
+        new = method.aggregate(state, updates, 1)
+        if split == "balanced":
+            assert not new.layers["q"]["B"][:, 2:].any()
+            assert float(new.layers["q"]["A"][2:].norm(dim=1).min()) > 0.3  # Kaiming rows: about 1/sqrt(3)
+            again = method.aggregate(state, updates, 1).layers["q"]["A"]
+            assert torch.equal(again, new.layers["q"]["A"])  # seeded
+        start = {k: v.clone().requires_grad_() for k, v in method.client_start(new, 1, None, 2)["q"].items()}
+        delta = method.delta(start, ALPHA)
+        (delta * g).sum().backward()
+        grads[split], deltas[split] = start["B"].grad[:, 2:].norm(dim=0), delta.detach()
+    torch.testing.assert_close(deltas["balanced"], deltas["B"], rtol=1e-10, atol=1e-12)  # same product
+    assert float((grads["balanced"] / grads["B"]).min()) > 0.1
 
 
 def test_split_b_keeps_a_orthonormal_and_balanced_does_not():
