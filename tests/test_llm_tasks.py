@@ -102,6 +102,16 @@ def _alone_vs_batched(model, enc, task):
     return alone[0].item(), together[2].item()
 
 
+def _model_and_data(tokenizer, task):
+    """A tiny model and an encoded set for ``task``: RoBERTa for classification, Llama otherwise."""
+    if task == "instruction":
+        ds = InstructionDataset(SENTENCES[:3], ["", "the sea", ""], SENTENCES[3:], "alpaca")
+    else:
+        ds = _trec_like()
+    model = _roberta(tokenizer) if task == "classification" else _llama(len(tokenizer))
+    return model, encode(task, tokenizer, ds, 64)
+
+
 def test_padding_does_not_change_per_sample_losses_bert_pairs(minilm_tokenizer):
     enc = encode("classification", minilm_tokenizer, _trec_like(pairs=list(reversed(SENTENCES))), 64)
     a, b = _alone_vs_batched(_bert(minilm_tokenizer.vocab_size), enc, "classification")
@@ -110,13 +120,7 @@ def test_padding_does_not_change_per_sample_losses_bert_pairs(minilm_tokenizer):
 
 @pytest.mark.parametrize("task", ["classification", "generation-classification", "instruction"])
 def test_padding_does_not_change_per_sample_losses(word_tokenizer, task):
-    if task == "instruction":
-        ds = InstructionDataset(SENTENCES[:3], ["", "the sea", ""], SENTENCES[3:], "alpaca")
-        model = _llama(len(word_tokenizer))
-    else:
-        ds = _trec_like()
-        model = _roberta(word_tokenizer) if task == "classification" else _llama(len(word_tokenizer))
-    enc = encode(task, word_tokenizer, ds, 64)
+    model, enc = _model_and_data(word_tokenizer, task)
     a, b = _alone_vs_batched(model, enc, task)
     assert a == pytest.approx(b, abs=1e-5)
 
@@ -137,13 +141,7 @@ def test_evaluate_matches_the_per_sample_losses_and_restores_the_mode(word_token
 
 @pytest.mark.parametrize("task", ["classification", "generation-classification", "instruction"])
 def test_per_sample_metrics_summarise_any_subset_like_evaluating_it(word_tokenizer, task):
-    if task == "instruction":
-        ds = InstructionDataset(SENTENCES[:3], ["", "the sea", ""], SENTENCES[3:], "alpaca")
-        model = _llama(len(word_tokenizer))
-    else:
-        ds = _trec_like()
-        model = _roberta(word_tokenizer) if task == "classification" else _llama(len(word_tokenizer))
-    enc = encode(task, word_tokenizer, ds, 64)
+    model, enc = _model_and_data(word_tokenizer, task)
     per_sample = per_sample_metrics(model, enc, batch_size=2)
     assert all(len(v) == len(enc) for v in per_sample.values())
     rows = [2, 0]
