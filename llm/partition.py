@@ -22,6 +22,8 @@ pure function of (data, scheme, options, seed). A client left with no rows is an
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 
 import numpy as np
@@ -116,7 +118,8 @@ def _natural(ds: TextDataset, values, num_clients: int | None, column: str) -> P
         raise ValueError(f"natural partition by {column!r} has {len(names)} clients ({', '.join(names)}); "
                          f"set num_clients to {len(names)} or leave it unset")
     keys = [str(v) for v in np.asarray(values).tolist()]
-    parts = _run(partitioners.NaturalIdPartitioner(partition_by="key"), keys, len(names))
+    with contextlib.redirect_stderr(io.StringIO()):  # its unconditional tqdm bar would break --quiet
+        parts = _run(partitioners.NaturalIdPartitioner(partition_by="key"), keys, len(names))
     return _check_clients(parts, "natural", "this cannot happen for a value present in the data")
 
 
