@@ -117,9 +117,9 @@ def _natural(ds: TextDataset, values, num_clients: int | None, column: str) -> P
     if num_clients is not None and num_clients != len(names):
         raise ValueError(f"natural partition by {column!r} has {len(names)} clients ({', '.join(names)}); "
                          f"set num_clients to {len(names)} or leave it unset")
-    keys = [str(v) for v in np.asarray(values).tolist()]
     with contextlib.redirect_stderr(io.StringIO()):  # its unconditional tqdm bar would break --quiet
-        parts = _run(partitioners.NaturalIdPartitioner(partition_by="key"), keys, len(names))
+        # raw values (ints for labels): flwr orders clients by sorted value, as natural_client_names does
+        parts = _run(partitioners.NaturalIdPartitioner(partition_by="key"), values, len(names))
     return _check_clients(parts, "natural", "this cannot happen for a value present in the data")
 
 

@@ -76,8 +76,10 @@ def test_natural_gives_one_client_per_group_in_sorted_order():
     for name, p in zip(names, parts):
         assert {ds.groups[i] for i in p} == {name}
         assert len(p) == ds.groups.count(name)
-    by_label = partition(ds, "natural", None, seed=0, column="label")
-    assert [set(ds.labels[p].tolist()) for p in by_label] == [{c} for c in range(4)]
+    many = _ds(n=300, classes=12)  # client order is numeric (2 before 10), as natural_client_names says
+    by_label = partition(many, "natural", None, seed=0, column="label")
+    assert natural_client_names(many, "label") == [str(c) for c in range(12)]
+    assert [set(many.labels[p].tolist()) for p in by_label] == [{c} for c in range(12)]
 
 
 def test_natural_errors_name_the_fix():
