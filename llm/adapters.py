@@ -140,7 +140,7 @@ def load_tensors(adapters: dict[str, FederatedLinear], tensors: ModelTensors, tr
     check_layers(adapters, tensors)
     for name, module in adapters.items():
         module.check(tensors[name], trainable, method, alpha)
-    return [p for name, module in adapters.items() for p in module.load(tensors[name], trainable, method, alpha)]
+    return [p for name, module in adapters.items() for p in module.install(tensors[name], trainable, method, alpha)]
 
 
 def read_tensors(adapters: dict[str, FederatedLinear]) -> ModelTensors:

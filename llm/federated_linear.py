@@ -89,7 +89,9 @@ class FederatedLinear(nn.Module):
         for key in ("base", "W"):
             if key in tensors and tuple(tensors[key].shape) != (d, n):
                 raise ValueError(f"{where}: {key} must be {d}×{n}, got {tuple(tensors[key].shape)}")
-        try:
+        if uses_fused_path(method, frozenset(tensors), frozenset(trainable)):
+            return  # plain LoRA (+ base): the shapes above are all there is to check
+        try:  # any other tensor set: the method itself says whether it can use them
             with torch.no_grad():
                 shape = tuple(method.delta(dict(tensors), alpha).shape)
         except Exception as err:  # a method-specific tensor missing or misshapen
@@ -101,6 +103,10 @@ class FederatedLinear(nn.Module):
     def load(self, tensors: LayerTensors, trainable: frozenset[str], method: Method, alpha: float) -> list[nn.Parameter]:
         """Hold copies of ``tensors`` as fresh Parameters; return those that train (in ``trainable``)."""
         self.check(tensors, trainable, method, alpha)
+        return self.install(tensors, trainable, method, alpha)
+
+    def install(self, tensors: LayerTensors, trainable: frozenset[str], method: Method, alpha: float) -> list[nn.Parameter]:
+        """:meth:`load` without the check (for callers that checked every layer first)."""
         w = self.weight
         params = {k: nn.Parameter(t.detach().to(device=w.device, dtype=self.adapter_dtype, copy=True),
                                   requires_grad=k in trainable) for k, t in tensors.items()}

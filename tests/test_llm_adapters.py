@@ -332,3 +332,20 @@ def test_the_phase_follows_requires_grad_a_b_only_round_keeps_no_input(trainable
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
         layer(x)
     assert ((40, 24) in shapes) == keeps_x
+
+
+@pytest.mark.parametrize("method_name", ["fedavg-lora", "fed-alora"])
+def test_half_precision_base_with_fp32_adapters(method_name):
+    model, batch = fresh("llama")
+    method = get_method(method_name)
+    tensors = client_tensors(method, attach(fresh("llama")[0], Targets()), rank=3)
+    expected = merged_logits("llama", tensors, method, batch)
+    model.to(torch.bfloat16)
+    adapters = attach(model, Targets())
+    params = load_tensors(adapters, tensors, method.trains(1), method, ALPHA)
+    assert {p.dtype for p in params} == {torch.float32}
+    logits = model(**batch).logits
+    assert logits.dtype == torch.bfloat16
+    assert (logits.float() - expected).abs().max() < 0.02 * expected.abs().max()
+    logits.float().square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in params)
