@@ -96,11 +96,19 @@ def tiny_config(family: str, tokenizer, num_labels: int | None):
     return BertConfig(**common, max_position_embeddings=256, **labels)
 
 
-def load_tokenizer(folder: Path, gguf_file: str | None = None):
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
+
+
+def load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file) if gguf_file else \
-        AutoTokenizer.from_pretrained(str(folder))
+    # Without these files transformers builds an empty-vocabulary tokenizer (every word -> [UNK]), silently.
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ValueError(f"model folder {folder}: no usable tokenizer in it (none of {list(TOKENIZER_FILES)})")
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(f"model folder {folder}: no usable tokenizer in it ({err})") from None
 
 
 def set_decoder_tokens(tokenizer, model: nn.Module | None = None) -> None:

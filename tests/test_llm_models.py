@@ -96,6 +96,10 @@ def test_unsupported_model_type_and_non_hf_folder_are_named(tmp_path):
     GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path / "gpt")
     with pytest.raises(ValueError, match="unsupported model type 'gpt2'.*bert"):
         load_model(str(tmp_path / "gpt"), "causal-lm")
+    model, _ = load_model("tiny-bert", "classification", 2)
+    model.save_pretrained(tmp_path / "no-tokenizer")
+    with pytest.raises(ValueError, match="no usable tokenizer"):
+        load_model(str(tmp_path / "no-tokenizer"), "classification", 2)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no config.json"):
         load_model(str(tmp_path / "empty"), "classification", 2)
