@@ -9,8 +9,10 @@
 See :mod:`rolora.federated.api` for the round protocol.
 """
 
-if __name__ != "rolora.federated":  # e.g. `import federated` from the repository root: a second copy
-    raise ImportError(f"imported as {__name__!r}: import rolora.federated instead (the repository root is package rolora)")
+if __name__ != "rolora.federated":  # e.g. `import federated` from the repository root: no second copy
+    from rolora._misnamed import refuse_misnamed
+
+    refuse_misnamed(__name__, "rolora.federated", __spec__)
 
 from rolora.federated.api import (
     AggregationError,

@@ -12,8 +12,10 @@ Public API:
 Triton is imported lazily: without it (or without a GPU) everything runs on the PyTorch path.
 """
 
-if __name__ != "rolora.kernels":  # e.g. `import kernels` from the repository root: a second copy
-    raise ImportError(f"imported as {__name__!r}: import rolora.kernels instead (the repository root is package rolora)")
+if __name__ != "rolora.kernels":  # e.g. `import kernels` from the repository root: no second copy
+    from rolora._misnamed import refuse_misnamed
+
+    refuse_misnamed(__name__, "rolora.kernels", __spec__)
 
 from rolora.kernels.layer import LoRALinear, inject_lora, lora_modules, set_phase
 from rolora.kernels.op import LoRAPhase, dropout_keep_mask, lora_linear, phase_of, resolve_backend

@@ -4,5 +4,7 @@ Not implemented yet: this package is reserved for that work and exports nothing.
 rules it will use live in :mod:`rolora.federated`, the fused layer in :mod:`rolora.kernels`.
 """
 
-if __name__ != "rolora.llm":  # e.g. `import llm` from the repository root: a second copy
-    raise ImportError(f"imported as {__name__!r}: import rolora.llm instead (the repository root is package rolora)")
+if __name__ != "rolora.llm":  # e.g. `import llm` from the repository root: no second copy
+    from rolora._misnamed import refuse_misnamed
+
+    refuse_misnamed(__name__, "rolora.llm", __spec__)

@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", type=Path)
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--client", help="the client whose personalised model to export (personalised methods)")
+    export.add_argument("--merged", action="store_true",
+                        help="write W0 + the update as a plain Hugging Face model folder (any method; full-rank FedAvg needs it)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
     sub.add_parser("configs", help="list the shipped example configs")
     return parser
 
@@ -88,12 +91,12 @@ def read_method(run_dir: Path) -> str:
 
 
 def _export(args) -> int:
-    from rolora.llm.exporting import export_run
+    from rolora.llm.export_run import export_run
 
     client = args.client
     if client is not None and client.lstrip("-").isdigit():
         client = int(client)
-    path = export_run(args.run_dir, args.out, client=client)
+    path = export_run(args.run_dir, args.out, client=client, merged=args.merged, overwrite=args.overwrite)
     print(f"wrote {path}")
     return 0
 

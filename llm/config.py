@@ -72,6 +72,9 @@ class LoRAConfig:
     """Module short names ([] = the family default: query/value, or q_proj/v_proj on Llama)."""
     layers: list[int] = field(default_factory=list)
     """Transformer blocks that get adapters ([] = all; negative counts from the top: [-2, -1])."""
+    client_ranks: list[int] = field(default_factory=list)
+    """Mixed ranks: client k gets ``client_ranks[k % len]`` ([] = ``rank`` for every client). Only
+    methods that mix ranks accept this (flexlora, flora, fed-alora)."""
     train_head: bool = True
     """Train the classification head and average it every round (False: frozen at its init)."""
 
@@ -273,6 +276,8 @@ def check(c: RunConfig) -> None:
             _fail(key, f"must be ≥ 0, got {value}")
     if c.train.local_steps == 0 and c.train.local_epochs == 0:
         _fail("train.local_steps", "need local_steps ≥ 1 or local_epochs ≥ 1")
+    if any(r < 1 for r in c.lora.client_ranks):
+        _fail("lora.client_ranks", f"every rank must be ≥ 1, got {c.lora.client_ranks}")
     if not c.lora.alpha > 0:
         _fail("lora.alpha", f"must be > 0, got {c.lora.alpha}")
     if not 0 <= c.lora.dropout < 1:

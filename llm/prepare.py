@@ -42,6 +42,9 @@ class RunSetup:
     label_names: list[str]
     device: torch.device
     ranks: dict
+    initial_head: dict
+    """The classification head as loaded (round 0 of the averaged head), kept apart from the model's
+    own head parameters, which every client's training overwrites."""
 
     @property
     def train_head(self) -> bool:
@@ -50,7 +53,7 @@ class RunSetup:
     def initial_state(self) -> GlobalState:
         c = self.config
         return self.method.init(layer_specs(self.adapters), self.ranks, alpha=c.lora.alpha, seed=c.run.seed,
-                                dense=read_head(self.model) if self.train_head else None)
+                                dense=self.initial_head if self.train_head else None)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,8 +81,11 @@ def load_data(config: RunConfig):
 
 
 def client_ranks(config: RunConfig) -> dict:
-    """Every client's rank: ``lora.rank`` (key None: the default for all)."""
-    return {None: config.lora.rank}
+    """Every client's rank: ``lora.rank`` for all (key None), or ``lora.client_ranks`` cycled over clients."""
+    pattern = config.lora.client_ranks
+    if not pattern:
+        return {None: config.lora.rank}
+    return {k: int(pattern[k % len(pattern)]) for k in range(config.federated.clients)}
 
 
 def build(config: RunConfig, quiet: bool = True) -> RunSetup:
@@ -124,7 +130,7 @@ def build(config: RunConfig, quiet: bool = True) -> RunSetup:
     adapters = attach(model, targets, dropout=c.lora.dropout, backend=c.model.backend)
     return RunSetup(config=c, method=method, model=model, tokenizer=tokenizer, adapters=adapters, train=train,
                     test=test, clients=[np.asarray(p, dtype=np.int64) for p in parts], label_names=labels,
-                    device=device, ranks=client_ranks(c))
+                    device=device, ranks=client_ranks(c), initial_head=read_head(model))
 
 
 def _size(value: float) -> float | int:

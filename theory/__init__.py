@@ -20,5 +20,7 @@ Modules:
 This package imports only NumPy, SciPy, Matplotlib (lazily, in ``plots``) and tqdm; never torch.
 """
 
-if __name__ != "rolora.theory":  # e.g. `import theory` from the repository root: a second copy
-    raise ImportError(f"imported as {__name__!r}: import rolora.theory instead (the repository root is package rolora)")
+if __name__ != "rolora.theory":  # e.g. `import theory` from the repository root: no second copy
+    from rolora._misnamed import refuse_misnamed
+
+    refuse_misnamed(__name__, "rolora.theory", __spec__)

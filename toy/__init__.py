@@ -9,5 +9,7 @@ initial state), ``train`` (local training, evaluation, the federated loop), ``ex
 splits × methods), ``plots`` (PNG + CSV), ``cli`` (``rolora toy``).
 """
 
-if __name__ != "rolora.toy":  # e.g. `import toy` from the repository root: a second copy
-    raise ImportError(f"imported as {__name__!r}: import rolora.toy instead (the repository root is package rolora)")
+if __name__ != "rolora.toy":  # e.g. `import toy` from the repository root: no second copy
+    from rolora._misnamed import refuse_misnamed
+
+    refuse_misnamed(__name__, "rolora.toy", __spec__)

@@ -1,0 +1,47 @@
+"""``rolora llm export``: a finished (or interrupted) run's adapter as a PEFT folder, or a merged model.
+
+The global model (every client of a shared-model method runs it), or client K's own model for
+personalised methods (FedSA-LoRA, Fed-ALoRA: ``--client K`` is required), taken from the run's
+latest checkpoint. What each method can export is listed in :mod:`rolora.llm.export`; full-rank
+FedAvg has no LoRA form and is exported merged (``--merged``), which any method also allows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rolora.federated.round import next_model
+from rolora.llm.checkpoint import latest_checkpoint, load_checkpoint
+from rolora.llm.export import export_merged, export_peft
+from rolora.llm.models import TINY, resolve_folder
+from rolora.llm.prepare import build
+from rolora.llm.run_folder import read_config
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, client: int | str | None = None, *,
+               merged: bool = False, overwrite: bool = False) -> Path:
+    """Export the run in ``run_dir`` to ``out_dir``; returns the folder written."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    ckpt_path = latest_checkpoint(run_dir)
+    if ckpt_path is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint to export")
+    ckpt = load_checkpoint(ckpt_path)
+    setup = build(config)
+    method = setup.method
+    if method.personalised and client is None:
+        raise ValueError(f"{method.name} is personalised: every client has its own model; pass --client K "
+                         f"(0..{config.federated.clients - 1})")
+    if client is not None and client not in range(config.federated.clients):
+        raise ValueError(f"--client {client!r}: the run has clients 0..{config.federated.clients - 1}")
+    tensors = next_model(method, ckpt.state, 0 if client is None else client, ckpt.kept)
+    head = dict(ckpt.state.dense) if setup.train_head else None
+    if merged:
+        return export_merged(setup.model, setup.adapters, tensors, head, method, config.lora.alpha, out_dir,
+                             tokenizer=setup.tokenizer, overwrite=overwrite)
+    if "W" in next(iter(tensors.values())):
+        raise ValueError(f"{method.name} trains full-rank updates, which PEFT's LoRA format cannot hold; "
+                         "export the merged model instead (rolora llm export RUN_DIR --out DIR --merged)")
+    base = None if config.model.name in TINY else str(resolve_folder(config.model.name, None))
+    return export_peft(setup.model, setup.adapters, tensors, head, method, config.lora.alpha, out_dir,
+                       base_name_or_path=base, overwrite=overwrite)
