@@ -17,22 +17,10 @@ name      shape  meaning
 other     any    method-specific (e.g. Fed-ALoRA's ``"B_base"``, ``"M"``, ``"B1"``, ``"B2"``)
 ========  =====  ================================================================================
 
-One round t = 1, 2, ... with participating clients S_t (any non-empty subset):
-
-.. code-block:: python
-
-    method = get_method("rolora")                     # stable name -> configured Method
-    state = method.init(specs, ranks, alpha=16.0, seed=0)
-    personal = {}                                     # client -> what it keeps between rounds
-    for t in range(1, rounds + 1):
-        updates = []
-        for k in participants(t):
-            local = method.client_start(state, k, personal.get(k), t)    # tensors to train from
-            local = train(local, trainable=method.trains(t))             # the caller's optimiser
-            personal[k] = method.client_keep(local, t)
-            updates.append(ClientUpdate(k, n_k, method.client_upload(local, t)))
-        state = method.aggregate(state, updates, t, weighting="samples")  # pure; validates first
-        model = method.client_start(state, k, personal.get(k), t + 1)      # what client k runs next
+A round t = 1, 2, ... uses the methods below in one fixed order: for each participant
+``client_start`` -> the caller's local training of ``trains(t)`` -> ``client_keep`` ->
+``client_upload``, then ``aggregate`` over the uploads. That order is written once, in
+:func:`rolora.federated.round.run_round`; call it rather than re-writing the loop.
 
 ``client_start(state, k, kept, t)`` and ``aggregate(state, updates, t)`` both need
 t == state.round + 1 (the round being played). What a layer of ``state.layers`` holds is listed in

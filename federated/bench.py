@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from rolora.federated.api import ClientUpdate, LayerSpec, Method
 from rolora.federated.registry import available_methods, get_method
-from rolora.federated.synthetic import synthetic_round
+from rolora.federated.round import run_round
+from rolora.federated.synthetic import synthetic_round, synthetic_training
 from rolora.federated.validation import check_updates
 
 QUICK = {"layers": 4, "shape": (1024, 768), "clients": [10, 50], "repeats": 3}
@@ -195,9 +196,8 @@ def _uploads(method: Method, specs, rank, alpha, k, distinct, t, seed, dtype, de
     pool = list(range(min(distinct, k)))
     kept: dict = {}
     for tt in range(1, t):  # reach round t with the pool's clients
-        _, ups, keeps = synthetic_round(method, state, pool, seed=seed + tt, scale=0.01)
-        state = method.aggregate(state, ups, tt)
-        kept.update(keeps)
+        result = run_round(method, state, pool, synthetic_training(method, seed=seed + tt, scale=0.01), kept)
+        state, kept = result.state, result.kept
     _, pool_updates, _ = synthetic_round(method, state, pool, kept=kept, seed=seed + t, scale=0.01)
     updates = [
         ClientUpdate(c, float(100 + c), pool_updates[c % len(pool)].tensors) for c in range(k)

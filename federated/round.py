@@ -141,6 +141,31 @@ def client_starts(
     ]
 
 
+def client_uploads(
+    method: Method, t: int, starts: Sequence[ClientStart], results: Sequence[ClientResult | None]
+) -> tuple[list[ClientUpdate], dict[ClientId, ModelTensors | None], dict[ClientId, ClientResult], list[ClientId]]:
+    """Step 4 for every participant: (uploads, kept states, results, dropped ids); ``None`` drops."""
+    results = list(results)
+    if len(results) != len(starts):
+        raise AggregationError(
+            f"round {t}: local training returned {len(results)} results for {len(starts)} participants"
+        )
+    updates, keeps, done, dropped = [], {}, {}, []
+    for start, result in zip(starts, results):
+        k = start.client
+        if result is None:
+            dropped.append(k)
+            continue
+        if not isinstance(result, ClientResult):
+            raise AggregationError(f"round {t}, client {k!r}: local training returned {type(result).__name__}, "
+                                   "expected ClientResult or None")
+        keeps[k] = method.client_keep(result.tensors, t)
+        updates.append(ClientUpdate(k, result.num_samples, method.client_upload(result.tensors, t),
+                                    dense={n: x.detach() for n, x in result.dense.items()}))
+        done[k] = result
+    return updates, keeps, done, dropped
+
+
 def next_model(method: Method, state: GlobalState, client: ClientId,
                kept: Mapping[ClientId, ModelTensors | None] | None = None) -> ModelTensors:
     """The tensors ``client`` would run after the state's last round (what to evaluate)."""
@@ -170,24 +195,7 @@ def run_round(
     kept = dict(kept or {})
     participants = sample_participants(clients, fraction, state.seed if seed is None else seed, t)
     starts = client_starts(method, state, participants, kept)
-    results = list(train(t, starts))
-    if len(results) != len(starts):
-        raise AggregationError(
-            f"round {t}: local training returned {len(results)} results for {len(starts)} participants"
-        )
-    updates, keeps, done, dropped = [], {}, {}, []
-    for start, result in zip(starts, results):
-        k = start.client
-        if result is None:
-            dropped.append(k)
-            continue
-        if not isinstance(result, ClientResult):
-            raise AggregationError(f"round {t}, client {k!r}: local training returned {type(result).__name__}, "
-                                   "expected ClientResult or None")
-        keeps[k] = method.client_keep(result.tensors, t)
-        updates.append(ClientUpdate(k, result.num_samples, method.client_upload(result.tensors, t),
-                                    dense={n: x.detach() for n, x in result.dense.items()}))
-        done[k] = result
+    updates, keeps, done, dropped = client_uploads(method, t, starts, train(t, starts))
     if not updates:
         raise RoundFailed(f"round {t}: every participant failed ({dropped}); the state is unchanged")
     new_state = method.aggregate(state, updates, t, weighting=weighting)

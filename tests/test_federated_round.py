@@ -40,7 +40,7 @@ def test_run_round_equals_the_protocol_written_out(name):
     result = run_round(method, state, 3, _noise_train(method))
     # The same round by hand, via the synthetic helper (same noise), and the dense mean by hand.
     _, updates, keeps = synthetic_round(method, state, [0, 1, 2], {0: 1.0, 1: 2.0, 2: 3.0}, seed=0, scale=0.3)
-    expected = method.aggregate(replace(state, dense={}), updates, 1)
+    expected = method.aggregate(replace(state, dense={}), [replace(u, dense={}) for u in updates], 1)
     for layer in SPECS:
         for n, x in expected.layers[layer].items():
             torch.testing.assert_close(result.state.layers[layer][n], x, rtol=0, atol=0)

@@ -14,7 +14,7 @@ from rolora.federated import available_methods, get_method
 from rolora.toy.data import load_mnist
 from rolora.toy.init_state import initial_state
 from rolora.toy.model import LAYER, logits, make_w_out
-from rolora.toy.train import ToyConfig, evaluate, local_train, participants, run_federated
+from rolora.toy.train import ToyConfig, evaluate, local_train, run_federated
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +82,6 @@ def test_local_train_updates_only_the_trainable_factor_and_leaves_inputs_alone()
     for k in before:  # the caller's tensors are untouched
         torch.testing.assert_close(local[LAYER][k], before[k], rtol=0, atol=0)
     assert math.isfinite(loss) and not new[LAYER]["B"].requires_grad
-
-
-def test_participants_are_seeded_and_sized():
-    assert participants(10, 1.0, seed=0, t=3) == list(range(10))
-    picked = participants(10, 0.25, seed=0, t=3)
-    assert len(picked) == 3 and picked == participants(10, 0.25, seed=0, t=3)
-    assert len({tuple(participants(10, 0.25, seed=0, t=t)) for t in range(1, 9)}) > 1
-    assert len(participants(10, 0.01, seed=0, t=1)) == 1
 
 
 def test_evaluate_with_the_test_label_mix_is_plain_accuracy(mnist):

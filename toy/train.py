@@ -1,8 +1,8 @@
 """Local training, evaluation and the federated loop of the toy experiment.
 
-The loop follows the core's round protocol (``rolora.federated.api``) literally; every server-side
-computation is ``method.aggregate``. Clients are stateless apart from what ``method.client_keep``
-returns, and their optimiser is re-created every round.
+Every round is :func:`rolora.federated.round.run_round` (participants, client start, keep, upload,
+``method.aggregate``); this file only supplies the local training. Clients are stateless apart from
+what ``method.client_keep`` returns, and their optimiser is re-created every round.
 
 Evaluation (after round 0, i.e. the init, and after every round):
 - shared-model methods: the broadcast model (``client_start`` of client 0 for round t+1) on the full
@@ -30,7 +30,7 @@ from torch import Tensor
 
 from rolora.federated.api import Method
 from rolora.federated.registry import method_from_spec
-
+from rolora.federated.round import ClientResult, ClientStart, next_model, one_by_one, run_round
 from rolora.toy.data import NUM_CLASSES, Mnist
 from rolora.toy.init_state import initial_state
 from rolora.toy.model import LAYER, logits, make_w_out
@@ -120,15 +120,6 @@ def derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def participants(num_clients: int, fraction: float, seed: int, t: int) -> list[int]:
-    """Clients taking part in round t: all of them, or a seeded sample of ⌈fraction·N⌉ (≥ 1)."""
-    if fraction >= 1:
-        return list(range(num_clients))
-    m = max(1, int(np.ceil(fraction * num_clients)))
-    rng = np.random.default_rng([seed, t, 7])
-    return sorted(rng.choice(num_clients, size=m, replace=False).tolist())
-
-
 def local_train(method: Method, local: Mapping[str, Mapping[str, Tensor]], trainable: frozenset[str], x: Tensor,
                 y: Tensor, cfg: ToyConfig, w_out: Tensor, gen: torch.Generator) -> tuple[dict, float]:
     """Train the ``trainable`` tensors of ``local`` on (x, y); return (new tensors, mean batch loss).
@@ -191,8 +182,6 @@ def run_federated(cfg: ToyConfig, data: Mnist, on_round: Callable[[int], None] |
 
     ``on_round(t)`` is called after each round (progress bars).
     """
-    from rolora.federated.api import ClientUpdate
-
     cfg.check()
     method = method_from_spec(cfg.method, total_rounds=cfg.rounds)
     parts = subsample(make_partition(cfg.split, data.train_y, cfg.seed, cfg.num_clients, cfg.alpha_dir),
@@ -214,29 +203,30 @@ def run_federated(cfg: ToyConfig, data: Mnist, on_round: Callable[[int], None] |
 
     def record(t: int, clients: list[int], train_loss: float) -> None:
         if method.personalised:
-            models = [method.client_start(state, k, personal.get(k), t + 1)[LAYER] for k in clients]
+            models = [next_model(method, state, k, personal)[LAYER] for k in clients]
             acc, loss = evaluate(method, models, [mixes[k] for k in clients], [sizes[k] for k in clients],
                                  test_x, test_y, cfg, w_out)
         else:
-            model = method.client_start(state, 0, personal.get(0), t + 1)[LAYER]
+            model = next_model(method, state, 0, personal)[LAYER]
             acc, loss = evaluate(method, [model], [test_mix], [1.0], test_x, test_y, cfg, w_out)
         history.rounds.append(t)
         history.test_acc.append(acc)
         history.test_loss.append(loss)
         history.train_loss.append(train_loss)
 
+    def train_client(t: int, start: ClientStart) -> ClientResult:
+        k = start.client
+        gen = torch.Generator().manual_seed(derived_seed(cfg.seed, t, k, 2))
+        tensors, loss = local_train(method, start.tensors, start.trainable, xs[k], ys[k], cfg, w_out, gen)
+        return ClientResult(tensors=tensors, num_samples=sizes[k], metrics={"loss": loss})
+
     record(0, list(range(len(parts))), float("nan"))
     for t in range(1, cfg.rounds + 1):
-        clients = participants(len(parts), cfg.participation, cfg.seed, t)
-        updates, losses = [], []
-        for k in clients:
-            local = method.client_start(state, k, personal.get(k), t)
-            gen = torch.Generator().manual_seed(derived_seed(cfg.seed, t, k, 2))
-            local, loss = local_train(method, local, method.trains(t), xs[k], ys[k], cfg, w_out, gen)
-            personal[k] = method.client_keep(local, t)
-            updates.append(ClientUpdate(k, sizes[k], method.client_upload(local, t)))
-            losses.append(loss)
-        state = method.aggregate(state, updates, t, weighting="samples")
+        result = run_round(method, state, len(parts), one_by_one(train_client), personal,
+                           fraction=cfg.participation, seed=cfg.seed, weighting="samples")
+        state, personal = result.state, result.kept
+        clients = list(result.results)
+        losses = [result.results[k].metrics["loss"] for k in clients]
         record(t, clients, float(np.average(losses, weights=[sizes[k] for k in clients])))
         if on_round is not None:
             on_round(t)
