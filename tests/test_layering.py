@@ -1,0 +1,266 @@
+"""The package's import layering, read from the source (AST) of every module of ``rolora``.
+
+What is enforced, exactly (an import is any ``import x`` / ``from x import y`` anywhere in a module,
+also inside functions; relative imports are resolved; ``from pkg import name`` counts as importing
+``pkg.name`` when that is a module):
+
+1. ``theory`` imports nothing of ours (only ``rolora.theory.*``).
+2. ``kernels`` imports only ``rolora.kernels.*``, torch, triton, numpy and the standard library;
+   its benchmark script (``kernels/bench.py``, never imported by the library) may also import peft
+   (the baseline it measures against) and tqdm.
+3. ``federated`` never imports ``toy``, ``llm`` or ``kernels`` (it is the bottom of the torch stack).
+4. No "upward" or sideways import: a subpackage imports only itself and the layers it may build on
+   (``toy`` and ``llm``: ``federated`` and ``kernels``; never each other), never the top-level
+   modules (``rolora``, ``rolora.cli``, ``rolora.__main__``). The one exception is
+   ``rolora._misnamed``, the stdlib-only helper every subpackage's ``__init__`` uses to refuse being
+   imported under the wrong name.
+5. Outside ``federated/`` (``toy``, ``llm``, future Flower apps, ``cli``) only the public modules of
+   ``rolora.federated`` are imported: the package itself, ``api``, ``round``, ``serial``, ``dense``,
+   ``registry`` and ``seeding`` (the project's one seed-derivation helper, no aggregation). So no
+   aggregation arithmetic (``weights``, ``svd``, ``lora_base``, a method's module, ...) is reused, or
+   re-implemented around its internals, outside the core.
+6. ``llm/`` contains no hand-written weighted sum over clients' tensors. Flagged, in any ``llm``
+   module: a ``sum``/``fsum``/``torch.sum``/``x.sum()`` over a comprehension, or an ``x += ...``
+   inside a ``for`` loop, that multiplies (``*``) and reads a ``.tensors``, ``.dense`` or ``.layers``
+   attribute (the tensors of ``ClientStart``/``ClientResult``/``ClientUpdate``/``GlobalState``) in
+   that comprehension or loop; and any ``.add_(x, alpha=w)`` inside a ``for`` loop. Weighted means of
+   logged numbers (losses, accuracies) do not read those attributes and pass. A line that is
+   deliberately not an aggregation may say so with the comment ``# not an aggregation``.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBPACKAGES = ("theory", "kernels", "federated", "toy", "llm")
+GUARD_HELPER = "rolora._misnamed"
+MAY_BUILD_ON = {
+    "theory": set(),
+    "kernels": set(),
+    "federated": set(),
+    "toy": {"federated", "kernels"},
+    "llm": {"federated", "kernels"},
+}
+KERNELS_THIRD_PARTY = {"torch", "triton", "numpy"}
+KERNELS_BENCH_EXTRA = {"peft", "tqdm"}
+PUBLIC_FEDERATED = {
+    f"rolora.federated{s}" for s in ("", ".api", ".round", ".serial", ".dense", ".registry", ".seeding")
+}
+NOT_AGGREGATION = "# not an aggregation"
+SKIP_DIRS = {"tests", "docs", "build", "dist", "out", ".venv", ".git", "__pycache__", ".hypothesis"}
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(["rolora", *parts])
+
+
+def package_modules(root: Path) -> dict[str, Path]:
+    """rolora's module name -> file, for every .py file of the package (not tests)."""
+    out = {}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).parts
+        if rel[0] in SKIP_DIRS or rel[0].endswith(".egg-info") or any(p.startswith(".") for p in rel):
+            continue
+        out[module_name(path, root)] = path
+    return out
+
+
+def imports_of(path: Path, name: str, modules: set[str]) -> set[str]:
+    """Absolute names of everything the module imports (relative imports resolved)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    is_package = path.name == "__init__.py"
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if is_package else name.split(".")[:-1]
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.add(target)
+            for alias in node.names:  # `from pkg import mod` imports the module pkg.mod
+                if f"{target}.{alias.name}" in modules:
+                    found.add(f"{target}.{alias.name}")
+    return found
+
+
+def area_of(name: str) -> str | None:
+    """The subpackage a rolora module belongs to (None: a top-level module)."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in SUBPACKAGES else None
+
+
+def ours(name: str) -> bool:
+    return name == "rolora" or name.startswith("rolora.")
+
+
+def layering_violations(root: Path) -> list[str]:
+    """Rules 1-5 of the module docstring, as messages naming the module and the import."""
+    modules = package_modules(root)
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    problems = []
+    for name, path in modules.items():
+        area = area_of(name)
+        for imported in sorted(imports_of(path, name, set(modules))):
+            top = imported.split(".")[0]
+            target_area = area_of(imported) if ours(imported) else None
+            where = f"{name} imports {imported}"
+            if area == "theory" and ours(imported) and target_area != "theory" and imported != GUARD_HELPER:
+                problems.append(f"{where}: theory imports nothing of ours")
+            if area == "kernels":
+                if ours(imported) and target_area != "kernels" and imported != GUARD_HELPER:
+                    problems.append(f"{where}: kernels import no other rolora subpackage")
+                allowed = KERNELS_THIRD_PARTY | (KERNELS_BENCH_EXTRA if name == "rolora.kernels.bench" else set())
+                if not ours(imported) and top not in stdlib and top not in allowed:
+                    problems.append(f"{where}: kernels import only torch, triton, numpy and the stdlib")
+            if area is not None and ours(imported) and imported != GUARD_HELPER:
+                if target_area is None:
+                    problems.append(f"{where}: a subpackage never imports the top-level modules (upwards)")
+                elif target_area != area and target_area not in MAY_BUILD_ON[area]:
+                    problems.append(f"{where}: {area} may not import {target_area} (upwards or sideways)")
+            if area != "federated" and area_of(imported) == "federated" and imported not in PUBLIC_FEDERATED:
+                problems.append(f"{where}: outside federated/ only {sorted(PUBLIC_FEDERATED)} are public")
+    return problems
+
+
+SUMS = {"sum", "fsum"}
+FEDERATED_TENSORS = {"tensors", "dense", "layers"}
+
+
+def _multiplies(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Mult) for n in ast.walk(node))
+
+
+def _reads_federated_tensors(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Attribute) and n.attr in FEDERATED_TENSORS for n in ast.walk(node))
+
+
+def weighted_sums(path: Path) -> list[str]:
+    """Rule 6: hand-written weighted sums in one file, as 'file:line: what' messages."""
+    source = path.read_text()
+    lines = source.splitlines()
+    tree = ast.parse(source, filename=str(path))
+    found = []
+
+    def flag(node: ast.AST, what: str) -> None:
+        if NOT_AGGREGATION not in lines[node.lineno - 1]:
+            found.append(f"{path.name}:{node.lineno}: {what}")
+
+    loops = [n for n in ast.walk(tree) if isinstance(n, (ast.For, ast.AsyncFor))]
+    in_loop = {id(n) for loop in loops for stmt in loop.body for n in ast.walk(stmt)}
+    in_tensor_loop = {
+        id(n) for loop in loops if _reads_federated_tensors(loop) for stmt in loop.body for n in ast.walk(stmt)
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            fname = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            # the summed comprehension may sit in the arguments or, for x.sum(), in the receiver
+            scope = [*node.args, *([func.value] if isinstance(func, ast.Attribute) else [])]
+            comps = [c for a in scope for c in ast.walk(a) if isinstance(c, (ast.GeneratorExp, ast.ListComp))]
+            if fname in SUMS and any(_multiplies(c.elt) and _reads_federated_tensors(c) for c in comps):
+                flag(node, "sum of products over a comprehension")
+            if fname == "add_" and any(k.arg == "alpha" for k in node.keywords) and id(node) in in_loop:
+                flag(node, ".add_(x, alpha=w) in a loop")
+        if isinstance(node, ast.AugAssign) and isinstance(node.op, ast.Add) and _multiplies(node.value):
+            if id(node) in in_tensor_loop:
+                flag(node, "x += a * b in a loop over federated tensors")
+    return found
+
+
+def test_every_subpackage_is_scanned():
+    areas = {area_of(name) for name in package_modules(ROOT)}
+    assert set(SUBPACKAGES) <= areas
+    assert "rolora.federated.round" in package_modules(ROOT)
+
+
+def test_the_package_is_layered():
+    assert layering_violations(ROOT) == []
+
+
+def test_llm_writes_no_weighted_sum_over_clients():
+    found = [m for path in sorted((ROOT / "llm").rglob("*.py")) for m in weighted_sums(path)]
+    assert found == [], "aggregation belongs in rolora.federated (call run_round / method.aggregate):\n" + "\n".join(found)
+
+
+# --------------------------------------------------------------------------- the checks can fail
+def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
+    root = tmp_path / "pkg"
+    for area in SUBPACKAGES:
+        (root / area).mkdir(parents=True)
+        (root / area / "__init__.py").write_text("")
+    for rel, text in files.items():
+        (root / rel).write_text(text)
+    return root
+
+
+PLANTED = [
+    ("theory/bad.py", "import rolora.federated.api\n", "theory imports nothing of ours"),
+    ("kernels/bad.py", "from rolora.federated import api\n", "kernels import no other rolora subpackage"),
+    ("kernels/pandas_user.py", "import pandas\n", "kernels import only torch"),
+    ("kernels/peft_user.py", "import peft\n", "kernels import only torch"),
+    ("federated/bad.py", "def f():\n    from rolora.toy import train\n", "federated may not import toy"),
+    ("federated/worse.py", "from rolora.llm import engine\n", "federated may not import llm"),
+    ("federated/kern.py", "import rolora.kernels.op\n", "federated may not import kernels"),
+    ("toy/bad.py", "from rolora import llm\n", "toy may not import llm"),
+    ("llm/cli_user.py", "from rolora.cli import main\n", "never imports the top-level modules"),
+    ("llm/internal.py", "from rolora.federated.weights import weighted_sum\n", "only"),
+    ("llm/sub.py", "from rolora.federated import svd\n", "only"),
+    ("llm/rel.py", "from ..federated.lora_base import LoRAMethod\n", "only"),
+]
+
+
+@pytest.mark.parametrize("rel, text, words", PLANTED, ids=[p[0] for p in PLANTED])
+def test_a_planted_violation_is_found(tmp_path, rel, text, words):
+    root = _tree(tmp_path, {
+        "federated/api.py": "", "federated/weights.py": "", "federated/svd.py": "", "federated/lora_base.py": "",
+        "toy/train.py": "", "llm/engine.py": "", "kernels/op.py": "", "cli.py": "", rel: text,
+    })
+    problems = layering_violations(root)
+    assert any(words in p and rel.replace("/", ".").removesuffix(".py") in p for p in problems), problems
+
+
+def test_public_federated_modules_and_the_guard_helper_are_allowed(tmp_path):
+    root = _tree(tmp_path, {
+        "federated/api.py": "", "federated/round.py": "", "llm/ok.py": (
+            "from rolora.federated import get_method\nfrom rolora.federated.round import run_round\n"
+            "import rolora.kernels\nimport torch, numpy, json\n"),
+        "theory/__init__.py": "if __name__ != 'rolora.theory':\n    from rolora._misnamed import refuse_misnamed\n",
+        "kernels/ok.py": "import triton\nimport torch\nfrom rolora.kernels import op\n",
+    })
+    assert layering_violations(root) == []
+
+
+@pytest.mark.parametrize("code", [
+    "def f(rs):\n    return sum(r.num_samples * r.tensors['q']['B'] for r in rs)\n",
+    "def f(ws, rs):\n    return sum(w * x for w, x in zip(ws, [r.tensors['q']['A'] for r in rs]))\n",
+    "import torch\ndef f(ws, us):\n    return torch.sum(torch.stack([w * u.dense['h'] for w, u in zip(ws, us)]), 0)\n",
+    "import torch\ndef f(ws, us):\n    return torch.stack([w * u.tensors['q']['A'] for w, u in zip(ws, us)]).sum(0)\n",
+    "def f(ws, us):\n    out = 0\n    for w, u in zip(ws, us):\n        out += w * u.tensors['q']['B']\n    return out\n",
+    "def f(ws, xs):\n    out = xs[0] * 0\n    for w, x in zip(ws, xs):\n        out.add_(x, alpha=w)\n    return out\n",
+])
+def test_a_planted_weighted_sum_in_llm_is_found(tmp_path, code):
+    path = tmp_path / "fedavg_by_hand.py"
+    path.write_text(code)
+    assert weighted_sums(path)
+    path.write_text("\n".join(line + ("  " + NOT_AGGREGATION if ("*" in line or "add_" in line) else "")
+                              for line in code.splitlines()))
+    assert weighted_sums(path) == []
+
+
+def test_weighted_means_of_logged_numbers_pass(tmp_path):
+    path = tmp_path / "metrics.py"
+    path.write_text("def f(results, w):\n    return sum(w[k] * r.metrics['loss'] for k, r in results.items())\n"
+                    "def g(ts):\n    return sum(t.numel() * t.element_size() for t in ts)\n")
+    assert weighted_sums(path) == []
