@@ -49,6 +49,13 @@ class DataConfig:
     label_column: str = "label"
     pair_column: str = ""
     group_column: str = ""
+    deduplicate: bool = True
+    """Built-in sets: keep repeated sentences once (drop those with conflicting labels)."""
+    fine_labels: bool = False
+    """trec: the 50 fine classes instead of the 6 coarse ones."""
+    neutral_threshold: float = 0.5
+    """vader: |mean sentiment| below this is neutral (dropped, or a third class with keep_neutral)."""
+    keep_neutral: bool = False
     test_size: float = 0.1
     """Held-out test set: a count (≥ 1) or a fraction (< 1) of the data."""
     val_size: float = 0.0

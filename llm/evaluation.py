@@ -10,8 +10,6 @@ clients it measures what a personalised model is for. Instruction tuning has no 
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -20,7 +18,7 @@ from rolora.federated import GlobalState, ModelTensors
 from rolora.federated.round import next_model
 from rolora.llm.adapters import load_head, load_tensors
 from rolora.llm.prepare import RunSetup
-from rolora.llm.tasks import Encoded, evaluate
+from rolora.llm.tasks import evaluate, per_sample_metrics, summarise
 
 
 def load_model_of(setup: RunSetup, state: GlobalState, client, kept: Mapping) -> None:
@@ -31,18 +29,6 @@ def load_model_of(setup: RunSetup, state: GlobalState, client, kept: Mapping) ->
         load_head(setup.model, dict(state.dense), trainable=False)
 
 
-def subset(encoded: Encoded, rows: np.ndarray) -> Encoded:
-    """The encoded samples at ``rows``."""
-    pick = [int(i) for i in rows]
-    return dataclasses.replace(
-        encoded,
-        input_ids=[encoded.input_ids[i] for i in pick],
-        labels=None if encoded.labels is None else encoded.labels[pick],
-        token_type_ids=None if encoded.token_type_ids is None else [encoded.token_type_ids[i] for i in pick],
-        answer_start=None if encoded.answer_start is None else [encoded.answer_start[i] for i in pick],
-    )
-
-
 def label_mix(setup: RunSetup, client) -> np.ndarray:
     """Client ``client``'s training label frequencies."""
     labels = setup.train.labels[setup.clients[client]]
@@ -50,39 +36,37 @@ def label_mix(setup: RunSetup, client) -> np.ndarray:
     return counts / counts.sum()
 
 
-def per_class(setup: RunSetup) -> dict[str, np.ndarray]:
-    """Metrics of the loaded model on each test class (arrays over classes; nan where a class is absent)."""
-    out: dict[str, list[float]] = {}
-    for c in range(len(setup.label_names)):
-        rows = np.flatnonzero(setup.test.labels == c)
-        scores = evaluate(setup.model, subset(setup.test, rows), setup.config.run.eval_batch_size) if len(rows) else {}
-        for key in ("loss", "accuracy"):
-            out.setdefault(key, []).append(scores.get(key, math.nan))
-    return {k: np.asarray(v) for k, v in out.items()}
+def mix_weighted(setup: RunSetup, metrics: dict[str, np.ndarray], mix: np.ndarray) -> dict[str, float]:
+    """Loss and accuracy of per-sample test metrics re-weighted to the label mix ``mix``.
+
+    Each test sample of class c weighs mix[c] / (test samples of class c); classes absent from the
+    test set drop out and the rest are renormalised.
+    """
+    labels = setup.test.labels
+    per_class = np.bincount(labels, minlength=len(mix)).astype(np.float64)
+    mix = np.where(per_class > 0, mix, 0.0)
+    if mix.sum() == 0:  # the client's labels are all absent from the test set: plain means
+        mix = per_class
+    w = mix[labels] / per_class[labels]
+    w = w / w.sum()
+    return {"loss": float(w @ metrics["loss"]), "accuracy": float(w @ metrics["correct"].astype(np.float64))}
 
 
 def evaluate_round(setup: RunSetup, state: GlobalState, kept: Mapping[object, ModelTensors | None],
                    clients: Sequence) -> dict[str, float]:
     """Test metrics after ``state.round`` rounds (``clients``: whom to score for personalised methods)."""
+    batch_size = setup.config.run.eval_batch_size
     if not setup.method.personalised:
         load_model_of(setup, state, clients[0], kept)
-        return evaluate(setup.model, setup.test, setup.config.run.eval_batch_size)
-    if setup.config.model.task == "instruction":
-        weights, rows = [], []
-        for k in clients:
-            load_model_of(setup, state, k, kept)
-            rows.append(evaluate(setup.model, setup.test, setup.config.run.eval_batch_size))
-            weights.append(len(setup.clients[k]))
-        w = np.asarray(weights, dtype=np.float64) / np.sum(weights)
-        return {key: float(sum(wi * r[key] for wi, r in zip(w, rows))) for key in rows[0]}
-    totals = {"loss": 0.0, "accuracy": 0.0}
-    weight = float(sum(len(setup.clients[k]) for k in clients))
+        return evaluate(setup.model, setup.test, batch_size)
+    weights = np.asarray([len(setup.clients[k]) for k in clients], dtype=np.float64)
+    weights /= weights.sum()
+    scores = []
     for k in clients:
         load_model_of(setup, state, k, kept)
-        scores, mix = per_class(setup), label_mix(setup, k)
-        present = ~np.isnan(scores["accuracy"])
-        mix = np.where(present, mix, 0.0)
-        mix = mix / mix.sum() if mix.sum() > 0 else present / present.sum()
-        for key in totals:
-            totals[key] += len(setup.clients[k]) / weight * float(np.nansum(mix * scores[key]))
-    return totals
+        metrics = per_sample_metrics(setup.model, setup.test, batch_size)
+        if setup.config.model.task == "instruction":  # no labels: the plain held-out loss
+            scores.append(summarise(metrics))
+        else:
+            scores.append(mix_weighted(setup, metrics, label_mix(setup, k)))
+    return {key: float(sum(w * s[key] for w, s in zip(weights, scores))) for key in scores[0]}

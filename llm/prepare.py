@@ -16,13 +16,12 @@ from torch import nn
 from rolora.federated import GlobalState, Method, method_from_spec
 from rolora.llm.adapters import Targets, attach, layer_specs, read_head
 from rolora.llm.config import ConfigError, RunConfig
-from rolora.llm.data import load_builtin, load_file, split
+from rolora.llm.data import BUILTIN_DATASETS, load_builtin, load_file, split
 from rolora.llm.federated_linear import FederatedLinear
 from rolora.llm.models import load_model
 from rolora.llm.partition import partition
 from rolora.llm.tasks import Encoded, encode
 
-BUILTIN = ("rotten_tomatoes", "trec", "vader", "sms_spam")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -72,10 +71,12 @@ def load_data(config: RunConfig):
         from rolora.llm.data import load_instructions
 
         return load_instructions(d.dataset)
-    if d.dataset in BUILTIN:
-        return load_builtin(d.dataset)
+    if d.dataset in BUILTIN_DATASETS:
+        options = {"trec": {"fine": d.fine_labels},
+                   "vader": {"neutral_threshold": d.neutral_threshold, "keep_neutral": d.keep_neutral}}
+        return load_builtin(d.dataset, deduplicate_rows=d.deduplicate, **options.get(d.dataset, {}))
     if not Path(d.dataset).exists():
-        raise ConfigError(f"data.dataset: {d.dataset!r} is neither a built-in set ({', '.join(BUILTIN)}) nor a file")
+        raise ConfigError(f"data.dataset: {d.dataset!r} is neither a built-in set ({', '.join(BUILTIN_DATASETS)}) nor a file")
     return load_file(d.dataset, d.text_column, d.label_column, pair_column=d.pair_column or None,
                      group_column=d.group_column or None)
 
@@ -102,13 +103,9 @@ def build(config: RunConfig, quiet: bool = True) -> RunSetup:
     if c.data.max_train_samples and len(train_ds) > c.data.max_train_samples:
         keep = np.sort(np.random.default_rng([c.run.seed, 11]).permutation(len(train_ds))[: c.data.max_train_samples])
         train_ds = train_ds.subset(keep)
-    if c.model.task == "instruction":
-        parts = _iid(len(train_ds), c.federated.clients, c.run.seed)
-        labels: list[str] = []
-    else:
-        parts = partition(train_ds, c.data.partition, c.federated.clients, c.run.seed, alpha=c.data.dirichlet_alpha,
-                          labels_per_client=c.data.labels_per_client)
-        labels = list(train_ds.label_names)
+    parts = partition(train_ds, c.data.partition, c.federated.clients, c.run.seed, alpha=c.data.dirichlet_alpha,
+                      labels_per_client=c.data.labels_per_client)
+    labels = [] if c.model.task == "instruction" else list(train_ds.label_names)
     if len(parts) != c.federated.clients:
         raise ConfigError(f"federated.clients = {c.federated.clients}, but the {c.data.partition} partition "
                           f"made {len(parts)} clients")
@@ -136,12 +133,3 @@ def build(config: RunConfig, quiet: bool = True) -> RunSetup:
 def _size(value: float) -> float | int:
     """A split size from the config: counts are whole numbers ≥ 1, fractions are < 1."""
     return int(value) if value >= 1 else value
-
-
-def _iid(n: int, clients: int, seed: int) -> list[np.ndarray]:
-    order = np.random.default_rng([seed, 13]).permutation(n)
-    parts = np.array_split(order, clients)
-    for k, p in enumerate(parts):
-        if len(p) == 0:
-            raise ConfigError(f"federated.clients = {clients}: client {k} gets no samples of {n}")
-    return [np.sort(p) for p in parts]

@@ -239,3 +239,36 @@ def test_shipped_configs_load():
     assert {"quickstart", "minilm-rotten-tomatoes", "minilm-trec", "smollm2-trec", "tiny-roberta", "tiny-llama"} <= set(names)
     for name in names:
         load_config(name, [])
+
+
+def test_instruction_tuning_from_a_local_alpaca_file(tmp_path):
+    rows = [{"instruction": f"Repeat the number {i}.", "input": "" if i % 2 else f"n={i}", "output": f"{i}"}
+            for i in range(40)]
+    path = tmp_path / "alpaca.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = load_config(None, ["model.name=tiny-llama", 'model.task="instruction"', "model.max_length=48",
+                                f'data.dataset="{path}"', "data.test_size=8"] + COMMON)
+    history = run(config, tmp_path / "inst", quiet=True)
+    assert [r["round"] for r in history.rows] == [0, 1, 2]
+    assert all(math.isfinite(r["test_perplexity"]) and r["test_perplexity"] > 1 for r in history.rows)
+
+
+def test_a_csv_with_sentence_pairs_and_natural_clients(tmp_path):
+    import csv
+
+    path = tmp_path / "pairs.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["premise", "hypothesis", "gold", "site"])
+        for i in range(60):
+            w.writerow([f"the cat sat {i}", f"a cat {'sat' if i % 2 else 'ran'}", "yes" if i % 2 else "no", f"s{i % 3}"])
+    config = load_config(None, TINY["roberta"] + COMMON + [
+        f'data.dataset="{path}"', 'data.text_column="premise"', 'data.pair_column="hypothesis"',
+        'data.label_column="gold"', 'data.group_column="site"', 'data.partition="natural"', "data.test_size=12",
+        "data.max_train_samples=0"])
+    history = run(config, tmp_path / "pairs", quiet=True)
+    _finite_metrics(history.rows)
+    with pytest.raises(ValueError, match="premise_typo"):
+        run(load_config(None, TINY["roberta"] + COMMON + [f'data.dataset="{path}"', 'data.text_column="premise_typo"',
+                                                          'data.label_column="gold"', "data.max_train_samples=0"]),
+            tmp_path / "bad", quiet=True)
