@@ -6,7 +6,8 @@
     method = get_method("rolora")                      # or any name in available_methods()
     state = method.init({"q": LayerSpec(64, 32)}, ranks=8, alpha=16.0, seed=0)
 
-See :mod:`rolora.federated.api` for the round protocol.
+See :mod:`rolora.federated.api` for the data and the method contract, :mod:`rolora.federated.round`
+for the round protocol (``run_round``).
 """
 
 if __name__ != "rolora.federated":  # e.g. `import federated` from the repository root: no second copy

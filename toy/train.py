@@ -116,7 +116,12 @@ class History:
 
 
 def derived_seed(*parts: int) -> int:
-    """A 63-bit seed from a tuple of ints (NumPy's SeedSequence mixing, no global state)."""
+    """A 63-bit seed from a tuple of ints (NumPy's SeedSequence mixing, no global state).
+
+    New code derives seeds with :func:`rolora.federated.seeding.derive_seed`. The toy keeps this
+    older stream (head W_out, batch order) because switching would move every published number in
+    ``docs/toy-mnist*.csv``.
+    """
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
