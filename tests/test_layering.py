@@ -4,6 +4,8 @@ What is enforced, exactly (an import is any ``import x`` / ``from x import y`` a
 also inside functions; relative imports are resolved; ``from pkg import name`` counts as importing
 ``pkg.name`` when that is a module):
 
+0. One import style: no relative imports anywhere (``rolora.x`` is written out, so a reader and
+   an import-graph tool see the real arrows).
 1. ``theory`` imports nothing of ours (only ``rolora.theory.*``).
 2. ``kernels`` imports only ``rolora.kernels.*``, torch, triton, numpy and the standard library;
    its benchmark script (``kernels/bench.py``, never imported by the library) may also import peft
@@ -183,6 +185,22 @@ def test_every_subpackage_is_scanned():
     areas = {area_of(name) for name in package_modules(ROOT)}
     assert set(SUBPACKAGES) <= areas
     assert "rolora.federated.round" in package_modules(ROOT)
+
+
+def relative_imports(root: Path) -> list[str]:
+    """Rule 0: every relative import of the package, as 'module: line' messages."""
+    return [
+        f"{name}:{node.lineno}"
+        for name, path in package_modules(root).items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.level
+    ]
+
+
+def test_one_import_style_no_relative_imports(tmp_path):
+    assert relative_imports(ROOT) == []
+    planted = _tree(tmp_path, {"toy/rel.py": "from .data import NUM_CLASSES\n"})
+    assert relative_imports(planted) == ["rolora.toy.rel:1"]
 
 
 def test_the_package_is_layered():
