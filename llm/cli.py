@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", help="comma-separated method specs: one run per method in OUT/<method>, then a table")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR")
     run.add_argument("--quiet", action="store_true", help="no progress bars or log lines on the terminal")
+    run.add_argument("--overwrite", action="store_true", help="replace an earlier run in the run folder(s)")
     export = sub.add_parser("export", help="export a run's adapter in PEFT's format",
                             description="Write the global adapter (or client K's) as a PEFT adapter folder.")
     export.add_argument("run_dir", type=Path)
@@ -79,9 +80,21 @@ def _run(args) -> int:
         if not args.quiet:
             print(f"[rolora llm] {spec}: {cfg.model.name} on {cfg.data.dataset}, {cfg.federated.clients} clients, "
                   f"{cfg.total_rounds} rounds -> {out}", file=sys.stderr)
+        if args.overwrite:
+            remove_run(out)
         results.append((spec, run(cfg, out, quiet=args.quiet)))
     print(_table(results))
     return 0
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete an earlier run folder (only one that holds a run: a config.json)."""
+    import shutil
+
+    if (run_dir / "config.json").is_file():
+        shutil.rmtree(run_dir)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"--overwrite: {run_dir} exists but is not a run folder; not deleting it")
 
 
 def read_method(run_dir: Path) -> str:

@@ -6,6 +6,7 @@ model in memory, each client only its adapter tensors (``rolora.llm.adapters``).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +112,9 @@ def build(config: RunConfig, quiet: bool = True) -> RunSetup:
                           f"made {len(parts)} clients")
 
     model_task = "classification" if c.model.task == "classification" else "causal-lm"
-    model, tokenizer = load_model(c.model.name, model_task, num_labels=len(labels) or None,
-                                  dtype=DTYPES[c.model.dtype], seed=c.run.seed)
+    with quiet_transformers():  # its load report lists the new head as "MISSING": expected, we train it
+        model, tokenizer = load_model(c.model.name, model_task, num_labels=len(labels) or None,
+                                      dtype=DTYPES[c.model.dtype], seed=c.run.seed)
     options = {}
     if c.model.task == "generation-classification":
         if c.data.template:
@@ -128,6 +130,22 @@ def build(config: RunConfig, quiet: bool = True) -> RunSetup:
     return RunSetup(config=c, method=method, model=model, tokenizer=tokenizer, adapters=adapters, train=train,
                     test=test, clients=[np.asarray(p, dtype=np.int64) for p in parts], label_names=labels,
                     device=device, ranks=client_ranks(c), initial_head=read_head(model))
+
+
+@contextmanager
+def quiet_transformers():
+    """Silence transformers' info/warning messages and progress bars for the duration (restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _size(value: float) -> float | int:
