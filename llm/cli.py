@@ -5,6 +5,7 @@
     rolora llm run --config minilm-rotten-tomatoes [section.key=value ...] [--out DIR] [--quiet]
     rolora llm run --config quickstart --methods rolora,fedavg-lora,ffa-lora   # one run per method + table
     rolora llm run --resume RUN_DIR                                            # continue an interrupted run
+    rolora llm run --config quickstart --engine flower                         # the same run as a Flower simulation
     rolora llm export RUN_DIR --out DIR [--client K]                          # PEFT adapter folder
     rolora llm configs                                                         # the shipped example configs
 """
@@ -30,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", help="comma-separated method specs: one run per method in OUT/<method>, then a table")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR")
     run.add_argument("--quiet", action="store_true", help="no progress bars or log lines on the terminal")
+    run.add_argument("--engine", choices=("embedded", "flower"), default="embedded",
+                     help="embedded (one process, default) or flower (a Flower simulation, rolora.flower)")
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run in the run folder(s)")
     export = sub.add_parser("export", help="export a run's adapter in PEFT's format",
                             description="Write the global adapter (or client K's) as a PEFT adapter folder.")
@@ -65,6 +68,8 @@ def _run(args) -> int:
     from rolora.llm.engine import run
 
     if args.resume:
+        if args.engine != "embedded":
+            raise ConfigError("--resume continues a run on the embedded engine only (resuming on Flower is not supported)")
         config = load_config(args.config, args.overrides) if (args.config or args.overrides) else None
         history = run(config, args.resume, resume=True, quiet=args.quiet)
         print(_table([(history.state and read_method(args.resume), history)]))
@@ -82,9 +87,19 @@ def _run(args) -> int:
                   f"{cfg.total_rounds} rounds -> {out}", file=sys.stderr)
         if args.overwrite:
             remove_run(out)
-        results.append((spec, run(cfg, out, quiet=args.quiet)))
+        results.append((spec, _engine(args.engine)(cfg, out, quiet=args.quiet)))
     print(_table(results))
     return 0
+
+
+def _engine(name: str):
+    if name == "flower":  # the one import of rolora.flower from llm/ (tests/test_layering.py allows it)
+        from rolora.flower.simulation import run as flower_run
+
+        return flower_run
+    from rolora.llm.engine import run
+
+    return run
 
 
 def remove_run(run_dir: Path) -> None:

@@ -12,17 +12,19 @@ also inside functions; relative imports are resolved; ``from pkg import name`` c
    (the baseline it measures against) and tqdm.
 3. ``federated`` never imports ``toy``, ``llm`` or ``kernels`` (it is the bottom of the torch stack).
 4. No "upward" or sideways import: a subpackage imports only itself and the layers it may build on
-   (``toy`` and ``llm``: ``federated`` and ``kernels``; never each other), never the top-level
+   (``toy`` and ``llm``: ``federated`` and ``kernels``; never each other; ``flower``: those and
+   ``llm``, and nothing imports ``flower``), never the top-level
    modules (``rolora``, ``rolora.cli``, ``rolora.__main__``). The one exception is
    ``rolora._misnamed``, the stdlib-only helper every subpackage's ``__init__`` uses to refuse being
-   imported under the wrong name.
+   imported under the wrong name; and ``rolora.llm.cli`` may import ``rolora.flower.simulation``
+   (``rolora llm run --engine flower``), no other llm module any of flower.
 5. Outside ``federated/`` (``toy``, ``llm``, future Flower apps, ``cli``) only the public modules of
    ``rolora.federated`` are imported: the package itself, ``api``, ``round``, ``serial``, ``dense``,
    ``registry`` and ``seeding`` (the project's one seed-derivation helper, no aggregation). So no
    aggregation arithmetic (``weights``, ``svd``, ``lora_base``, a method's module, ...) is reused, or
    re-implemented around its internals, outside the core.
-6. ``llm/`` contains no hand-written weighted sum over clients' tensors. Flagged, in any ``llm``
-   module: a ``sum``/``fsum``/``torch.sum``/``x.sum()`` over a comprehension, or an ``x += ...``
+6. ``llm/`` and ``flower/`` contain no hand-written weighted sum over clients' tensors. Flagged, in
+   any of their modules: a ``sum``/``fsum``/``torch.sum``/``x.sum()`` over a comprehension, or an ``x += ...``
    inside a ``for`` loop, that multiplies (``*``) and reads a ``.tensors``, ``.dense`` or ``.layers``
    attribute (the tensors of ``ClientStart``/``ClientResult``/``ClientUpdate``/``GlobalState``) in
    that comprehension or loop; and any ``.add_(x, alpha=w)`` inside a ``for`` loop. Weighted means of
@@ -39,7 +41,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ("theory", "kernels", "federated", "toy", "llm")
+SUBPACKAGES = ("theory", "kernels", "federated", "toy", "llm", "flower")
 GUARD_HELPER = "rolora._misnamed"
 MAY_BUILD_ON = {
     "theory": set(),
@@ -47,6 +49,7 @@ MAY_BUILD_ON = {
     "federated": set(),
     "toy": {"federated", "kernels"},
     "llm": {"federated", "kernels"},
+    "flower": {"federated", "kernels", "llm"},
 }
 KERNELS_THIRD_PARTY = {"torch", "triton", "numpy"}
 KERNELS_BENCH_EXTRA = {"peft", "tqdm"}
@@ -54,6 +57,8 @@ PUBLIC_FEDERATED = {
     f"rolora.federated{s}" for s in ("", ".api", ".round", ".serial", ".dense", ".registry", ".seeding")
 }
 NOT_AGGREGATION = "# not an aggregation"
+ENGINE_SWITCH = ("rolora.llm.cli", "rolora.flower.simulation")
+"""The one import of ``flower`` from below: ``rolora llm run --engine flower`` (the CLI front end only)."""
 SKIP_DIRS = {"tests", "docs", "build", "dist", "out", ".venv", ".git", "__pycache__", ".hypothesis"}
 
 
@@ -126,7 +131,7 @@ def layering_violations(root: Path) -> list[str]:
                 allowed = KERNELS_THIRD_PARTY | (KERNELS_BENCH_EXTRA if name == "rolora.kernels.bench" else set())
                 if not ours(imported) and top not in stdlib and top not in allowed:
                     problems.append(f"{where}: kernels import only torch, triton, numpy and the stdlib")
-            if area is not None and ours(imported) and imported != GUARD_HELPER:
+            if area is not None and ours(imported) and imported != GUARD_HELPER and (name, imported) != ENGINE_SWITCH:
                 if target_area is None:
                     problems.append(f"{where}: a subpackage never imports the top-level modules (upwards)")
                 elif target_area != area and target_area not in MAY_BUILD_ON[area]:
@@ -207,8 +212,9 @@ def test_the_package_is_layered():
     assert layering_violations(ROOT) == []
 
 
-def test_llm_writes_no_weighted_sum_over_clients():
-    found = [m for path in sorted((ROOT / "llm").rglob("*.py")) for m in weighted_sums(path)]
+@pytest.mark.parametrize("area", ["llm", "flower"])
+def test_no_weighted_sum_over_clients_outside_the_core(area):
+    found = [m for path in sorted((ROOT / area).rglob("*.py")) for m in weighted_sums(path)]
     assert found == [], "aggregation belongs in rolora.federated (call run_round / method.aggregate):\n" + "\n".join(found)
 
 
@@ -232,6 +238,9 @@ PLANTED = [
     ("federated/worse.py", "from rolora.llm import engine\n", "federated may not import llm"),
     ("federated/kern.py", "import rolora.kernels.op\n", "federated may not import kernels"),
     ("toy/bad.py", "from rolora import llm\n", "toy may not import llm"),
+    ("llm/up.py", "from rolora.flower import strategy\n", "llm may not import flower"),
+    ("federated/fl.py", "import rolora.flower.codec\n", "federated may not import flower"),
+    ("flower/internal.py", "from rolora.federated.weights import weighted_sum\n", "only"),
     ("llm/cli_user.py", "from rolora.cli import main\n", "never imports the top-level modules"),
     ("llm/internal.py", "from rolora.federated.weights import weighted_sum\n", "only"),
     ("llm/sub.py", "from rolora.federated import svd\n", "only"),

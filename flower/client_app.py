@@ -1,0 +1,94 @@
+"""The ClientApp: one rolora client per Flower node (its client id is the node's ``partition-id``).
+
+Messages (the server's side is :mod:`rolora.flower.strategy`):
+
+- ``query`` ``hello``: the run's config (JSON); the node builds its model and answers its client id.
+- ``train``: the changed global tensors; the node runs ``method.client_start`` with the kept state
+  from its ``context.state``, trains (:func:`rolora.llm.local_training.train_client`), keeps
+  ``method.client_keep`` and answers ``method.client_upload`` plus the dense tensors.
+- ``evaluate``: the node scores its own next-round model (personalised methods).
+- ``query`` ``kept``: the node's kept state, for the server's checkpoint.
+
+The model (a :class:`~rolora.llm.prepare.RunSetup`) is built once per process and config, not per
+message: a Ray actor or a SuperNode's ClientApp process serves many messages.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from rolora.federated.round import client_starts
+from rolora.flower.codec import load_kept, merge, models_record, save_kept
+from rolora.flower.setups import setup_for
+from rolora.llm.evaluation import evaluate_round
+from rolora.llm.local_training import learning_rate, train_client
+from rolora.llm.prepare import RunSetup
+
+app = ClientApp()
+
+RUN = "rolora.run"
+
+
+def _node(context: Context) -> tuple[RunSetup, int]:
+    if RUN not in context.state:
+        raise RuntimeError("this node has not been introduced to the run (no 'hello' query yet)")
+    run = context.state[RUN]
+    return setup_for(str(run["config"])), int(run["client"])
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    action = str(msg.content["config"]["action"])
+    if action == "hello":
+        config_json = str(msg.content["config"]["config"])
+        setup = setup_for(config_json)
+        client, clients = _client_id(context, setup.config.federated.clients)
+        context.state[RUN] = ConfigRecord({"config": config_json, "client": client})
+        return Message(RecordDict({"hello": ConfigRecord({"client": client, "clients": clients})}), reply_to=msg)
+    if action == "kept":
+        _, client = _node(context)
+        record, meta = models_record(load_kept(context.state), {})
+        return Message(RecordDict({"kept": record, "meta": ConfigRecord({"meta": meta})}), reply_to=msg)
+    raise ValueError(f"unknown query action {action!r}")
+
+
+def _client_id(context: Context, clients: int) -> tuple[int, int]:
+    cfg = context.node_config
+    if "partition-id" not in cfg:
+        raise ValueError("this SuperNode has no partition-id: start it with "
+                         "--node-config 'partition-id=K num-partitions=N' (K = its rolora client, 0..N-1)")
+    client, total = int(cfg["partition-id"]), int(cfg.get("num-partitions", clients))
+    if total != clients or not 0 <= client < clients:
+        raise ValueError(f"node config partition-id={client} num-partitions={total}, but the run has "
+                         f"federated.clients = {clients} (clients 0..{clients - 1})")
+    return client, total
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    setup, client = _node(context)
+    state = merge(context.state, msg.content)
+    t = int(msg.content["config"]["t"])
+    kept = load_kept(context.state)
+    [start] = client_starts(setup.method, state, [client], kept)
+    result = train_client(setup, start, learning_rate(setup.config, t))
+    if result is None:  # non-finite loss: dropped this round, the kept state stays as it was
+        return Message(RecordDict({"result": ConfigRecord({"client": client, "dropped": True})}), reply_to=msg)
+    save_kept(context.state, client, setup.method.client_keep(result.tensors, t))
+    record, meta = models_record({client: setup.method.client_upload(result.tensors, t)}, result.dense)
+    return Message(RecordDict({
+        "upload": record,
+        "result": ConfigRecord({"client": client, "dropped": False, "num_samples": result.num_samples, "meta": meta}),
+        "metrics": MetricRecord({k: float(v) for k, v in result.metrics.items()}),
+    }), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    setup, client = _node(context)
+    state = merge(context.state, msg.content)
+    scores = evaluate_round(setup, state, load_kept(context.state), [client])
+    return Message(RecordDict({"scores": MetricRecord(scores),
+                               "result": ConfigRecord({"client": client})}), reply_to=msg)
+

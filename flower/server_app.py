@@ -1,0 +1,45 @@
+"""The ServerApp: reads the run's TOML config and plays it over the connected nodes (:mod:`.server_loop`).
+
+Under ``flwr run`` the app config (``[tool.flwr.app.config]`` of ``flower/app/pyproject.toml``, or
+``--run-config``) names the rolora config and the run folder::
+
+    config = "quickstart"            # a shipped config name or a TOML path (as rolora llm run --config)
+    overrides = "federated.rounds=3 train.lr=1e-3"   # section.key=value, space-separated
+    out = "runs/flower-quickstart"   # the run folder (metrics, checkpoints, log)
+    round-timeout = 3600             # seconds to wait for a round's replies
+
+``rolora llm run --engine flower`` builds its own ServerApp around the loaded config
+(:func:`server_app_for`).
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from rolora.flower.server_loop import serve
+from rolora.llm.config import RunConfig, load_config
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    config = load_config(str(cfg.get("config", "")) or None, shlex.split(str(cfg.get("overrides", ""))))
+    serve(grid, config, Path(str(cfg.get("out", "runs/flower"))), timeout=float(cfg.get("round-timeout", 3600)))
+
+
+def server_app_for(config: RunConfig, run_dir: Path, results: list, *, timeout: float = 3600.0,
+                   quiet: bool = False) -> ServerApp:
+    """A ServerApp that runs ``config`` in ``run_dir`` and appends the History to ``results``."""
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        results.append(serve(grid, config, run_dir, timeout=timeout, quiet=quiet))
+
+    return server

@@ -1,0 +1,142 @@
+"""The ServerApp's body: the embedded engine's run, with Flower nodes doing the clients' work.
+
+Round 0, evaluation, metrics rows, checkpoints and the run folder are those of ``rolora llm run``
+(:mod:`rolora.llm.run_folder`, :mod:`rolora.llm.checkpoint`, :mod:`rolora.llm.evaluation`), so
+``rolora llm export`` works on a Flower run. Each row also holds ``flower_upload_bytes`` /
+``flower_download_bytes``: the ArrayRecord bytes Flower carried in the round, next to the method's
+own count (``upload_bytes`` / ``download_bytes``, from ``method.communication``).
+
+Shared-model methods are evaluated on the server (it builds the same model); personalised ones on
+the evaluated clients' nodes, where their kept state lives. A checkpoint of a stateful method asks
+the nodes that trained since the last checkpoint for their kept state (``state_bytes``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+
+from rolora.federated.round import RoundFailed
+from rolora.flower.setups import config_json, setup_for
+from rolora.flower.strategy import RoloraStrategy, RoundRecord
+from rolora.llm.checkpoint import save_checkpoint
+from rolora.llm.config import ConfigError, RunConfig
+from rolora.llm.engine import History, RunStopped
+from rolora.llm.evaluation import evaluate_round
+from rolora.llm.local_training import learning_rate
+from rolora.llm.prepare import RunSetup
+from rolora.llm.run_folder import command_line, plot_curves, read_metrics, write_metrics, write_start
+
+log = logging.getLogger("rolora.flower")
+
+
+def serve(grid: Grid, config: RunConfig, run_dir: str | Path, *, timeout: float = 3600.0,
+          quiet: bool = False) -> History:
+    """Play ``config``'s whole run over the nodes of ``grid``; the run folder is ``run_dir``."""
+    run_dir = Path(run_dir)
+    if (run_dir / "config.json").exists():
+        raise ConfigError(f"{run_dir} already holds a run; choose another folder (resuming a Flower run "
+                          "is not supported yet: resume it with the embedded engine, --resume)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = not quiet
+    try:
+        return _serve(grid, config, run_dir, timeout)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _serve(grid: Grid, c: RunConfig, run_dir: Path, timeout: float) -> History:
+    text = config_json(c)
+    setup = setup_for(text)
+    clients = list(range(c.federated.clients))
+    state = setup.initial_state()
+    write_start(run_dir, c, str(setup.device), command_line())
+    rows = [{"round": 0, **_prefixed("test", evaluate_round(setup, state, {}, clients))}]
+    write_metrics(run_dir, rows)
+    kept: dict = {}
+    save_checkpoint(run_dir, state, kept, rows)
+
+    strategy = RoloraStrategy(setup.method, state, c.federated.clients, fraction=c.federated.participation,
+                              seed=c.run.seed, weighting=c.federated.weighting,
+                              client_sizes=[len(x) for x in setup.clients])
+    strategy.summary()
+    strategy.introduce(grid, text, timeout)
+    stateful = setup.method.personalised
+    pending: set = set()  # clients whose kept state changed since the last checkpoint
+    for t in range(1, c.total_rounds + 1):
+        start = time.perf_counter()
+        replies = grid.send_and_receive(strategy.configure_train(t, ArrayRecord(), ConfigRecord(), grid),
+                                        timeout=timeout)
+        try:
+            strategy.aggregate_train(t, replies)
+        except RoundFailed as err:
+            save_checkpoint(run_dir, strategy.state, kept, rows)
+            log.error("%s; stopping. Checkpoint of round %d kept", err, strategy.state.round)
+            raise RunStopped(f"{err}. The last good state (round {strategy.state.round}) is checkpointed in "
+                             f"{run_dir}") from err
+        rec = strategy.record
+        wall = time.perf_counter() - start
+        rows.append(_row(setup, rec, wall))
+        uploaded = list(rec.results)
+        pending.update(uploaded)
+        if not stateful:
+            kept.update({k: None for k in uploaded})
+        if rec.dropped:
+            log.warning("round %d: dropped clients %s", t, rec.dropped)
+        if t % c.run.eval_every == 0 or t == c.total_rounds:
+            rows[-1].update(_prefixed("test", _evaluate(grid, strategy, setup, timeout)))
+        if t % max(1, c.run.checkpoint_every) == 0 or t == c.total_rounds:
+            if stateful and pending:
+                collected, rows[-1]["state_bytes"] = strategy.collect_kept(grid, sorted(pending), timeout)
+                kept.update(collected)
+            pending.clear()
+            save_checkpoint(run_dir, strategy.state, kept, rows)
+        write_metrics(run_dir, rows)
+        log.info("round %d: %s", t, {k: v for k, v in rows[-1].items() if k != "round"})
+    plot_curves(run_dir, rows, f"{setup.method.name} · {c.model.name} · {c.data.dataset} · "
+                               f"{len(clients)} clients · Flower")
+    return History(rows=read_metrics(run_dir), state=strategy.state, kept=kept, run_dir=run_dir)
+
+
+def _evaluate(grid: Grid, strategy: RoloraStrategy, setup: RunSetup, timeout: float) -> dict:
+    rec = strategy.record
+    if not setup.method.personalised:
+        return evaluate_round(setup, strategy.state, {}, rec.participants)
+    messages = strategy.configure_evaluate(rec.t, ArrayRecord(), ConfigRecord(), grid)
+    scores = strategy.aggregate_evaluate(rec.t, grid.send_and_receive(messages, timeout=timeout))
+    return {} if scores is None else dict(scores)
+
+
+def _prefixed(prefix: str, scores: dict) -> dict:
+    return {f"{prefix}_{k}": float(v) for k, v in scores.items()}
+
+
+def _row(setup: RunSetup, rec: RoundRecord, wall: float) -> dict:
+    """The embedded engine's row for the round, plus the bytes Flower carried."""
+    n = {k: r.num_samples for k, r in rec.results.items()}
+    train_loss = sum(n[k] * r.metrics["train_loss"] for k, r in rec.results.items()) / sum(n.values())
+    tokens = sum(int(r.metrics["tokens"]) for r in rec.results.values())
+    comm = rec.communication
+    return {
+        "round": rec.t,
+        "train_loss": train_loss,
+        "lr": learning_rate(setup.config, rec.t),
+        "participants": len(rec.participants),
+        "dropped": list(rec.dropped),
+        "upload_bytes": comm.total_upload_params * comm.bytes_per_param,
+        "download_bytes": comm.total_download_params * comm.bytes_per_param,
+        "flower_upload_bytes": rec.flower_upload_bytes,
+        "flower_download_bytes": rec.flower_download_bytes,
+        "wall_s": wall,
+        "tokens": tokens,
+        "tokens_per_s": tokens / wall if wall > 0 else None,
+    }

@@ -1,0 +1,188 @@
+"""A Flower Strategy that plays the core's round protocol: nothing federated is re-implemented here.
+
+Round t: :func:`~rolora.federated.round.sample_participants` picks the clients (the same seeded draw
+as the embedded engine); each participant's node gets only the global tensors that changed since it
+last heard from the server (:class:`~rolora.flower.codec.Downloads`) and the round number; the node
+runs ``method.client_start`` itself, with the kept state in its own ``context.state``. The replies
+become :class:`~rolora.federated.api.ClientUpdate`s, in participant order, and ``method.aggregate``
+makes the new state. Each round records the bytes of the ArrayRecords Flower carried both ways,
+next to ``method.communication``'s count.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from rolora.federated import AggregationError, ClientUpdate, CommCost, GlobalState, Method
+from rolora.federated.dense import dense_params
+from rolora.federated.round import ClientResult, RoundFailed, sample_participants
+from rolora.flower.codec import Downloads, models_from_record, nbytes, state_content
+
+log = logging.getLogger("rolora.flower")
+
+
+@dataclass
+class RoundRecord:
+    """What the strategy saw in one round (the server loop turns it into a metrics row)."""
+
+    t: int
+    participants: list
+    dropped: list = field(default_factory=list)
+    results: dict = field(default_factory=dict)
+    """client -> ClientResult (tensors empty: only num_samples and metrics are kept)."""
+    communication: CommCost | None = None
+    flower_upload_bytes: int = 0
+    flower_download_bytes: int = 0
+
+
+class RoloraStrategy(Strategy):
+    """Any rolora method as a Flower strategy: ``state`` is the core's GlobalState after each round."""
+
+    def __init__(self, method: Method, state: GlobalState, clients: int, *, fraction: float = 1.0, seed: int = 0,
+                 weighting: str = "samples", client_sizes: Sequence[int] = ()) -> None:
+        self.method, self.state, self.clients = method, state, clients
+        self.fraction, self.seed, self.weighting = fraction, seed, weighting
+        self.client_sizes = list(client_sizes)
+        self.nodes: dict[int, int] = {}
+        """rolora client id -> Flower node id (from the 'hello' answers)."""
+        self.downloads = Downloads()
+        self.record: RoundRecord | None = None
+        self.eval_bytes = 0
+
+    # ----------------------------------------------------------------------------- nodes
+    def introduce(self, grid: Grid, config_json: str, timeout: float) -> None:
+        """Wait for every client's node, send it the run's config, learn which client each node is."""
+        deadline = time.monotonic() + timeout
+        nodes = list(grid.get_node_ids())
+        while len(nodes) < self.clients and time.monotonic() < deadline:
+            time.sleep(0.5)
+            nodes = list(grid.get_node_ids())
+        if len(nodes) < self.clients:
+            raise RuntimeError(f"{len(nodes)} Flower nodes connected within {timeout:.0f} s, the config has "
+                               f"federated.clients = {self.clients}: start one SuperNode per client")
+        hello = ConfigRecord({"action": "hello", "config": config_json})
+        replies = grid.send_and_receive([Message(RecordDict({"config": hello}), dst_node_id=n,
+                                                 message_type=MessageType.QUERY) for n in nodes], timeout=timeout)
+        for reply in replies:
+            if reply.has_error():
+                raise RuntimeError(f"node {reply.metadata.src_node_id} refused the run: {reply.error.reason}")
+            client = int(reply.content["hello"]["client"])
+            if client in self.nodes:
+                raise RuntimeError(f"two nodes ({self.nodes[client]} and {reply.metadata.src_node_id}) claim "
+                                   f"client {client}: give every SuperNode its own partition-id")
+            self.nodes[client] = reply.metadata.src_node_id
+        missing = sorted(set(range(self.clients)) - set(self.nodes))
+        if missing:
+            raise RuntimeError(f"no node answered for clients {missing} (their nodes did not reply in time)")
+
+    def _message(self, client: int, kind: str, **config) -> tuple[Message, int]:
+        node = self.nodes[client]
+        base, changed, meta = self.downloads.message(node, self.state)
+        content = state_content(base, changed, meta, **config)
+        return Message(content, dst_node_id=node, message_type=kind), nbytes(content["arrays"])
+
+    # ----------------------------------------------------------------------------- training
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        t = self.state.round + 1
+        if server_round != t:
+            raise AggregationError(f"Flower round {server_round}, but the state is at round {self.state.round}")
+        participants = sample_participants(self.clients, self.fraction, self.seed, t)
+        self.record = RoundRecord(t=t, participants=participants)
+        messages = []
+        for k in participants:
+            message, sent = self._message(k, MessageType.TRAIN, t=t)
+            self.record.flower_download_bytes += sent
+            messages.append(message)
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        rec = self.record
+        by_client, node_of = {}, {n: k for k, n in self.nodes.items()}
+        for reply in replies:
+            k = node_of.get(reply.metadata.src_node_id)
+            if reply.has_error():
+                log.warning("round %d: client %s failed on its node: %s", rec.t, k, reply.error.reason)
+                continue
+            by_client[k] = reply
+        updates = []
+        for k in rec.participants:  # participant order, as the embedded engine: the same float sums
+            reply = by_client.get(k)
+            if reply is None or bool(reply.content["result"]["dropped"]):
+                rec.dropped.append(k)
+                if reply is None:
+                    self.downloads.forget(self.nodes[k])  # did it merge the download? unknown: resend all
+                continue
+            result = reply.content["result"]
+            uploads, dense = models_from_record(reply.content["upload"], str(result["meta"]))
+            rec.flower_upload_bytes += nbytes(reply.content["upload"])
+            n = float(result["num_samples"])
+            updates.append(ClientUpdate(k, n, uploads[k], dense=dense))
+            rec.results[k] = ClientResult(tensors={}, num_samples=n, metrics=dict(reply.content["metrics"]))
+        if not updates:
+            raise RoundFailed(f"round {rec.t}: every participant failed ({rec.dropped}); the state is unchanged")
+        new_state = self.method.aggregate(self.state, updates, rec.t, weighting=self.weighting)
+        rec.communication = self.method.communication(
+            self.state.specs, self.state.ranks, rec.t, clients=[u.client for u in updates],
+            bytes_per_param=4, dense_params=dense_params(self.state))
+        self.state = new_state
+        return None, MetricRecord({"flower_upload_bytes": rec.flower_upload_bytes,
+                                   "flower_download_bytes": rec.flower_download_bytes})
+
+    # ----------------------------------------------------------------------------- evaluation
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Personalised methods: each evaluated client scores its own model on its node (the server
+        has no client's kept state); shared-model methods are evaluated on the server (no messages)."""
+        if not self.method.personalised:
+            return []
+        messages = []
+        for k in self.record.participants:
+            message, sent = self._message(k, MessageType.EVALUATE)
+            self.eval_bytes += sent
+            messages.append(message)
+        return messages
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Clients' scores, weighted by their training-sample counts (as ``evaluate_round``)."""
+        scores = {}
+        for reply in replies:
+            if reply.has_error():
+                self.downloads.forget(reply.metadata.src_node_id)
+                raise RuntimeError(f"evaluation failed on node {reply.metadata.src_node_id}: {reply.error.reason}")
+            scores[int(reply.content["result"]["client"])] = dict(reply.content["scores"])
+        clients = [k for k in self.record.participants if k in scores]
+        if not clients:
+            return None
+        weights = np.asarray([self.client_sizes[k] for k in clients], dtype=np.float64)
+        weights /= weights.sum()
+        keys = scores[clients[0]]
+        return MetricRecord({key: float(sum(w * scores[k][key] for w, k in zip(weights, clients))) for key in keys})
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def collect_kept(self, grid: Grid, clients: Iterable[int], timeout: float) -> tuple[dict, int]:
+        """(the kept states of ``clients``, asked from their nodes for a checkpoint; the bytes received)."""
+        ask = ConfigRecord({"action": "kept"})
+        messages = [Message(RecordDict({"config": ask}), dst_node_id=self.nodes[k], message_type=MessageType.QUERY)
+                    for k in clients]
+        kept, received = {}, 0
+        for reply in grid.send_and_receive(messages, timeout=timeout):
+            if reply.has_error():
+                raise RuntimeError(f"node {reply.metadata.src_node_id} could not send its kept state: "
+                                   f"{reply.error.reason}")
+            models, _ = models_from_record(reply.content["kept"], str(reply.content["meta"]["meta"]))
+            kept.update(models)
+            received += nbytes(reply.content["kept"])
+        return kept, received
+
+    def summary(self) -> None:
+        log.info("rolora strategy: method %s, %d clients, fraction %s, weighting %s", self.method.name,
+                 self.clients, self.fraction, self.weighting)
