@@ -7,7 +7,8 @@ Public API:
   phase (which of A, B require grad) needs.
 - ``LoRALinear``, ``inject_lora``, ``set_phase``: the ``nn.Module`` and helpers for HF models.
 - ``peft_state_dict`` / ``load_peft_state_dict``: adapters in PEFT's key format.
-- ``lora_linear_float64``: the float64 reference; ``dropout_keep_mask``: a path's dropout mask.
+- ``LoRAPhase`` (``LoRAPhase.from_trainable(method.trains(t))``), ``phase_of``: which factors train.
+- ``dropout_keep_mask``: the dropout mask a path draws for a seed.
 
 Triton is imported lazily: without it (or without a GPU) everything runs on the PyTorch path.
 """
@@ -18,9 +19,9 @@ if __name__ != "rolora.kernels":  # e.g. `import kernels` from the repository ro
     refuse_misnamed(__name__, "rolora.kernels", __spec__)
 
 from rolora.kernels.layer import LoRALinear, inject_lora, lora_modules, set_phase
-from rolora.kernels.op import LoRAPhase, dropout_keep_mask, lora_linear, phase_of, resolve_backend
+from rolora.kernels.op import dropout_keep_mask, lora_linear, resolve_backend
 from rolora.kernels.peft_compat import load_peft_state_dict, parse_peft_key, peft_key, peft_state_dict
-from rolora.kernels.reference import lora_linear_float64
+from rolora.kernels.phase import LoRAPhase, phase_of
 
 __all__ = [
     "LoRALinear",
@@ -29,7 +30,6 @@ __all__ = [
     "inject_lora",
     "load_peft_state_dict",
     "lora_linear",
-    "lora_linear_float64",
     "lora_modules",
     "parse_peft_key",
     "peft_key",

@@ -12,7 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from rolora.kernels.op import BACKENDS, LoRAPhase, lora_linear, phase_of
+from rolora.kernels.op import BACKENDS, lora_linear
+from rolora.kernels.phase import LoRAPhase, phase_of
 
 
 def _init_seed(seed: int) -> int:
@@ -45,12 +46,15 @@ class LoRALinear(nn.Module):
             ``draw_dropout_seed``), so masks follow ``torch.manual_seed`` like ``nn.Dropout``.
         adapter_dtype: dtype of A and B (fp32 by default, as PEFT keeps them under half base weights).
         init_weight: initialise W0 like ``nn.Linear`` (False leaves it uninitialised: the caller fills it).
+        cublas_max_m: with backend "auto", calls with at most this many rows take the cuBLAS path
+            (default ``rolora.kernels.op.CUBLAS_MAX_M``; 0 always fuses).
     """
 
     def __init__(self, in_features: int, out_features: int, r: int, alpha: float, dropout: float = 0.0,
                  bias: bool = True, backend: str = "auto", seed: int = 0,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                 adapter_dtype: torch.dtype = torch.float32, *, init_weight: bool = True) -> None:
+                 adapter_dtype: torch.dtype = torch.float32, *, init_weight: bool = True,
+                 cublas_max_m: int | None = None) -> None:
         super().__init__()
         if r < 1:
             raise ValueError(f"LoRA rank r must be ≥ 1, got {r}")
@@ -60,6 +64,7 @@ class LoRALinear(nn.Module):
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.in_features, self.out_features = in_features, out_features
         self.r, self.alpha, self.dropout, self.backend, self.seed = r, alpha, dropout, backend, seed
+        self.cublas_max_m = cublas_max_m
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype),
                                    requires_grad=False)
         self.bias = (nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype), requires_grad=False)
@@ -114,15 +119,15 @@ class LoRALinear(nn.Module):
     def set_phase(self, phase: LoRAPhase | str) -> None:
         """Train A and B ("full"), only B ("B"), only A ("A") or neither ("frozen")."""
         phase = LoRAPhase(phase)
-        self.lora_A.requires_grad_(phase in (LoRAPhase.FULL, LoRAPhase.A_ONLY))
-        self.lora_B.requires_grad_(phase in (LoRAPhase.FULL, LoRAPhase.B_ONLY))
+        self.lora_A.requires_grad_(phase.trains_a)
+        self.lora_B.requires_grad_(phase.trains_b)
 
     def forward(self, x: Tensor) -> Tensor:
         p = self.dropout if self.training else 0.0
         # Only training calls with dropout consume torch's RNG (eval and p = 0 leave it untouched).
         seed = draw_dropout_seed() if p > 0.0 else 0
         return lora_linear(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scale, p, seed,
-                           self.backend)
+                           self.backend, self.cublas_max_m)
 
     @torch.no_grad()
     def merged_weight(self) -> Tensor:

@@ -6,8 +6,10 @@
 
 through two custom ops, ``rolora::lora_linear_fwd`` and ``rolora::lora_linear_bwd`` (each with a fake
 implementation, so ``torch.compile`` traces them), joined by ``register_autograd``. Two backends
-implement the ops: ``"triton"`` (``triton_kernels.py``) and ``"torch"`` (``reference.py``);
-``"auto"`` takes Triton for CUDA tensors when triton imports, else torch.
+implement the ops: ``"triton"`` (``triton_kernels.py``) and ``"torch"`` (``torch_path.py``);
+``"auto"`` takes Triton for CUDA tensors when triton imports and M is above ``CUBLAS_MAX_M``, else
+torch (cuBLAS on a GPU). Eager calls go through a plain ``autograd.Function`` (less CPU time per
+call); under ``torch.compile`` the custom ops are used, so the graph keeps them as single nodes.
 
 What is saved and computed follows the RoLoRA phase, read from ``requires_grad`` at call time:
 
@@ -21,7 +23,6 @@ dx is computed only if x requires grad; W0 never gets a gradient (asking for one
 
 from __future__ import annotations
 
-import enum
 import functools
 import operator
 from typing import Optional
@@ -29,31 +30,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from rolora.kernels.reference import torch_dropout_keep_mask, torch_lora_backward, torch_lora_forward
+from rolora.kernels.torch_path import torch_dropout_keep_mask, torch_lora_backward, torch_lora_forward
 
 BACKENDS = ("auto", "torch", "triton")
 MAX_TRITON_RANK = 128  # R_PAD ≤ 128 keeps the rank tiles in registers
-
-
-class LoRAPhase(str, enum.Enum):
-    """Which LoRA factors train: RoLoRA alternates B_ONLY and A_ONLY rounds."""
-
-    FULL = "full"
-    B_ONLY = "B"
-    A_ONLY = "A"
-    FROZEN = "frozen"
-
-
-def phase_of(lora_A: Tensor, lora_B: Tensor) -> LoRAPhase:
-    """The phase implied by which factors require grad."""
-    a, b = lora_A.requires_grad, lora_B.requires_grad
-    if a and b:
-        return LoRAPhase.FULL
-    if b:
-        return LoRAPhase.B_ONLY
-    if a:
-        return LoRAPhase.A_ONLY
-    return LoRAPhase.FROZEN
+# "auto" sends M ≤ this to the cuBLAS path: a prior from the design review (launch- and CPU-bound
+# below ~1k rows), to be set from `rolora bench kernels --target` (it times both paths at each M).
+CUBLAS_MAX_M = 512
 
 
 @functools.lru_cache(maxsize=1)
@@ -99,6 +82,27 @@ def dropout_keep_mask(seed: int, rows: int, cols: int, p: float, device: torch.d
 # ---------------------------------------------------------------------------------------------------
 
 
+def _forward_impl(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
+                  scale: float, dropout_p: float, seed: int, backend: str) -> tuple[Tensor, Tensor]:
+    # Autocast must not re-cast inside: the entry point already chose the compute dtype.
+    with torch.autocast(x.device.type, enabled=False):
+        if backend == "triton":
+            from rolora.kernels.triton_kernels import triton_lora_forward
+
+            return triton_lora_forward(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed)
+        return torch_lora_forward(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed)
+
+
+def _backward_impl(grad_y, x, weight, lora_A, lora_B, s, scale, dropout_p, seed: int, backend,
+                   need_dx, need_dA, need_dB):
+    with torch.autocast(grad_y.device.type, enabled=False):
+        if backend == "triton":
+            from rolora.kernels.triton_kernels import triton_lora_backward as impl
+        else:
+            impl = torch_lora_backward
+        return impl(grad_y, x, weight, lora_A, lora_B, s, scale, dropout_p, seed, need_dx, need_dA, need_dB)
+
+
 @torch.library.custom_op("rolora::lora_linear_fwd", mutates_args=())
 def lora_linear_fwd(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_A: Tensor, lora_B: Tensor,
@@ -109,14 +113,7 @@ def lora_linear_fwd(
     ``seed`` is a 0-d int64 tensor (on the CPU, whatever x's device): a tensor, not an int, so
     ``torch.compile`` treats it as data and does not specialise (recompile) on each new value.
     """
-    seed_int = int(seed.item())
-    # Autocast must not re-cast inside: the entry point already chose the compute dtype.
-    with torch.autocast(x.device.type, enabled=False):
-        if backend == "triton":
-            from rolora.kernels.triton_kernels import triton_lora_forward
-
-            return triton_lora_forward(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed_int)
-        return torch_lora_forward(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed_int)
+    return _forward_impl(x, weight, bias, lora_A, lora_B, scale, dropout_p, int(seed.item()), backend)
 
 
 @lora_linear_fwd.register_fake
@@ -132,14 +129,8 @@ def lora_linear_bwd(
     need_dx: bool, need_dA: bool, need_dB: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Backward: (dx, dA, dB); a gradient not asked for comes back as an empty placeholder."""
-    seed_int = int(seed.item())  # the forward's seed: the same mask is regenerated
-    with torch.autocast(grad_y.device.type, enabled=False):
-        if backend == "triton":
-            from rolora.kernels.triton_kernels import triton_lora_backward as impl
-        else:
-            impl = torch_lora_backward
-        dx, da, db = impl(grad_y, x, weight, lora_A, lora_B, s, scale, dropout_p, seed_int,
-                          need_dx, need_dA, need_dB)
+    dx, da, db = _backward_impl(grad_y, x, weight, lora_A, lora_B, s, scale, dropout_p,
+                                int(seed.item()), backend, need_dx, need_dA, need_dB)
     empty = grad_y.new_empty(0)  # custom ops cannot return None
     return (dx if dx is not None else empty, da if da is not None else empty.clone(),
             db if db is not None else empty.clone())
@@ -167,15 +158,19 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(x if need_dA else None, weight, lora_A, lora_B, s if need_dB else None, seed)
 
 
-def _backward(ctx, grad_y: Tensor, _grad_s: Tensor):
+def _backward(ctx, grad_y: Tensor, _grad_s: Tensor, eager: bool = False):
     x, weight, lora_A, lora_B, s, seed = ctx.saved_tensors
     need_dx, need_dbias, need_dA, need_dB = ctx.flags
     scale, dropout_p, backend = ctx.args
     dx = da = db = dbias = None
     if need_dx or need_dA or need_dB:
-        dx, da, db = torch.ops.rolora.lora_linear_bwd(
-            grad_y, x, weight, lora_A, lora_B, s, scale, dropout_p, seed, backend,
-            need_dx, need_dA, need_dB)
+        if eager:
+            dx, da, db = _backward_impl(grad_y, x, weight, lora_A, lora_B, s, scale, dropout_p,
+                                        int(seed.item()), backend, need_dx, need_dA, need_dB)
+        else:
+            dx, da, db = torch.ops.rolora.lora_linear_bwd(
+                grad_y, x, weight, lora_A, lora_B, s, scale, dropout_p, seed, backend,
+                need_dx, need_dA, need_dB)
         dx, da, db = (dx if need_dx else None), (da if need_dA else None), (db if need_dB else None)
     if need_dbias:
         dbias = grad_y.sum(0)
@@ -183,6 +178,25 @@ def _backward(ctx, grad_y: Tensor, _grad_s: Tensor):
 
 
 torch.library.register_autograd("rolora::lora_linear_fwd", _backward, setup_context=_setup_context)
+
+
+class _EagerLoRALinear(torch.autograd.Function):
+    """The same forward, saving and backward as the custom ops, without their dispatch.
+
+    Eager calls come here: a custom op's wrapper and re-dispatch cost about as much CPU time per call
+    as PEFT's whole layer, which bounds small-M speed. ``torch.compile`` still sees the custom op
+    (``lora_linear`` picks it while compiling), which it can trace with its fake implementation.
+    """
+
+    @staticmethod
+    def forward(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed, backend):
+        return _forward_impl(x, weight, bias, lora_A, lora_B, scale, dropout_p, int(seed.item()), backend)
+
+    setup_context = staticmethod(_setup_context)
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_s):
+        return _backward(ctx, grad_y, grad_s, eager=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -237,6 +251,7 @@ def _seed_tensor(seed: int | Tensor) -> Tensor:
 def lora_linear(
     x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
     scale: float, dropout_p: float = 0.0, seed: int | Tensor = 0, backend: str = "auto",
+    cublas_max_m: int | None = None,
 ) -> Tensor:
     """y = x W0ᵀ (+ bias) + scale · dropout(x) Aᵀ Bᵀ, differentiable in x, bias, A and B.
 
@@ -250,10 +265,14 @@ def lora_linear(
         dropout_p: dropout on the LoRA path's input; the mask is regenerated from ``seed``.
         seed: dropout seed (ignored when dropout_p = 0): a Python int or a 0-d integer tensor (what
             ``LoRALinear`` passes, drawn from torch's RNG, so ``torch.compile`` does not specialise
-            on it). It is kept as a 0-d int64 tensor on the CPU whatever x's device: the custom ops
-            read it with ``.item()`` on the host and the kernels take it as a scalar argument. Use a
-            fresh one per call in training.
-        backend: "auto" (Triton on CUDA when available, else PyTorch), "torch" or "triton".
+            on it). It is kept as a 0-d int64 tensor on the CPU whatever x's device: the ops read
+            it with ``.item()`` on the host and the kernels take it as a scalar argument (so a CUDA
+            graph capture freezes it: replays reuse one mask). Use a fresh one per call in training.
+        backend: "auto" (Triton on CUDA when available and M > ``cublas_max_m``, else PyTorch),
+            "torch" or "triton".
+        cublas_max_m: with "auto", problems of at most this many rows (M = product of x's leading
+            dimensions) take the PyTorch path, cuBLAS on a GPU: at small M the fused kernels' launch
+            and CPU costs outweigh the passes they save. Default ``CUBLAS_MAX_M``.
 
     Under autocast, x, W0 and bias are cast to the autocast dtype (as ``nn.Linear`` would be);
     the adapters stay in their dtype. Without autocast, x and W0 must share a dtype.
@@ -270,13 +289,15 @@ def lora_linear(
     resolved = resolve_backend(backend, x.device)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
-    if resolved == "triton":
-        if r > MAX_TRITON_RANK:
-            if backend == "triton":
-                raise ValueError(f"the Triton kernels support ranks ≤ {MAX_TRITON_RANK}, got r={r}")
+    if resolved == "triton" and backend == "auto":
+        small = CUBLAS_MAX_M if cublas_max_m is None else cublas_max_m
+        if r > MAX_TRITON_RANK or x2.shape[0] <= small:
             resolved = "torch"
-        elif dropout_p > 0.0 and x2.shape[0] * k >= 2**31:
-            raise ValueError(f"dropout offsets are int32: M·K = {x2.shape[0] * k} must be < 2³¹")
-    y2, _ = torch.ops.rolora.lora_linear_fwd(x2, weight, bias, lora_A, lora_B, float(scale),
-                                             float(dropout_p), _seed_tensor(seed), resolved)
+    elif resolved == "triton" and r > MAX_TRITON_RANK:
+        raise ValueError(f"the Triton kernels support ranks ≤ {MAX_TRITON_RANK}, got r={r}")
+    args = (x2, weight, bias, lora_A, lora_B, float(scale), float(dropout_p), _seed_tensor(seed), resolved)
+    if torch.compiler.is_compiling():
+        y2, _ = torch.ops.rolora.lora_linear_fwd(*args)
+    else:
+        y2, _ = _EagerLoRALinear.apply(*args)
     return y2.reshape(*lead, n)

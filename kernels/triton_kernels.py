@@ -1,36 +1,41 @@
-"""Triton kernels for the fused LoRA linear, forward and backward, and their launch-config table.
+"""Triton kernels for the fused LoRA linear, forward and backward, and their launch-config tables.
 
 Why fuse. For r ≪ K, N the frozen GEMMs (x W0ᵀ forward, dY W0 backward) are nearly all the FLOPs;
 an unfused LoRA layer (PEFT) adds memory-bound passes on top: x is read again for S = x̂ Aᵀ, y is read
 and written again for the add, and autograd keeps a dropout copy of x. Here:
 
-    forward   1. ``_shrink_kernel``     S = x̂ Aᵀ (M×r); dropout applied on the fly, x̂ never stored
-              2. ``_fused_fwd_kernel``  y = x W0ᵀ + s·S Bᵀ (+ bias): one fp32 accumulator, one store
-    backward  3. ``_ds_kernel``         dS = s·dY B (M×r)
-              4. ``_db_kernel``         dB = s·dYᵀ S          (only when B trains)
-              5. ``_dx_kernel``         dx = dY W0 + (dS A) ⊙ keep/(1−p): one accumulator, one store
-              6. ``_da_kernel``         dA = dSᵀ x̂            (only when A trains; regenerates keep)
+    forward   1. ``_rowband_kernel``   S  = x̂ Aᵀ (M×r); dropout applied on the fly, x̂ never stored
+              2. ``_fwd_gemm_kernel``  y  = S (sB)ᵀ + x W0ᵀ (+ bias): one fp32 accumulator, one store
+    backward  3. ``_colband_kernel``   dB = s·dYᵀ S         (only when B trains)
+              4. ``_rowband_kernel``   dS = s·dY B (M×r)
+              5. ``_colband_kernel``   dA = dSᵀ x̂           (only when A trains; regenerates keep)
+              6. ``_dx_gemm_kernel``   dx = (dS A) ⊙ keep/(1−p) + dY W0: one accumulator, one store
+
+Two side kernels serve four products: a *row band* reduces along the columns of a tall operand
+against a rank tile (S = x̂ Aᵀ, dS = dY B), a *column band* reduces along its rows (dB = dYᵀ S,
+dA = dSᵀ x̂). Both split their reduction over ``split`` programs when the other dimension alone does
+not fill the GPU; the fp32 partials are summed by the wrapper in a fixed order (deterministic, no
+atomics).
 
 Conventions. x is M×K, W0 is N×K, A is r×K, B is N×r (PyTorch/PEFT layout). Every pointer is
-addressed through explicit strides, so non-contiguous 2-D views need no copy; every row and column
-offset is widened to int64 before it multiplies a stride (N·K or M·K may exceed 2³¹). ``tl.dot``
-needs every dimension ≥ 16, so the rank is padded to R_PAD = max(16, next_pow2(r)) by masked loads (zeros in the
-padding, which add nothing). Activations (x, W0, bias, dY) share one dtype; adapters may be in another
-(fp32 under autocast) and are converted to the activation dtype when loaded; accumulation is fp32.
-The two M-reductions (dB, dA) are split over ``split`` programs that write fp32 partials, summed by
-the wrapper: deterministic, unlike atomics (the price: dY is read once more than a fused dS/dB
-kernel with atomics would read it).
+addressed through explicit strides (non-contiguous 2-D views need no copy, transposes are stride
+swaps); row and column offsets are widened to int64 before they multiply a stride. ``tl.dot`` needs
+every dimension ≥ 16, so the rank is padded to R_PAD = max(16, next_pow2(r)) by masked loads. The
+adapters are cast to the activation dtype once per call by the wrappers (r×K and N×r: negligible), so
+each kernel sees one dtype; accumulation is fp32; gradients come back in each tensor's own dtype.
 
-Dropout. The keep-mask is a pure function of (seed, row, column) of the logical M×K input,
-``tl.rand(seed, row*K + col) > p`` (the Triton low-memory-dropout recipe), so kernels 1, 5 and 6
-regenerate exactly the same mask and none is stored. Offsets are int32: the wrappers refuse
-dropout when M·K ≥ 2³¹.
+Dropout. The keep-mask is a pure function of (seed, row, column) of the logical M×K input, so the
+kernels that need x̂ (1, 5, 6) regenerate the same bits and none is stored. One Philox-4x32-10 call
+yields four keep decisions (``_keep``); its counter is 64-bit. The seed is not specialised on
+(``do_not_specialize``), so a new seed never triggers a compile.
 
 This module imports triton at the top; ``op.py`` imports it lazily, so rolora works without triton.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -39,13 +44,13 @@ import triton.language as tl
 from torch import Tensor
 
 # ---------------------------------------------------------------------------------------------------
-# Launch configurations: a small explicit table per shape class (no runtime autotune inside autograd).
+# Launch configurations: small explicit tables (no runtime autotune inside autograd).
 # ---------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class LaunchConfig:
-    """Tile sizes and launch parameters for one shape class."""
+class GemmConfig:
+    """Tiles of the two frozen GEMMs: output tile block_m × block_n, reduction step block_k."""
 
     block_m: int
     block_n: int
@@ -55,25 +60,43 @@ class LaunchConfig:
     num_stages: int
 
 
-# Starting points from the Triton matmul tutorial's H100 configs; to be tuned on the GPU.
-_TABLE_HALF = {
-    "small_m": LaunchConfig(32, 64, 64, 8, 4, 4),  # M ≤ 128: decode-like, few row tiles
-    "medium_m": LaunchConfig(64, 128, 64, 8, 4, 4),  # M ≤ 2048
-    "large_m": LaunchConfig(128, 128, 64, 8, 8, 3),
+@dataclass(frozen=True)
+class BandConfig:
+    """Tiles of the side kernels: block_rows × block_cols of the tall operand per step."""
+
+    block_rows: int
+    block_cols: int
+    num_warps: int
+    num_stages: int
+
+
+# Hopper: 128×256×64 with 8 warps is the wgmma-friendly large tile (LoRAFusion's H100 table, the
+# Triton matmul tutorial); 3 stages × 48 KiB fit the 227 KiB of shared memory.
+_GEMM_SM90_HALF = {
+    "small_m": GemmConfig(64, 128, 64, 8, 4, 4),  # M ≤ 128: few row tiles, keep the grid wide
+    "medium_m": GemmConfig(128, 128, 64, 8, 8, 4),  # M ≤ 2048
+    "large_m": GemmConfig(128, 256, 64, 8, 8, 3),
 }
-_TABLE_FP32 = {  # 4-byte elements: half the K-tile to keep shared memory in budget
-    "small_m": LaunchConfig(32, 64, 32, 8, 4, 4),
-    "medium_m": LaunchConfig(64, 128, 32, 8, 4, 3),
-    "large_m": LaunchConfig(128, 128, 32, 8, 8, 3),
+# Ampere (163 KiB): the same shapes with one stage less where the large tile would not fit.
+_GEMM_SM80_HALF = {
+    "small_m": GemmConfig(64, 128, 64, 8, 4, 3),
+    "medium_m": GemmConfig(128, 128, 64, 8, 8, 3),
+    "large_m": GemmConfig(128, 128, 64, 8, 8, 3),
 }
-# The interpreter costs ~3 ms per program per K-step: the largest blocks make tests fast.
-_INTERPRETER = LaunchConfig(64, 64, 64, 8, 4, 1)
+_GEMM_FP32 = {  # 4-byte elements: half the K-step keeps shared memory in budget on both generations
+    "small_m": GemmConfig(32, 64, 32, 8, 4, 3),
+    "medium_m": GemmConfig(64, 128, 32, 8, 4, 3),
+    "large_m": GemmConfig(128, 128, 32, 8, 8, 3),
+}
+_BAND_HALF = BandConfig(64, 128, 4, 3)
+_BAND_FP32 = BandConfig(32, 64, 4, 3)
+# The interpreter costs ~3 ms per program per step: the largest blocks make tests fast.
+_GEMM_INTERPRETER = GemmConfig(64, 64, 64, 8, 4, 1)
+_BAND_INTERPRETER = BandConfig(64, 64, 4, 1)
 
 
 def is_interpreted() -> bool:
     """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
-    import os
-
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -86,25 +109,62 @@ def shape_class(m: int) -> str:
     return "large_m"
 
 
-def launch_config(m: int, dtype: torch.dtype) -> LaunchConfig:
-    """The launch config for M rows of ``dtype`` activations (interpreter: one large-block config)."""
+def launch_table(dtype: torch.dtype, capability: tuple[int, int] = (9, 0)) -> list[GemmConfig]:
+    """Every GEMM config ``launch_config`` can pick for ``dtype`` on that GPU generation."""
+    if dtype == torch.float32:
+        return list(_GEMM_FP32.values())
+    return list((_GEMM_SM90_HALF if capability >= (9, 0) else _GEMM_SM80_HALF).values())
+
+
+def launch_config(m: int, dtype: torch.dtype, capability: tuple[int, int] = (9, 0)) -> GemmConfig:
+    """The GEMM config for M rows of ``dtype`` activations (interpreter: one large-block config)."""
     if is_interpreted():
-        return _INTERPRETER
-    table = _TABLE_FP32 if dtype == torch.float32 else _TABLE_HALF
-    return table[shape_class(m)]
+        return _GEMM_INTERPRETER
+    if dtype == torch.float32:
+        return _GEMM_FP32[shape_class(m)]
+    return (_GEMM_SM90_HALF if capability >= (9, 0) else _GEMM_SM80_HALF)[shape_class(m)]
+
+
+def band_config(dtype: torch.dtype) -> BandConfig:
+    """The side kernels' tiles (memory-bound streaming: one config per element size)."""
+    if is_interpreted():
+        return _BAND_INTERPRETER
+    return _BAND_FP32 if dtype == torch.float32 else _BAND_HALF
+
+
+def device_capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) compute capability of the GPU that runs the kernels on ``device``.
+
+    One indirection on purpose: the ahead-of-time compile test (tests/kernel_aot.py) replaces it to
+    build the launches of another GPU generation on a machine without one.
+    """
+    if device.type != "cuda":
+        return (9, 0)  # interpreter or meta tensors: the main target
+    return torch.cuda.get_device_capability(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def target_programs(device: torch.device) -> int:
+    """Programs that fill the GPU about twice (an H100 has 132 SMs); the interpreter gets 4."""
+    if is_interpreted():
+        return 4  # small, so the tests' few-tile shapes still exercise the split reductions
+    if device.type != "cuda":
+        return 2 * 132
+    return 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def reduction_split(reduce_tiles: int, other_tiles: int, device: torch.device) -> int:
+    """How many programs share one reduction: enough to fill the GPU, at most one per tile."""
+    return max(1, min(reduce_tiles, triton.cdiv(target_programs(device), max(other_tiles, 1))))
 
 
 def rank_pad(r: int) -> int:
     """Rank padded for ``tl.dot``: a power of two, at least 16."""
     return max(16, triton.next_power_of_2(r))
-
-
-def reduction_split(m: int, block_m: int, other_tiles: int, target_programs: int = 264) -> int:
-    """How many programs share one M-reduction: enough to fill ~2 waves of an H100, at most one per tile."""
-    if is_interpreted():
-        return 1
-    m_tiles = triton.cdiv(m, block_m)
-    return max(1, min(m_tiles, triton.cdiv(target_programs, max(other_tiles, 1))))
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -120,9 +180,18 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 @triton.jit
-def _keep(seed, offs_m, offs_k, K, p):
-    """Keep-mask of the logical M×K input at (offs_m, offs_k): the same bits in every kernel."""
-    return tl.rand(seed, offs_m[:, None] * K + offs_k[None, :]) > p
+def _keep(seed, offs_m, k0, KQ, p, BLOCK_K: tl.constexpr):
+    """Keep-mask of the logical M×K input at rows ``offs_m``, columns k0 … k0+BLOCK_K (k0 % 4 = 0).
+
+    Element (m, k) takes lane k % 4 of the Philox draw at the 64-bit counter m·KQ + k // 4, where
+    KQ = ⌈K/4⌉: a pure function of (seed, m, k), whichever tile asks, at a quarter of the Philox
+    cost of one draw per element.
+    """
+    quads = k0 // 4 + tl.arange(0, BLOCK_K // 4)
+    counter = offs_m.to(tl.int64)[:, None] * KQ + quads[None, :]
+    r0, r1, r2, r3 = tl.randint4x(seed, counter)
+    bits = tl.interleave(tl.interleave(r0, r2), tl.interleave(r1, r3))  # lanes 0,1,2,3 in k order
+    return tl.uint_to_uniform_float(bits) > p
 
 
 @triton.jit
@@ -137,201 +206,161 @@ def _grouped_tile(pid, num_rows, num_cols, GROUP: tl.constexpr):
     return row, col
 
 
-@triton.jit
-def _shrink_kernel(
-    x_ptr, a_ptr, s_ptr,
-    M, K, R,
-    stride_xm, stride_xk, stride_ar, stride_ak, stride_sm, stride_sr,
-    seed, p, inv_keep,
-    HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, R_PAD: tl.constexpr,
+@triton.jit(do_not_specialize=["seed"])
+def _rowband_kernel(
+    x_ptr, a_ptr, out_ptr,
+    M, C, R, KQ,
+    stride_xm, stride_xc, stride_ar, stride_ac, stride_op, stride_om, stride_or,
+    seed, p, out_scale, SPLIT,
+    HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, R_PAD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """S[m, :] = x̂[m, :] Aᵀ for one BLOCK_M band of rows; the K-loop reads x exactly once."""
-    pid = tl.program_id(0)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    """out[pid_s][m, :] = out_scale · Σ_c x̂[m, c] A[:, c] over the column tiles pid_s, pid_s + SPLIT, …
+
+    S = x̂ Aᵀ (x M×K, dropout) and dS = dY B (x = dY, A = Bᵀ through strides) for one band of rows.
+    """
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_r = tl.arange(0, R_PAD)
-    rows = offs_m.to(tl.int64)  # 64-bit row offsets: M·stride can exceed 2³¹
+    rows = offs_m.to(tl.int64)
     acc = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k.to(tl.int64)[None, :] * stride_xk,
-                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
+    for ct in range(pid_s, tl.cdiv(C, BLOCK_C), SPLIT):
+        offs_c = ct * BLOCK_C + tl.arange(0, BLOCK_C)
+        cols = offs_c.to(tl.int64)
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :] * stride_xc,
+                    mask=(offs_m[:, None] < M) & (offs_c[None, :] < C), other=0.0)
         if HAS_DROPOUT:
-            x = tl.where(_keep(seed, offs_m, offs_k, K, p), x, 0.0).to(x.dtype)
-        # Aᵀ tile [BLOCK_K, R_PAD]: padded ranks load as zeros.
-        at = tl.load(a_ptr + offs_r[None, :] * stride_ar + offs_k.to(tl.int64)[:, None] * stride_ak,
-                     mask=(offs_r[None, :] < R) & (offs_k[:, None] < K), other=0.0)
-        acc = tl.dot(x, at.to(x.dtype), acc, input_precision=DOT_PRECISION)
-    if HAS_DROPOUT:
-        acc = acc * inv_keep  # x̂ = keep ⊙ x / (1 − p): the scale factors out of the sum
-    tl.store(s_ptr + rows[:, None] * stride_sm + offs_r[None, :] * stride_sr,
-             acc.to(s_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_r[None, :] < R))
+            x = tl.where(_keep(seed, offs_m, ct * BLOCK_C, KQ, p, BLOCK_C), x, 0.0).to(x.dtype)
+        # Aᵀ tile [BLOCK_C, R_PAD]: padded ranks load as zeros.
+        at = tl.load(a_ptr + offs_r[None, :] * stride_ar + cols[:, None] * stride_ac,
+                     mask=(offs_r[None, :] < R) & (offs_c[:, None] < C), other=0.0)
+        acc = tl.dot(x, at, acc, input_precision=DOT_PRECISION)
+    tl.store(out_ptr + pid_s * stride_op + rows[:, None] * stride_om + offs_r[None, :] * stride_or,
+             (acc * out_scale).to(out_ptr.dtype.element_ty),
+             mask=(offs_m[:, None] < M) & (offs_r[None, :] < R))
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _colband_kernel(
+    x_ptr, t_ptr, out_ptr,
+    M, C, R, KQ,
+    stride_xm, stride_xc, stride_tm, stride_tr, stride_op, stride_oc, stride_or,
+    seed, p, out_scale, SPLIT,
+    HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, R_PAD: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """out[pid_s][c, :] = out_scale · Σ_m x̂[m, c] T[m, :] over the row tiles pid_s, pid_s + SPLIT, …
+
+    dB = s·dYᵀ S (x = dY, T = S) and dA = dSᵀ x̂ (x = x with dropout, T = dS, out = dAᵀ by strides)
+    for one band of columns.
+    """
+    pid_c = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    c0 = pid_c * BLOCK_C
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    offs_r = tl.arange(0, R_PAD)
+    cols = offs_c.to(tl.int64)
+    acc = tl.zeros((BLOCK_C, R_PAD), dtype=tl.float32)
+    for mt in range(pid_s, tl.cdiv(M, BLOCK_M), SPLIT):
+        offs_m = mt * BLOCK_M + tl.arange(0, BLOCK_M)
+        rows = offs_m.to(tl.int64)
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :] * stride_xc,
+                    mask=(offs_m[:, None] < M) & (offs_c[None, :] < C), other=0.0)
+        if HAS_DROPOUT:
+            x = tl.where(_keep(seed, offs_m, c0, KQ, p, BLOCK_C), x, 0.0).to(x.dtype)
+        t = tl.load(t_ptr + rows[:, None] * stride_tm + offs_r[None, :] * stride_tr,
+                    mask=(offs_m[:, None] < M) & (offs_r[None, :] < R), other=0.0)
+        acc = tl.dot(tl.trans(x), t, acc, input_precision=DOT_PRECISION)
+    tl.store(out_ptr + pid_s * stride_op + cols[:, None] * stride_oc + offs_r[None, :] * stride_or,
+             (acc * out_scale).to(out_ptr.dtype.element_ty),
+             mask=(offs_c[:, None] < C) & (offs_r[None, :] < R))
 
 
 @triton.jit
-def _fused_fwd_kernel(
+def _fwd_gemm_kernel(
     x_ptr, w_ptr, bias_ptr, s_ptr, b_ptr, y_ptr,
-    M, N, K, R, scale,
+    M, N, K, R,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_sm, stride_sr, stride_bn, stride_br,
     stride_ym, stride_yn, stride_bias,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     R_PAD: tl.constexpr, GROUP_M: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """y tile = x W0ᵀ + s·S Bᵀ (+ bias): both products land in one fp32 accumulator, y is stored once."""
+    """y tile = S (sB)ᵀ + x W0ᵀ (+ bias): the low-rank term is one more K-step of depth R_PAD in the
+    same fp32 accumulator (B arrives pre-scaled by s), and y is stored once."""
     pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_r = tl.arange(0, R_PAD)
     rows = offs_m.to(tl.int64)
     cols = offs_n.to(tl.int64)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k.to(tl.int64)[None, :] * stride_xk,
-                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
-        # W0ᵀ tile [BLOCK_K, BLOCK_N] read straight from the N×K weight.
-        wt = tl.load(w_ptr + cols[None, :] * stride_wn + offs_k.to(tl.int64)[:, None] * stride_wk,
-                     mask=(offs_n[None, :] < N) & (offs_k[:, None] < K), other=0.0)
-        acc = tl.dot(x, wt, acc, input_precision=DOT_PRECISION)
-    # Low-rank epilogue: one more (padded) K-step of depth R_PAD.
     s = tl.load(s_ptr + rows[:, None] * stride_sm + offs_r[None, :] * stride_sr,
                 mask=(offs_m[:, None] < M) & (offs_r[None, :] < R), other=0.0)
     bt = tl.load(b_ptr + cols[None, :] * stride_bn + offs_r[:, None] * stride_br,
                  mask=(offs_n[None, :] < N) & (offs_r[:, None] < R), other=0.0)
-    acc += scale * tl.dot(s.to(x.dtype), bt.to(x.dtype), input_precision=DOT_PRECISION)
+    acc = tl.dot(s, bt, input_precision=DOT_PRECISION)  # fp32 accumulator, no second one
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        ks = offs_k.to(tl.int64)
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :] * stride_xk,
+                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
+        # W0ᵀ tile [BLOCK_K, BLOCK_N] read straight from the N×K weight.
+        wt = tl.load(w_ptr + cols[None, :] * stride_wn + ks[:, None] * stride_wk,
+                     mask=(offs_n[None, :] < N) & (offs_k[:, None] < K), other=0.0)
+        acc = tl.dot(x, wt, acc, input_precision=DOT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols * stride_bias, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :] * stride_yn,
              acc.to(y_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-@triton.jit
-def _ds_kernel(
-    dy_ptr, b_ptr, ds_ptr,
-    M, N, R, scale,
-    stride_dym, stride_dyn, stride_bn, stride_br, stride_dsm, stride_dsr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, R_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """dS[m, :] = s · dY[m, :] B for one BLOCK_M band of rows (reduction over N)."""
-    pid = tl.program_id(0)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_r = tl.arange(0, R_PAD)
-    rows = offs_m.to(tl.int64)
-    acc = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        dy = tl.load(dy_ptr + rows[:, None] * stride_dym + offs_n.to(tl.int64)[None, :] * stride_dyn,
-                     mask=(offs_m[:, None] < M) & (offs_n[None, :] < N), other=0.0)
-        b = tl.load(b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn + offs_r[None, :] * stride_br,
-                    mask=(offs_n[:, None] < N) & (offs_r[None, :] < R), other=0.0)
-        acc = tl.dot(dy, b.to(dy.dtype), acc, input_precision=DOT_PRECISION)
-    tl.store(ds_ptr + rows[:, None] * stride_dsm + offs_r[None, :] * stride_dsr,
-             (acc * scale).to(ds_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_r[None, :] < R))
-
-
-@triton.jit
-def _db_kernel(
-    dy_ptr, s_ptr, part_ptr,
-    M, N, R, scale,
-    stride_dym, stride_dyn, stride_sm, stride_sr, stride_pp, stride_pn, stride_pr,
-    SPLIT, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, R_PAD: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-):
-    """Partial dB[n, :] = s · Σ_m dY[m, n] S[m, :] over the row tiles pid_s, pid_s + SPLIT, ... (fp32)."""
-    pid_n = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_r = tl.arange(0, R_PAD)
-    acc = tl.zeros((BLOCK_N, R_PAD), dtype=tl.float32)
-    for mt in range(pid_s, tl.cdiv(M, BLOCK_M), SPLIT):
-        offs_m = mt * BLOCK_M + tl.arange(0, BLOCK_M)
-        rows = offs_m.to(tl.int64)
-        # dYᵀ tile [BLOCK_N, BLOCK_M] and S tile [BLOCK_M, R_PAD].
-        dyt = tl.load(dy_ptr + rows[None, :] * stride_dym + offs_n.to(tl.int64)[:, None] * stride_dyn,
-                      mask=(offs_m[None, :] < M) & (offs_n[:, None] < N), other=0.0)
-        s = tl.load(s_ptr + rows[:, None] * stride_sm + offs_r[None, :] * stride_sr,
-                    mask=(offs_m[:, None] < M) & (offs_r[None, :] < R), other=0.0)
-        acc = tl.dot(dyt, s.to(dyt.dtype), acc, input_precision=DOT_PRECISION)
-    tl.store(part_ptr + pid_s * stride_pp + offs_n.to(tl.int64)[:, None] * stride_pn
-             + offs_r[None, :] * stride_pr,
-             acc * scale, mask=(offs_n[:, None] < N) & (offs_r[None, :] < R))
-
-
-@triton.jit
-def _dx_kernel(
+@triton.jit(do_not_specialize=["seed"])
+def _dx_gemm_kernel(
     dy_ptr, w_ptr, ds_ptr, a_ptr, dx_ptr,
-    M, N, K, R,
+    M, N, K, R, KQ,
     stride_dym, stride_dyn, stride_wn, stride_wk, stride_dsm, stride_dsr, stride_ar, stride_ak,
     stride_dxm, stride_dxk,
     seed, p, inv_keep,
-    HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
     R_PAD: tl.constexpr, GROUP_M: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """dx tile = dY W0 + (dS A) ⊙ keep/(1−p): the frozen and the low-rank path share one accumulator."""
+    """dx tile (BLOCK_M × BLOCK_K) = (dS A) ⊙ keep/(1−p) + dY W0, reducing over N in BLOCK_N steps.
+
+    The low-rank part comes first (one K-step of depth R_PAD) so dropout masks it alone; then the
+    frozen product accumulates on top: one accumulator, one store.
+    """
     pid_m, pid_k = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     offs_r = tl.arange(0, R_PAD)
     rows = offs_m.to(tl.int64)
-    # Low-rank part first (one K-step of depth R_PAD), so dropout applies to it alone.
+    ks = offs_k.to(tl.int64)
     ds = tl.load(ds_ptr + rows[:, None] * stride_dsm + offs_r[None, :] * stride_dsr,
                  mask=(offs_m[:, None] < M) & (offs_r[None, :] < R), other=0.0)
-    a = tl.load(a_ptr + offs_r[:, None] * stride_ar + offs_k.to(tl.int64)[None, :] * stride_ak,
+    a = tl.load(a_ptr + offs_r[:, None] * stride_ar + ks[None, :] * stride_ak,
                 mask=(offs_r[:, None] < R) & (offs_k[None, :] < K), other=0.0)
-    acc = tl.dot(ds, a.to(ds.dtype), input_precision=DOT_PRECISION)
+    acc = tl.dot(ds, a, input_precision=DOT_PRECISION)
     if HAS_DROPOUT:
-        acc = tl.where(_keep(seed, offs_m, offs_k, K, p), acc * inv_keep, 0.0)
+        acc = tl.where(_keep(seed, offs_m, pid_k * BLOCK_K, KQ, p, BLOCK_K), acc * inv_keep, 0.0)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        dy = tl.load(dy_ptr + rows[:, None] * stride_dym + offs_n.to(tl.int64)[None, :] * stride_dyn,
+        ns = offs_n.to(tl.int64)
+        dy = tl.load(dy_ptr + rows[:, None] * stride_dym + ns[None, :] * stride_dyn,
                      mask=(offs_m[:, None] < M) & (offs_n[None, :] < N), other=0.0)
-        # int64 column offsets: n·stride_wn reaches N·K, which can exceed 2³¹.
-        w = tl.load(w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
-                    + offs_k.to(tl.int64)[None, :] * stride_wk,
+        w = tl.load(w_ptr + ns[:, None] * stride_wn + ks[None, :] * stride_wk,
                     mask=(offs_n[:, None] < N) & (offs_k[None, :] < K), other=0.0)
         acc = tl.dot(dy, w, acc, input_precision=DOT_PRECISION)
-    tl.store(dx_ptr + rows[:, None] * stride_dxm + offs_k.to(tl.int64)[None, :] * stride_dxk,
+    tl.store(dx_ptr + rows[:, None] * stride_dxm + ks[None, :] * stride_dxk,
              acc.to(dx_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_k[None, :] < K))
 
 
-@triton.jit
-def _da_kernel(
-    ds_ptr, x_ptr, part_ptr,
-    M, K, R,
-    stride_dsm, stride_dsr, stride_xm, stride_xk, stride_pp, stride_pr, stride_pk,
-    seed, p, inv_keep,
-    SPLIT, HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-    R_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Partial dA[:, k] = Σ_m dS[m, :]ᵀ x̂[m, k] over the row tiles pid_s, pid_s + SPLIT, ... (fp32)."""
-    pid_k = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_r = tl.arange(0, R_PAD)
-    acc = tl.zeros((R_PAD, BLOCK_K), dtype=tl.float32)
-    for mt in range(pid_s, tl.cdiv(M, BLOCK_M), SPLIT):
-        offs_m = mt * BLOCK_M + tl.arange(0, BLOCK_M)
-        rows = offs_m.to(tl.int64)
-        dst = tl.load(ds_ptr + rows[None, :] * stride_dsm + offs_r[:, None] * stride_dsr,
-                      mask=(offs_m[None, :] < M) & (offs_r[:, None] < R), other=0.0)
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k.to(tl.int64)[None, :] * stride_xk,
-                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
-        if HAS_DROPOUT:
-            x = tl.where(_keep(seed, offs_m, offs_k, K, p), x, 0.0).to(x.dtype)
-        acc = tl.dot(dst.to(x.dtype), x, acc, input_precision=DOT_PRECISION)
-    if HAS_DROPOUT:
-        acc = acc * inv_keep
-    tl.store(part_ptr + pid_s * stride_pp + offs_r[:, None] * stride_pr
-             + offs_k.to(tl.int64)[None, :] * stride_pk,
-             acc, mask=(offs_r[:, None] < R) & (offs_k[None, :] < K))
-
-
-@triton.jit
-def _keep_mask_kernel(out_ptr, M, K, seed, p, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+@triton.jit(do_not_specialize=["seed"])
+def _keep_mask_kernel(out_ptr, M, K, KQ, seed, p, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Write the keep-mask the other kernels regenerate (for tests and the reference)."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    keep = _keep(seed, offs_m, offs_k, K, p)
+    k0 = tl.program_id(1) * BLOCK_K
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    keep = _keep(seed, offs_m, k0, KQ, p, BLOCK_K)
     tl.store(out_ptr + offs_m.to(tl.int64)[:, None] * K + offs_k[None, :], keep.to(tl.int8),
              mask=(offs_m[:, None] < M) & (offs_k[None, :] < K))
 
@@ -346,11 +375,64 @@ def _dropout_args(p: float) -> tuple[bool, float]:
 
 
 def triton_keep_mask(seed: int, rows: int, cols: int, p: float, device: torch.device) -> Tensor:
-    """The Triton path's keep-mask (bool, rows×cols) for ``seed``, as kernels 1, 5 and 6 draw it."""
+    """The Triton path's keep-mask (bool, rows×cols) for ``seed``, as the kernels draw it."""
     out = torch.empty((rows, cols), dtype=torch.int8, device=device)
     grid = (triton.cdiv(rows, 64), triton.cdiv(cols, 64))
-    _keep_mask_kernel[grid](out, rows, cols, seed, p, BLOCK_M=64, BLOCK_K=64)
+    _keep_mask_kernel[grid](out, rows, cols, triton.cdiv(cols, 4), seed, p, BLOCK_M=64, BLOCK_K=64)
     return out.bool()
+
+
+def _rowband(x: Tensor, a: Tensor, out_scale: float, dropout_p: float, seed: int,
+             out_dtype: torch.dtype) -> Tensor:
+    """out_scale · x̂ aᵀ (M×r) for x M×C and a r×C (any strides), split over C to fill the GPU."""
+    m, c = x.shape
+    r = a.shape[0]
+    cfg = band_config(x.dtype)
+    m_tiles, c_tiles = triton.cdiv(m, cfg.block_rows), triton.cdiv(c, cfg.block_cols)
+    split = reduction_split(c_tiles, m_tiles, x.device)
+    if split == 1:  # written in place, in the output dtype
+        out = torch.empty((m, r), dtype=out_dtype, device=x.device)
+        strides = (0, out.stride(0), out.stride(1))
+    else:  # fp32 partials, summed below in a fixed order
+        out = torch.empty((split, m, r), dtype=torch.float32, device=x.device)
+        strides = out.stride()
+    _rowband_kernel[(m_tiles, split)](
+        x, a, out, m, c, r, triton.cdiv(c, 4),
+        x.stride(0), x.stride(1), a.stride(0), a.stride(1), *strides,
+        seed, dropout_p, out_scale, split,
+        HAS_DROPOUT=dropout_p > 0.0, BLOCK_M=cfg.block_rows, BLOCK_C=cfg.block_cols, R_PAD=rank_pad(r),
+        DOT_PRECISION=_dot_precision(x.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out if split == 1 else out.sum(0).to(out_dtype)
+
+
+def _colband(x: Tensor, t: Tensor, out_scale: float, dropout_p: float, seed: int,
+             out_dtype: torch.dtype, transposed: bool) -> Tensor:
+    """out_scale · x̂ᵀ t (C×r) for x M×C and t M×r, split over M to fill the GPU.
+
+    ``transposed`` returns the r×C result instead (contiguous), for dA = (x̂ᵀ dS)ᵀ.
+    """
+    m, c = x.shape
+    r = t.shape[1]
+    cfg = band_config(x.dtype)
+    c_tiles, m_tiles = triton.cdiv(c, cfg.block_cols), triton.cdiv(m, cfg.block_rows)
+    split = reduction_split(m_tiles, c_tiles, x.device)
+    shape = (r, c) if transposed else (c, r)
+    if split == 1:
+        out = torch.empty(shape, dtype=out_dtype, device=x.device)
+        s_p, s_0, s_1 = 0, out.stride(0), out.stride(1)
+    else:
+        out = torch.empty((split, *shape), dtype=torch.float32, device=x.device)
+        s_p, s_0, s_1 = out.stride()
+    s_c, s_r = (s_1, s_0) if transposed else (s_0, s_1)
+    _colband_kernel[(c_tiles, split)](
+        x, t, out, m, c, r, triton.cdiv(c, 4),
+        x.stride(0), x.stride(1), t.stride(0), t.stride(1), s_p, s_c, s_r,
+        seed, dropout_p, out_scale, split,
+        HAS_DROPOUT=dropout_p > 0.0, BLOCK_M=cfg.block_rows, BLOCK_C=cfg.block_cols, R_PAD=rank_pad(r),
+        DOT_PRECISION=_dot_precision(x.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out if split == 1 else out.sum(0).to(out_dtype)
 
 
 def triton_lora_forward(
@@ -360,27 +442,23 @@ def triton_lora_forward(
     """Launch kernels 1–2 on a 2-D x (M×K): returns (y M×N, S M×r), both in x's dtype."""
     m, k = x.shape
     n, r = weight.shape[0], lora_A.shape[0]
-    cfg = launch_config(m, x.dtype)
-    r_pad, prec = rank_pad(r), _dot_precision(x.dtype)
-    has_drop, inv_keep = _dropout_args(dropout_p)
-    s = torch.empty((m, r), dtype=x.dtype, device=x.device)
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    _shrink_kernel[(triton.cdiv(m, cfg.block_m),)](
-        x, lora_A, s, m, k, r,
-        x.stride(0), x.stride(1), lora_A.stride(0), lora_A.stride(1), s.stride(0), s.stride(1),
-        seed, dropout_p, inv_keep,
-        HAS_DROPOUT=has_drop, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, R_PAD=r_pad,
-        DOT_PRECISION=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    dt = x.dtype
+    cfg = launch_config(m, dt, device_capability(x.device))
+    _, inv_keep = _dropout_args(dropout_p)
+    # Adapters in the compute dtype once per call (r×K, N×r): one dtype per kernel, s folded into B.
+    a = lora_A.to(dt)
+    b_scaled = (lora_B * scale).to(dt)
+    s = _rowband(x, a, inv_keep, dropout_p, seed, dt)
+    y = torch.empty((m, n), dtype=dt, device=x.device)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
-    _fused_fwd_kernel[grid](
-        x, weight, bias if bias is not None else y, s, lora_B, y,
-        m, n, k, r, scale,
+    _fwd_gemm_kernel[grid](
+        x, weight, bias if bias is not None else y, s, b_scaled, y,
+        m, n, k, r,
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), s.stride(0), s.stride(1),
-        lora_B.stride(0), lora_B.stride(1), y.stride(0), y.stride(1),
+        b_scaled.stride(0), b_scaled.stride(1), y.stride(0), y.stride(1),
         bias.stride(0) if bias is not None else 0,
         HAS_BIAS=bias is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        R_PAD=r_pad, GROUP_M=cfg.group_m, DOT_PRECISION=prec,
+        R_PAD=rank_pad(r), GROUP_M=cfg.group_m, DOT_PRECISION=_dot_precision(dt),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return y, s
@@ -394,58 +472,33 @@ def triton_lora_backward(
     """Launch kernels 3–6 as needed: (dx, dA, dB), each None when not asked for."""
     m, n = grad_y.shape
     k, r = weight.shape[1], lora_A.shape[0]
-    cfg = launch_config(m, grad_y.dtype)
-    r_pad, prec = rank_pad(r), _dot_precision(grad_y.dtype)
-    has_drop, inv_keep = _dropout_args(dropout_p)
-    dev, cdt = grad_y.device, grad_y.dtype
+    dt = grad_y.dtype
+    _, inv_keep = _dropout_args(dropout_p)
     dx = da = db = None
     if need_dB:
         assert s is not None, "dB needs the saved S"
-        n_tiles = triton.cdiv(n, cfg.block_n)
-        split = reduction_split(m, cfg.block_m, n_tiles)
-        part = torch.empty((split, n, r), dtype=torch.float32, device=dev)
-        _db_kernel[(n_tiles, split)](
-            grad_y, s, part, m, n, r, scale,
-            grad_y.stride(0), grad_y.stride(1), s.stride(0), s.stride(1),
-            part.stride(0), part.stride(1), part.stride(2),
-            split, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, R_PAD=r_pad, DOT_PRECISION=prec,
+        db = _colband(grad_y, s, scale, 0.0, seed, lora_B.dtype, transposed=False)
+    if not (need_dx or need_dA):
+        return dx, da, db
+    b = lora_B.to(dt)
+    ds = _rowband(grad_y, b.t(), scale, 0.0, seed, dt)  # dS = s·dY B: a row band with A = Bᵀ
+    if need_dA:
+        assert x is not None, "dA needs the saved x"
+        da = _colband(x, ds, inv_keep, dropout_p, seed, lora_A.dtype, transposed=True)
+    if need_dx:
+        a = lora_A.to(dt)
+        cfg = launch_config(m, dt, device_capability(grad_y.device))
+        dx = torch.empty((m, k), dtype=dt, device=grad_y.device)
+        # Output tile BLOCK_M × block_n over K (full width), reduction over N in block_k steps:
+        # the forward GEMM's tile shape, transposed roles.
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(k, cfg.block_n),)
+        _dx_gemm_kernel[grid](
+            grad_y, weight, ds, a, dx, m, n, k, r, triton.cdiv(k, 4),
+            grad_y.stride(0), grad_y.stride(1), weight.stride(0), weight.stride(1),
+            ds.stride(0), ds.stride(1), a.stride(0), a.stride(1), dx.stride(0), dx.stride(1),
+            seed, dropout_p, inv_keep,
+            HAS_DROPOUT=dropout_p > 0.0, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_n, BLOCK_N=cfg.block_k,
+            R_PAD=rank_pad(r), GROUP_M=cfg.group_m, DOT_PRECISION=_dot_precision(dt),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
-        db = part.sum(0).to(lora_B.dtype)
-    if need_dx or need_dA:
-        ds = torch.empty((m, r), dtype=cdt, device=dev)
-        _ds_kernel[(triton.cdiv(m, cfg.block_m),)](
-            grad_y, lora_B, ds, m, n, r, scale,
-            grad_y.stride(0), grad_y.stride(1), lora_B.stride(0), lora_B.stride(1),
-            ds.stride(0), ds.stride(1),
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, R_PAD=r_pad, DOT_PRECISION=prec,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
-        if need_dA:
-            assert x is not None, "dA needs the saved x"
-            k_tiles = triton.cdiv(k, cfg.block_k)
-            split = reduction_split(m, cfg.block_m, k_tiles)
-            part = torch.empty((split, r, k), dtype=torch.float32, device=dev)
-            _da_kernel[(k_tiles, split)](
-                ds, x, part, m, k, r,
-                ds.stride(0), ds.stride(1), x.stride(0), x.stride(1),
-                part.stride(0), part.stride(1), part.stride(2),
-                seed, dropout_p, inv_keep,
-                split, HAS_DROPOUT=has_drop, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, R_PAD=r_pad,
-                DOT_PRECISION=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            )
-            da = part.sum(0).to(lora_A.dtype)
-        if need_dx:
-            dx = torch.empty((m, k), dtype=cdt, device=dev)
-            grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(k, cfg.block_k),)
-            _dx_kernel[grid](
-                grad_y, weight, ds, lora_A, dx, m, n, k, r,
-                grad_y.stride(0), grad_y.stride(1), weight.stride(0), weight.stride(1),
-                ds.stride(0), ds.stride(1), lora_A.stride(0), lora_A.stride(1),
-                dx.stride(0), dx.stride(1),
-                seed, dropout_p, inv_keep,
-                HAS_DROPOUT=has_drop, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                R_PAD=r_pad, GROUP_M=cfg.group_m, DOT_PRECISION=prec,
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            )
     return dx, da, db

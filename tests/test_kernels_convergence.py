@@ -16,6 +16,8 @@ import pytest
 import torch
 from torch import nn
 
+from kernel_helpers import device_for
+
 from rolora.kernels import inject_lora, load_peft_state_dict, set_phase
 from rolora.kernels.op import triton_available
 
@@ -35,8 +37,8 @@ def _data():
     return x, (torch.tanh(x @ teacher) + 0.1 * torch.randn(128, 4, generator=gen)).argmax(1)
 
 
-def _train(model: nn.Module, phase_setter, steps: int) -> list[float]:
-    x, labels = _data()
+def _train(model: nn.Module, phase_setter, steps: int, device: str = "cpu") -> list[float]:
+    x, labels = (t.to(device) for t in _data())
     params = [p for n, p in model.named_parameters() if "lora" in n or "head" in n]
     opt = torch.optim.Adam(params, lr=1e-2)
     losses = []
@@ -74,7 +76,8 @@ def test_loss_curve_matches_peft(backend, steps):
                 p.requires_grad_(True)
 
     theirs = _train(ref, _peft_phase(ref), steps)
-    mine = _train(ours, lambda phase: set_phase(ours, phase), steps)
+    dev = device_for(backend)  # Triton: the GPU if there is one; PEFT stays on the CPU
+    mine = _train(ours.to(dev), lambda phase: set_phase(ours, phase), steps, dev)
 
     worst = max(abs(a - b) / b for a, b in zip(mine, theirs))
     assert worst <= 1e-4, f"loss curves differ by up to {worst:.2e} (relative)"

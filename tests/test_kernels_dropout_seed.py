@@ -13,6 +13,8 @@ import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from kernel_helpers import device_for
+
 from rolora.kernels import LoRALinear, lora_linear
 from rolora.kernels.op import triton_available
 
@@ -21,7 +23,7 @@ def _layer(backend: str, k: int, n: int, dropout: float) -> LoRALinear:
     layer = LoRALinear(k, n, r=4, alpha=8, dropout=dropout, backend=backend, seed=1)
     with torch.no_grad():
         layer.lora_B.normal_(generator=torch.Generator().manual_seed(0))
-    return layer.train()
+    return layer.to(device_for(backend)).train()
 
 
 def _run(layer: LoRALinear, x0: torch.Tensor, mode: str):
@@ -43,7 +45,7 @@ def test_checkpoint_with_dropout_matches_plain_run(backend, mode):
         pytest.skip("triton does not import here")
     k, n = (24, 40) if backend == "torch" else (16, 16)  # tiny for the interpreter
     layer = _layer(backend, k, n, dropout=0.3)
-    x0 = torch.randn(5, k, generator=torch.Generator().manual_seed(2))
+    x0 = torch.randn(5, k, generator=torch.Generator().manual_seed(2)).to(device_for(backend))
     plain = _run(layer, x0, "plain")
     ck = _run(layer, x0, mode)
     for name, a, b in zip(("y", "dx", "dA", "dB"), plain, ck):

@@ -18,7 +18,7 @@ from torch import nn
 from rolora.kernels import (LoRALinear, inject_lora, load_peft_state_dict, parse_peft_key, peft_key,
                             peft_state_dict, set_phase)
 from rolora.kernels.op import triton_available
-from rolora.kernels.testing import rel_err
+from kernel_helpers import device_for, rel_err
 
 K, N, R, ALPHA = 48, 80, 8, 16
 
@@ -60,6 +60,8 @@ def test_layer_matches_peft_outputs_and_grads(backend, dtype, tol, phase):
 
 def _check_against_peft(backend, dtype, tol, phase, k=K, n=N, r=R, dropout=0.0):
     ours, ref = _pair(dtype, backend, k, n, r, dropout)
+    dev = device_for(backend)  # PEFT stays on the CPU: the reference
+    ours.to(dev)
     if dropout:
         ours.eval()
         ref.eval()
@@ -70,10 +72,10 @@ def _check_against_peft(backend, dtype, tol, phase, k=K, n=N, r=R, dropout=0.0):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(3, 13, k, generator=gen).to(dtype)
     gy = torch.randn(3, 13, n, generator=gen).to(dtype)
-    xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    xo, xr = x.clone().to(dev).requires_grad_(), x.clone().requires_grad_()
     yo, yr = ours(xo), ref(xr)
     assert rel_err(yo, yr) <= tol
-    yo.backward(gy)
+    yo.backward(gy.to(dev))
     yr.backward(gy)
     assert rel_err(xo.grad, xr.grad) <= tol
     pairs = {"A": (ours.fc.lora_A, ref_fc.lora_A["default"].weight),

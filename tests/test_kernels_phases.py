@@ -2,12 +2,15 @@
 
 Saved tensors are recorded with ``torch.autograd.graph.saved_tensors_hooks`` during the forward.
 Dimensions are all distinct (M=24, K=40, N=56, r=8) so a saved tensor's shape tells what it is.
+The Triton cases run on the GPU where there is one, in the interpreter elsewhere.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+from kernel_helpers import device_for
 
 from rolora.kernels import LoRALinear, LoRAPhase
 from rolora.kernels.op import triton_available
@@ -32,7 +35,7 @@ def _layer(backend: str) -> LoRALinear:
     layer = LoRALinear(K, N, r=R, alpha=16, dropout=0.1, backend=backend, seed=1)
     with torch.no_grad():
         layer.lora_B.normal_(generator=torch.Generator().manual_seed(0))
-    return layer
+    return layer.to(device_for(backend))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -44,7 +47,8 @@ def test_saved_tensors_and_grads_per_phase(backend, phase, keeps_x, keeps_s):
     layer = _layer(backend)
     layer.set_phase(phase)
     assert layer.phase == phase
-    x = torch.randn(M, K, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(2)).to(device_for(backend))
+    x.requires_grad_(True)
     shapes, y = _saved_shapes(layer, x)
     assert ((M, K) in shapes) == keeps_x, f"{phase}: saved {shapes}"
     assert ((M, R) in shapes) == keeps_s, f"{phase}: saved {shapes}"
@@ -61,7 +65,7 @@ def test_saved_tensors_and_grads_per_phase(backend, phase, keeps_x, keeps_s):
 def test_frozen_adapters_and_no_input_grad_build_no_graph(backend):
     layer = _layer(backend)
     layer.set_phase("frozen")
-    shapes, y = _saved_shapes(layer, torch.randn(M, K))
+    shapes, y = _saved_shapes(layer, torch.randn(M, K).to(device_for(backend)))
     assert shapes == [] and not y.requires_grad
 
 

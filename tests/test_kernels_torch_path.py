@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rolora.kernels import dropout_keep_mask, lora_linear
-from rolora.kernels.testing import make_problem, poisoned_allocations, rel_err, run_float64, run_ours
+from kernel_helpers import make_problem, poisoned_allocations, rel_err, run_float64, run_ours
 
 TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 PHASES = ["full", "B", "A"]

@@ -16,10 +16,9 @@ import torch
 
 from rolora.kernels import dropout_keep_mask, lora_linear
 from rolora.kernels.op import triton_available
-from rolora.kernels.testing import make_problem, poisoned_allocations, rel_err, run_float64, run_ours
+from kernel_helpers import (HAS_CUDA, TRITON_DEVICE as DEVICE, make_problem, poisoned_allocations, rel_err,
+                            run_float64, run_ours)
 
-HAS_CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if HAS_CUDA else "cpu"
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton does not import here")
 gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")

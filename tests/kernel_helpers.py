@@ -1,4 +1,10 @@
-"""Helpers for the kernel tests and the benchmark: seeded problems, relative error, NaN poisoning."""
+"""Helpers for the kernel tests: the float64 reference, seeded problems, relative error, NaN poisoning,
+and the device each backend's tests run on.
+
+Device: tests that pass ``backend="triton"`` run on CUDA tensors where a GPU exists (the kernels
+compiled) and on CPU tensors elsewhere (conftest.py turns Triton's interpreter on there), so the same
+test checks the kernels on both machines.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,48 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from rolora.kernels.phase import LoRAPhase
+
+HAS_CUDA = torch.cuda.is_available()
+TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def device_for(backend: str) -> str:
+    """Where a test of ``backend`` runs: Triton on the GPU if there is one, else in the interpreter."""
+    return TRITON_DEVICE if backend == "triton" else "cpu"
+
+
+def lora_linear_float64(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    lora_A: Tensor,
+    lora_B: Tensor,
+    scale: float,
+    keep_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """Reference y = x W0ᵀ + b + s·(x ⊙ keep/(1−p)) Aᵀ Bᵀ in float64 (differentiable by autograd).
+
+    ``x`` may have any leading dimensions; ``keep_mask`` (if given) has x's shape flattened to 2-D
+    (M×K). Returns float64 with x's leading shape.
+    """
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1]).double()
+    xh = x2
+    if keep_mask is not None:
+        xh = x2 * keep_mask.double() / (1.0 - dropout_p)
+    y = x2 @ weight.double().t() + scale * (xh @ lora_A.double().t()) @ lora_B.double().t()
+    if bias is not None:
+        y = y + bias.double()
+    return y.reshape(*lead, weight.shape[0])
+
+
+
 
 def rel_err(out: Tensor, ref: Tensor) -> float:
-    """‖out − ref‖ / ‖ref‖ in float64 (NaN anywhere in ``out`` gives NaN)."""
-    out64, ref64 = out.detach().double(), ref.detach().double()
+    """‖out − ref‖ / ‖ref‖ in float64 on the CPU (NaN anywhere in ``out`` gives NaN)."""
+    out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
     denom = ref64.norm().item()
     return (out64 - ref64).norm().item() / (denom if denom > 0 else 1.0)
 
@@ -73,11 +117,8 @@ def make_problem(lead: tuple[int, ...], k: int, n: int, r: int, dtype: torch.dty
     )
 
 
-_TRAINS = {"full": (True, True), "B": (False, True), "A": (True, False), "frozen": (False, False)}
-
-
 def _leaves(pb: Problem, phase: str, x_grad: bool, dtype: torch.dtype | None = None):
-    a_grad, b_grad = _TRAINS[phase]
+    a_grad, b_grad = LoRAPhase(phase).trains_a, LoRAPhase(phase).trains_b
 
     def leaf(t: Tensor, grad: bool) -> Tensor:
         t = t.detach() if dtype is None else t.detach().to(dtype)
@@ -101,8 +142,6 @@ def run_ours(pb: Problem, phase: str, dropout_p: float = 0.0, seed: int = 0, bac
 def run_float64(pb: Problem, phase: str, keep: Tensor | None = None, dropout_p: float = 0.0,
                 x_grad: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """The same through ``lora_linear_float64`` with autograd in float64 and an explicit keep-mask."""
-    from rolora.kernels.reference import lora_linear_float64
-
     x, a, b = _leaves(pb, phase, x_grad, torch.float64)
     y = lora_linear_float64(x, pb.weight, pb.bias, a, b, pb.scale, keep, dropout_p)
     if y.requires_grad:

@@ -1,4 +1,4 @@
-"""The LoRA linear in plain PyTorch: the float64 reference and the CPU/fallback path.
+"""The LoRA linear in plain PyTorch (cuBLAS on a GPU): the CPU path, the fallback, the small-M path.
 
 Notation (shared with ``triton_kernels.py``): x is M×K, the frozen W0 is N×K (``nn.Linear`` layout),
 A (``lora_A``) is r×K, B (``lora_B``) is N×r, s = alpha/r, x̂ = dropout(x), S = x̂ Aᵀ (M×r).
@@ -7,12 +7,11 @@ A (``lora_A``) is r×K, B (``lora_B``) is N×r, s = alpha/r, x̂ = dropout(x), S
     backward  dS = s · dY B          dB = s · dYᵀ S        dA = dSᵀ x̂
               dx = dY W0 + (dS A) ⊙ keep / (1 − p)
 
-Two functions per direction live here:
-
-- ``lora_linear_float64``: the slow, obviously-correct reference (float64, plain autograd, explicit
-  keep-mask). Every fast path is tested against it.
-- ``torch_lora_forward`` / ``torch_lora_backward``: the PyTorch path used on CPU (and wherever Triton
-  is missing). Same maths and the same save/compute economy per RoLoRA phase as the kernels.
+``torch_lora_forward`` / ``torch_lora_backward`` run on CPU, wherever Triton is missing, and on CUDA
+for small M (cuBLAS products and one ``addmm_`` into the output buffer beat the Triton GEMMs there).
+Same maths and the same save/compute economy per RoLoRA phase as the kernels. The slow,
+obviously-correct float64 reference that both are tested against lives with the tests
+(``tests/kernel_helpers.py``).
 
 Dtypes: activations (x, W0, bias, dY) share one compute dtype; the adapters A, B may be in another
 (fp32 adapters with half activations under autocast) and are cast to the compute dtype at use; each
@@ -39,32 +38,6 @@ def torch_dropout_keep_mask(seed: int, rows: int, cols: int, p: float, device: t
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))
     return torch.rand((rows, cols), generator=gen, device=device, dtype=torch.float32) >= p
-
-
-def lora_linear_float64(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    lora_A: Tensor,
-    lora_B: Tensor,
-    scale: float,
-    keep_mask: Tensor | None = None,
-    dropout_p: float = 0.0,
-) -> Tensor:
-    """Reference y = x W0ᵀ + b + s·(x ⊙ keep/(1−p)) Aᵀ Bᵀ in float64 (differentiable by autograd).
-
-    ``x`` may have any leading dimensions; ``keep_mask`` (if given) has x's shape flattened to 2-D
-    (M×K). Returns float64 with x's leading shape.
-    """
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1]).double()
-    xh = x2
-    if keep_mask is not None:
-        xh = x2 * keep_mask.double() / (1.0 - dropout_p)
-    y = x2 @ weight.double().t() + scale * (xh @ lora_A.double().t()) @ lora_B.double().t()
-    if bias is not None:
-        y = y + bias.double()
-    return y.reshape(*lead, weight.shape[0])
 
 
 def torch_lora_forward(
