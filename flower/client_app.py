@@ -2,7 +2,7 @@
 
 Messages (the server's side is :mod:`rolora.flower.strategy`):
 
-- ``query`` ``hello``: the run's config (JSON); the node builds its model and answers its client id.
+- ``query`` ``hello``: the run's config (JSON), kept in ``context.state``; the node answers its client id.
 - ``train``: the changed global tensors; the node runs ``method.client_start`` with the kept state
   from its ``context.state``, trains (:func:`rolora.llm.local_training.train_client`), keeps
   ``method.client_keep`` and answers ``method.client_upload`` plus the dense tensors.
@@ -10,10 +10,14 @@ Messages (the server's side is :mod:`rolora.flower.strategy`):
 - ``query`` ``kept``: the node's kept state, for the server's checkpoint.
 
 The model (a :class:`~rolora.llm.prepare.RunSetup`) is built once per process and config, not per
-message: a Ray actor or a SuperNode's ClientApp process serves many messages.
+message (:mod:`rolora.flower.setups`): a simulation's Ray actor serves many messages. A SuperNode
+(Flower 1.42) starts a new ClientApp process for every message, so there each message pays the
+imports and the build (~15 s for a tiny model on 2 busy cores, mostly imports).
 """
 
 from __future__ import annotations
+
+import json
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -42,8 +46,8 @@ def query(msg: Message, context: Context) -> Message:
     action = str(msg.content["config"]["action"])
     if action == "hello":
         config_json = str(msg.content["config"]["config"])
-        setup = setup_for(config_json)
-        client, clients = _client_id(context, setup.config.federated.clients)
+        # no model yet: a SuperNode runs each message in a new process, so build only to train
+        client, clients = _client_id(context, int(json.loads(config_json)["federated"]["clients"]))
         context.state[RUN] = ConfigRecord({"config": config_json, "client": client})
         return Message(RecordDict({"hello": ConfigRecord({"client": client, "clients": clients})}), reply_to=msg)
     if action == "kept":
