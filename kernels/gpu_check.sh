@@ -8,6 +8,7 @@
 # Writes to $OUT (default ./gpu-check-out), 6 files: check.log (environment, test output, bench
 # report), pytest.xml (JUnit), bench.csv / bench.json / kernels.csv / report.txt (the preset).
 # The last lines printed are the pytest summary and one PASS/MISS line per target.
+# ROLORA_GPU_TEST_TIMEOUT / ROLORA_GPU_BENCH_TIMEOUT (seconds, default 420 each) bound the two parts.
 # ROLORA_GPU_CHECK_TINY=1 shrinks the bench to tiny shapes and runs only the fast kernel tests: with
 # TRITON_INTERPRET=1 and no GPU it smoke-tests this script itself (see BENCHMARKS.md).
 set -uo pipefail
@@ -46,11 +47,11 @@ if [ "${ROLORA_GPU_CHECK_TINY:-0}" = 1 ]; then
   BENCH=(--target --tiny --methods floor,peft,peft-B,full,B,full@triton,full@torch --repeats 3)
 fi
 echo "== kernel tests: ${TESTS[*]}" | tee -a "$LOG"
-timeout 420 $PY -m pytest -c pyproject.toml --rootdir . -p no:cacheprovider --noconftest -q \
+timeout ${ROLORA_GPU_TEST_TIMEOUT:-420} $PY -m pytest -c pyproject.toml --rootdir . -p no:cacheprovider --noconftest -q \
   "${XDIST[@]}" --junitxml "$OUT/pytest.xml" "${TESTS[@]}" >> "$LOG" 2>&1
 TEST_RC=$?
 echo "== bench ${BENCH[*]}" | tee -a "$LOG"
-timeout 420 $PY -m rolora.kernels.bench "${BENCH[@]}" --no-progress --out "$OUT" >> "$LOG" 2>&1
+timeout ${ROLORA_GPU_BENCH_TIMEOUT:-420} $PY -m rolora.kernels.bench "${BENCH[@]}" --no-progress --out "$OUT" >> "$LOG" 2>&1
 BENCH_RC=$?
 
 echo "== summary (tests exit $TEST_RC, bench exit $BENCH_RC)" | tee -a "$LOG"

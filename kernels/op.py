@@ -84,23 +84,27 @@ def dropout_keep_mask(seed: int, rows: int, cols: int, p: float, device: torch.d
 
 def _forward_impl(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
                   scale: float, dropout_p: float, seed: int, backend: str) -> tuple[Tensor, Tensor]:
-    # Autocast must not re-cast inside: the entry point already chose the compute dtype.
-    with torch.autocast(x.device.type, enabled=False):
-        if backend == "triton":
-            from rolora.kernels.triton_kernels import triton_lora_forward
+    if torch.is_autocast_enabled(x.device.type):  # the entry point already chose the compute dtype
+        with torch.autocast(x.device.type, enabled=False):
+            return _forward_impl(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed, backend)
+    if backend == "triton":
+        from rolora.kernels.triton_kernels import triton_lora_forward
 
-            return triton_lora_forward(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed)
-        return torch_lora_forward(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed)
+        return triton_lora_forward(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed)
+    return torch_lora_forward(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed)
 
 
 def _backward_impl(grad_y, x, weight, lora_A, lora_B, s, scale, dropout_p, seed: int, backend,
                    need_dx, need_dA, need_dB):
-    with torch.autocast(grad_y.device.type, enabled=False):
-        if backend == "triton":
-            from rolora.kernels.triton_kernels import triton_lora_backward as impl
-        else:
-            impl = torch_lora_backward
-        return impl(grad_y, x, weight, lora_A, lora_B, s, scale, dropout_p, seed, need_dx, need_dA, need_dB)
+    if torch.is_autocast_enabled(grad_y.device.type):
+        with torch.autocast(grad_y.device.type, enabled=False):
+            return _backward_impl(grad_y, x, weight, lora_A, lora_B, s, scale, dropout_p, seed, backend,
+                                  need_dx, need_dA, need_dB)
+    if backend == "triton":
+        from rolora.kernels.triton_kernels import triton_lora_backward as impl
+    else:
+        impl = torch_lora_backward
+    return impl(grad_y, x, weight, lora_A, lora_B, s, scale, dropout_p, seed, need_dx, need_dA, need_dB)
 
 
 @torch.library.custom_op("rolora::lora_linear_fwd", mutates_args=())
@@ -153,20 +157,28 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.mark_non_differentiable(s)  # S is an auxiliary output, kept for dB only
     ctx.flags = (need_dx, need_dbias, need_dA, need_dB)
     ctx.args = (scale, dropout_p, backend)
-    # The phase economy: x only if dA is needed, S only if dB is needed. The 0-d seed tensor is
-    # saved too: backward regenerates the forward's mask from it.
-    ctx.save_for_backward(x if need_dA else None, weight, lora_A, lora_B, s if need_dB else None, seed)
+    # The phase economy: x only if dA is needed, S only if dB is needed. The seed is kept too (a 0-d
+    # tensor for the custom ops, an int in eager mode): backward regenerates the forward's mask.
+    kept = (x if need_dA else None, weight, lora_A, lora_B, s if need_dB else None)
+    if isinstance(seed, Tensor):
+        ctx.save_for_backward(*kept, seed)
+    else:
+        ctx.save_for_backward(*kept)
+        ctx.seed = seed
 
 
 def _backward(ctx, grad_y: Tensor, _grad_s: Tensor, eager: bool = False):
-    x, weight, lora_A, lora_B, s, seed = ctx.saved_tensors
+    if eager:
+        (x, weight, lora_A, lora_B, s), seed = ctx.saved_tensors, ctx.seed
+    else:
+        x, weight, lora_A, lora_B, s, seed = ctx.saved_tensors
     need_dx, need_dbias, need_dA, need_dB = ctx.flags
     scale, dropout_p, backend = ctx.args
     dx = da = db = dbias = None
     if need_dx or need_dA or need_dB:
         if eager:
             dx, da, db = _backward_impl(grad_y, x, weight, lora_A, lora_B, s, scale, dropout_p,
-                                        int(seed.item()), backend, need_dx, need_dA, need_dB)
+                                        seed, backend, need_dx, need_dA, need_dB)
         else:
             dx, da, db = torch.ops.rolora.lora_linear_bwd(
                 grad_y, x, weight, lora_A, lora_B, s, scale, dropout_p, seed, backend,
@@ -186,13 +198,15 @@ class _EagerLoRALinear(torch.autograd.Function):
     Eager calls come here: a custom op's wrapper and re-dispatch cost about as much CPU time per call
     as PEFT's whole layer, which bounds small-M speed. ``torch.compile`` still sees the custom op
     (``lora_linear`` picks it while compiling), which it can trace with its fake implementation.
+    The classic ``forward(ctx, ...)`` form on purpose: a separate ``setup_context`` makes autograd
+    bind default arguments through ``inspect`` on every call.
     """
 
     @staticmethod
-    def forward(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed, backend):
-        return _forward_impl(x, weight, bias, lora_A, lora_B, scale, dropout_p, int(seed.item()), backend)
-
-    setup_context = staticmethod(_setup_context)
+    def forward(ctx, x, weight, bias, lora_A, lora_B, scale, dropout_p, seed: int, backend):
+        out = _forward_impl(x, weight, bias, lora_A, lora_B, scale, dropout_p, seed, backend)
+        _setup_context(ctx, (x, weight, bias, lora_A, lora_B, scale, dropout_p, seed, backend), out)
+        return out
 
     @staticmethod
     def backward(ctx, grad_y, grad_s):
@@ -234,18 +248,29 @@ def _check(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_
                          "freeze it with weight.requires_grad_(False)")
 
 
-def _seed_tensor(seed: int | Tensor) -> Tensor:
-    """The dropout seed as the 0-d int64 CPU tensor the custom ops take."""
+def _checked_seed(seed: Tensor) -> Tensor:
+    if seed.numel() != 1 or seed.is_floating_point() or seed.is_complex():
+        raise ValueError(f"seed must be an int or a 0-d integer tensor, got {seed.dtype} "
+                         f"of shape {tuple(seed.shape)}")
+    return seed
+
+
+def _seed_int(seed: int | Tensor) -> int:
+    """The dropout seed as a Python int (a 0-d integer tensor is read on the host)."""
     if isinstance(seed, Tensor):
-        if seed.numel() != 1 or seed.is_floating_point() or seed.is_complex():
-            raise ValueError(f"seed must be an int or a 0-d integer tensor, got {seed.dtype} "
-                             f"of shape {tuple(seed.shape)}")
-        return seed.reshape(()).to(device="cpu", dtype=torch.int64)
+        return int(_checked_seed(seed).item())
     try:
-        value = operator.index(seed)  # int, numpy integers; not float
+        return operator.index(seed)  # int, numpy integers; not float
     except TypeError:
         raise ValueError(f"seed must be an int or a 0-d integer tensor, got {type(seed).__name__}") from None
-    return torch.tensor(value, dtype=torch.int64)
+
+
+def _seed_tensor(seed: int | Tensor) -> Tensor:
+    """The seed as the 0-d int64 CPU tensor the custom ops take: data, so ``torch.compile`` does not
+    specialise (recompile) on its value."""
+    if isinstance(seed, Tensor):
+        return _checked_seed(seed).reshape(()).to(device="cpu", dtype=torch.int64)
+    return torch.tensor(_seed_int(seed), dtype=torch.int64)
 
 
 def lora_linear(
@@ -295,9 +320,10 @@ def lora_linear(
             resolved = "torch"
     elif resolved == "triton" and r > MAX_TRITON_RANK:
         raise ValueError(f"the Triton kernels support ranks ≤ {MAX_TRITON_RANK}, got r={r}")
-    args = (x2, weight, bias, lora_A, lora_B, float(scale), float(dropout_p), _seed_tensor(seed), resolved)
     if torch.compiler.is_compiling():
-        y2, _ = torch.ops.rolora.lora_linear_fwd(*args)
+        y2, _ = torch.ops.rolora.lora_linear_fwd(x2, weight, bias, lora_A, lora_B, float(scale),
+                                                 float(dropout_p), _seed_tensor(seed), resolved)
     else:
-        y2, _ = _EagerLoRALinear.apply(*args)
+        y2, _ = _EagerLoRALinear.apply(x2, weight, bias, lora_A, lora_B, float(scale), float(dropout_p),
+                                       _seed_int(seed), resolved)
     return y2.reshape(*lead, n)

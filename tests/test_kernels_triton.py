@@ -103,11 +103,12 @@ def test_triton_bf16_on_gpu(phase, lead, k, n, r):
 
 @gpu
 @needs_cuda
+@pytest.mark.parametrize("backend", ["triton", "auto"])  # auto: the cuBLAS path at this small M
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_autocast_on_cuda_with_fp32_adapters(dtype):
+def test_autocast_on_cuda_with_fp32_adapters(dtype, backend):
     pb = make_problem((4, 33), 256, 192, 16, torch.float32, seed=6, device="cuda")
     with torch.autocast("cuda", dtype=dtype):
-        got = run_ours(pb, "full", 0.0, 0, "auto")
+        got = run_ours(pb, "full", 0.0, 0, backend)
     ref = run_float64(type(pb)(*(t.cpu() if isinstance(t, torch.Tensor) else t for t in vars(pb).values())),
                       "full")
     assert got[0].dtype == dtype and got[2].dtype == torch.float32
