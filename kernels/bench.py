@@ -6,13 +6,9 @@ back-to-back time per forward+backward (no flush, no sync between calls: exposes
 the bytes of saved activations (saved-tensor hooks, parameters excluded) and, for LoRA methods, the
 worst relative error of y, dx, dA, dB against an fp32 reference on the same inputs and mask.
 
-    floor        raw cuBLAS x W0ᵀ and dY W0: no autograd, no bias (the target's denominator)
-    frozen       nn.Linear with W0 frozen, x requiring grad (autograd's floor)
-    peft         PEFT's LoRA ``Linear`` layer called directly (no PeftModel wrapper)
-    peft-B       the same with lora_A frozen: the fair comparator of our B-only phase
-    addmm        cuBLAS addmm_ LoRA with a hand-written backward (Unsloth style)
-    full, B, A   ours in each RoLoRA phase, backend "auto" (Triton, or cuBLAS at M ≤ CUBLAS_MAX_M)
-    full@triton, B@triton, full@torch, B@torch   ours with the backend forced (the small-M rule's data)
+Methods (``bench_methods.py``): floor (raw cuBLAS x W0ᵀ, dY W0), frozen (nn.Linear), peft, peft-B
+(PEFT with lora_A frozen), addmm (Unsloth style), ours full / B / A ("auto" backend) and ours with the
+backend forced (full@triton, full@torch, ...).
 
 Ratio columns: ×floor (total / floor total), ovh/PEFT ((total − floor) / (PEFT's total − floor), PEFT
 in the same phase and p) and B/full (our B-only total / our full total). On CUDA a profiler pass
@@ -33,12 +29,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
-import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -47,46 +40,21 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from rolora.kernels.phase import LoRAPhase
+from rolora.kernels.bench_methods import (BASELINES, METHODS, RawFloor, Weights, build, is_lora, is_ours,
+                                          make_weights, max_rel_err, saved_bytes)
+from rolora.kernels.bench_report import DTYPES, Row, add_ratios, format_table, header, verdicts
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GPU_SHAPES = ["4096x4096", "4096x11008", "11008x4096", "1024x1024"]
 GPU_M = [512, 2048, 8192, 16384]
 GPU_R = [4, 8, 16, 64]
 TARGET_SHAPES = ["4096x4096", "4096x11008", "11008x4096"]
 TARGET_M = [512, 2048, 8192]
 TINY_SHAPES, TINY_M = ["64x96"], [16, 64]  # --tiny: the preset's structure on interpreter-sized shapes
-BASELINES = ["floor", "frozen", "addmm"]  # dropout-free methods, measured at p = 0 only
-METHODS = ["floor", "frozen", "peft", "peft-B", "addmm", "full", "B", "A",
-           "full@triton", "B@triton", "full@torch", "B@torch"]
 DEFAULT_METHODS = ["floor", "frozen", "peft", "peft-B", "addmm", "full", "B", "A"]
 TARGET_METHODS = ["floor", "frozen", "peft", "peft-B", "full", "B", "full@triton", "B@triton",
                   "full@torch", "B@torch"]
 CPU_NOTE = ("no CUDA GPU found: timing the PyTorch path on CPU; these numbers say nothing about the "
             "kernels")
-TOL = {torch.bfloat16: 3e-2, torch.float16: 1e-2, torch.float32: 1e-4}
-FLOOR_TARGET, FLOOR_MOONSHOT, OVERHEAD_TARGET = 1.10, 1.05, 1 / 3
-
-
-@dataclass
-class Row:
-    """One measured (configuration, method)."""
-
-    shape: str
-    m: int
-    r: int
-    dtype: str
-    p: float
-    method: str
-    fwd_ms: float
-    bwd_ms: float
-    total_ms: float
-    steady_ms: float
-    saved_mib: float
-    max_rel_err: float = float("nan")
-    x_floor: float = float("nan")
-    ovh_vs_peft: float = float("nan")
-    b_vs_full: float = float("nan")
 
 
 @dataclass
@@ -183,112 +151,6 @@ def configs(args: argparse.Namespace, cuda: bool) -> list[Config]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Methods
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Weights:
-    """The shared problem: frozen W0 (no bias, as Llama), adapters with B non-zero, scale 2."""
-
-    w: Tensor
-    a: Tensor
-    b: Tensor
-    scale: float = 2.0
-
-
-def make_weights(k: int, n: int, r: int, dtype: torch.dtype, device: str) -> Weights:
-    gen = torch.Generator(device=device).manual_seed(0)
-    randn = lambda *s: torch.randn(*s, generator=gen, device=device)  # noqa: E731
-    return Weights(w=(randn(n, k) * k ** -0.5).to(dtype), a=(randn(r, k) * k ** -0.5).to(dtype),
-                   b=(randn(n, r) * r ** -0.5).to(dtype), scale=2.0)
-
-
-class RawFloor(nn.Module):
-    """The floor: x W0ᵀ forward and dY W0 backward as bare cuBLAS products (no autograd, no bias)."""
-
-    def __init__(self, w: Tensor) -> None:
-        super().__init__()
-        self.w = w
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x @ self.w.t()
-
-    def backward(self, grad_y: Tensor) -> Tensor:
-        return grad_y @ self.w
-
-
-def build(method: str, wt: Weights, p: float, adapter_dtype: torch.dtype | None = None) -> nn.Module:
-    """The module for ``method`` on the shared weights (copies: methods never share gradients)."""
-    from rolora.kernels.addmm_lora import AddmmLoRALinear
-    from rolora.kernels.layer import LoRALinear
-
-    n, k = wt.w.shape
-    r = wt.a.shape[0]
-    dtype, device = wt.w.dtype, wt.w.device
-    if method == "floor":
-        return RawFloor(wt.w)
-    if method == "frozen":
-        layer = nn.Linear(k, n, bias=False, device=device, dtype=dtype)
-        layer.weight.data.copy_(wt.w)
-        return layer.requires_grad_(False)
-    if method in ("peft", "peft-B"):
-        import peft
-
-        holder = nn.Sequential()
-        holder.add_module("fc", nn.Linear(k, n, bias=False, device=device, dtype=dtype))
-        cfg = peft.LoraConfig(r=r, lora_alpha=wt.scale * r, target_modules=["fc"], lora_dropout=p)
-        model = peft.get_peft_model(holder, cfg, autocast_adapter_dtype=False)
-        fc = model.base_model.model.fc  # PEFT's LoRA Linear layer itself, called directly
-        with torch.no_grad():
-            fc.base_layer.weight.copy_(wt.w)
-            fc.lora_A["default"].weight.copy_(wt.a)
-            fc.lora_B["default"].weight.copy_(wt.b)
-        fc.lora_A["default"].weight.requires_grad_(method == "peft")
-        return fc.train()
-    if method == "addmm":
-        return AddmmLoRALinear(wt.w, None, wt.a.clone(), wt.b.clone(), scale=wt.scale)
-    phase, _, backend = method.partition("@")
-    layer = LoRALinear(k, n, r, alpha=wt.scale * r, dropout=p, bias=False, backend=backend or "auto",
-                       device=device, dtype=dtype, adapter_dtype=adapter_dtype or dtype, init_weight=False)
-    with torch.no_grad():
-        layer.weight.copy_(wt.w)
-        layer.lora_A.copy_(wt.a)
-        layer.lora_B.copy_(wt.b)
-    layer.set_phase(LoRAPhase(phase))
-    return layer.train()
-
-
-def is_lora(method: str) -> bool:
-    return method not in ("floor", "frozen")
-
-
-def phase_of_method(method: str) -> LoRAPhase:
-    """Our phase of a method name (PEFT's comparators: "peft" full, "peft-B" B-only; addmm full)."""
-    if method in ("peft", "peft-B", "addmm"):
-        return LoRAPhase.B_ONLY if method == "peft-B" else LoRAPhase.FULL
-    return LoRAPhase(method.partition("@")[0])
-
-
-def saved_bytes(module: nn.Module, x: Tensor) -> int:
-    """Bytes autograd saves in one forward, parameters (and views of them) excluded."""
-    if isinstance(module, RawFloor):
-        return 0
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    total = 0
-
-    def pack(t: Tensor) -> Tensor:
-        nonlocal total
-        if t.untyped_storage().data_ptr() not in params:
-            total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    return total
-
-
-# ---------------------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------------------
 
@@ -380,90 +242,7 @@ def step_fns(module: nn.Module, inputs: Inputs) -> tuple[Callable[[], None], Cal
 
 
 # ---------------------------------------------------------------------------------------------------
-# Correctness against an fp32 reference on the same inputs (and the same dropout mask)
-# ---------------------------------------------------------------------------------------------------
-
-
-def _rel(out: Tensor, ref: Tensor) -> float:
-    out64, ref64 = out.detach().double(), ref.detach().double()
-    return ((out64 - ref64).norm() / ref64.norm().clamp_min(1e-30)).item()
-
-
-def max_rel_err(method: str, wt: Weights, p: float, x: Tensor, gy: Tensor,
-                adapter_dtype: torch.dtype | None) -> float:
-    """Worst ‖out − ref‖/‖ref‖ over y, dx and the trained factors' gradients, against fp32 products.
-
-    Ours run through ``lora_linear`` with a known seed and the reference applies the mask that
-    ``dropout_keep_mask`` reports for the path taken; PEFT and addmm are checked at p = 0 only
-    (PEFT draws its mask from the global RNG) and report NaN at p > 0.
-    """
-    from rolora.kernels.op import dropout_keep_mask, lora_linear
-
-    if p > 0.0 and not is_ours(method):
-        return float("nan")
-    x = x.detach().clone().requires_grad_()
-    keep = None
-    if is_ours(method):
-        layer = build(method, wt, p, adapter_dtype)
-        backend, seed = method.partition("@")[2] or "auto", 1234
-        y = lora_linear(x, layer.weight, None, layer.lora_A, layer.lora_B, layer.scale, p, seed, backend,
-                        layer.cublas_max_m)
-        if p > 0.0:
-            path = _resolved_backend(backend, x, layer.r, layer.cublas_max_m)
-            keep = dropout_keep_mask(seed, x.shape[0], x.shape[1], p, x.device, path)
-        factor_a, factor_b = layer.lora_A, layer.lora_B
-    else:
-        module = build(method, wt, 0.0, adapter_dtype)
-        y = module(x)
-        factor_a, factor_b = _factors(module)
-    y.backward(gy)
-    ref = _reference(wt, x.detach(), gy, keep, p)
-    errs = [_rel(y, ref["y"]), _rel(x.grad, ref["dx"])]
-    phase = phase_of_method(method)
-    if phase.trains_a:
-        errs.append(_rel(factor_a.grad, ref["dA"]))
-    if phase.trains_b:
-        errs.append(_rel(factor_b.grad, ref["dB"]))
-    return max(errs)
-
-
-def is_ours(method: str) -> bool:
-    return method.partition("@")[0] in ("full", "B", "A")
-
-
-def _factors(module: nn.Module) -> tuple[Tensor, Tensor]:
-    if hasattr(module, "lora_A") and isinstance(module.lora_A, Tensor):
-        return module.lora_A, module.lora_B
-    return module.lora_A["default"].weight, module.lora_B["default"].weight
-
-
-def _resolved_backend(backend: str, x: Tensor, r: int, cublas_max_m: int | None) -> str:
-    from rolora.kernels.op import CUBLAS_MAX_M, MAX_TRITON_RANK, resolve_backend
-
-    resolved = resolve_backend(backend, x.device)
-    small = CUBLAS_MAX_M if cublas_max_m is None else cublas_max_m
-    if backend == "auto" and resolved == "triton" and (x.shape[0] <= small or r > MAX_TRITON_RANK):
-        return "torch"
-    return resolved
-
-
-def _reference(wt: Weights, x: Tensor, gy: Tensor, keep: Tensor | None, p: float) -> dict[str, Tensor]:
-    """y, dx, dA, dB in fp32 from the definitions (x̂ = x ⊙ keep / (1 − p))."""
-    f = lambda t: t.float()  # noqa: E731
-    w, a, b, s = f(wt.w), f(wt.a), f(wt.b), wt.scale
-    x32, g32 = f(x), f(gy)
-    mask = None if keep is None else keep.float() / (1.0 - p)
-    xh = x32 if mask is None else x32 * mask
-    sm = xh @ a.t()
-    ds = (g32 @ b) * s
-    lora_dx = ds @ a
-    return {"y": x32 @ w.t() + s * sm @ b.t(),
-            "dx": g32 @ w + (lora_dx if mask is None else lora_dx * mask),
-            "dA": ds.t() @ xh, "dB": s * g32.t() @ sm}
-
-
-# ---------------------------------------------------------------------------------------------------
-# Per-kernel profile, header, verdicts
+# Per-kernel profile
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -491,128 +270,6 @@ def kernel_profile(fwd_bwd: Callable[[], None], cuda: bool, iters: int = 5) -> l
         agg[ev.name[:90]] = (calls + 1, total + us)
     out = [(name, round(calls / iters), total / iters) for name, (calls, total) in agg.items() if total > 0]
     return sorted(out, key=lambda e: -e[2])[:12]
-
-
-def header(cuda: bool) -> dict[str, str]:
-    """Device, driver, clocks, library versions and date."""
-    info = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__}
-    for mod in ("triton", "peft"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - absent is reported, not fatal
-            info[mod] = "not installed"
-    if not cuda:
-        info["device"] = "CPU"
-        return info
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    info.update(device=props.name, capability=f"sm_{props.major}{props.minor}",
-                sms=str(props.multi_processor_count), cuda=str(torch.version.cuda))
-    query = "driver_version,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.limit,temperature.gpu"
-    try:
-        smi = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
-        info["nvidia-smi " + query] = smi[0] if smi else "(no output)"
-    except Exception as exc:  # noqa: BLE001
-        info["nvidia-smi"] = f"unavailable ({type(exc).__name__})"
-    return info
-
-
-def add_ratios(rows: list[Row]) -> None:
-    """Fill ×floor, overhead ÷ PEFT's overhead and B/full in place."""
-    by = {(w.shape, w.m, w.r, w.dtype, w.p, w.method): w for w in rows}
-    for w in rows:
-        base = (w.shape, w.m, w.r, w.dtype)
-        floor = by.get((*base, 0.0, "floor"))
-        if floor is None or w.method == "floor":
-            continue
-        w.x_floor = w.total_ms / floor.total_ms
-        if is_ours(w.method):
-            peft = by.get((*base, w.p, "peft-B" if phase_of_method(w.method) == LoRAPhase.B_ONLY else "peft"))
-            if peft is not None and peft.total_ms > floor.total_ms:
-                w.ovh_vs_peft = (w.total_ms - floor.total_ms) / (peft.total_ms - floor.total_ms)
-            full = by.get((*base, w.p, w.method.replace("B", "full", 1)))
-            if w.method.startswith("B") and full is not None:
-                w.b_vs_full = w.total_ms / full.total_ms
-
-
-def verdicts(rows: list[Row]) -> list[str]:
-    """One PASS/MISS line per target (over our "auto" rows: what a user gets)."""
-    ours = [w for w in rows if w.method in ("full", "B")]
-    lines = []
-
-    def line(name: str, bad: list[Row], worst: Row | None, what: str) -> None:
-        status = "PASS" if not bad and worst is not None else ("MISS" if worst is not None else "N/A ")
-        where = f" (worst {what} at {worst.shape} M={worst.m} {worst.method} p={worst.p})" if worst else ""
-        lines.append(f"{status} {name}: {len(bad)} of the rows miss{where}")
-
-    def worst_by(cands: list[Row], key: Callable[[Row], float]) -> Row | None:
-        cands = [w for w in cands if not math.isnan(key(w))]
-        return max(cands, key=key) if cands else None
-
-    big = [w for w in ours if w.m >= 2048 and w.p == 0.0]
-    for limit, name in ((FLOOR_TARGET, "TARGET"), (FLOOR_MOONSHOT, "MOONSHOT")):
-        w = worst_by(big, lambda r: r.x_floor)
-        line(f"{name} ≤{limit:.2f}× floor at M ≥ 2048 (p = 0, full and B-only)",
-             [r for r in big if not r.x_floor <= limit], w, f"{w.x_floor:.3f}×" if w else "")
-    w = worst_by(ours, lambda r: r.ovh_vs_peft)
-    line(f"TARGET LoRA overhead ≤ 1/3 of PEFT's (all M, p 0 and 0.1)",
-         [r for r in ours if not r.ovh_vs_peft <= OVERHEAD_TARGET], w, f"{w.ovh_vs_peft:.2f}" if w else "")
-    by = {(w.shape, w.m, w.r, w.dtype, w.p, w.method): w for w in rows}
-
-    def vs_peft(r: Row) -> float:
-        peft = by.get((r.shape, r.m, r.r, r.dtype, r.p, "peft-B" if r.method == "B" else "peft"))
-        return r.total_ms / peft.total_ms if peft else float("nan")
-    w = worst_by(ours, vs_peft)
-    line("TARGET never slower than PEFT (all M incl. 512, p 0 and 0.1; B-only vs PEFT with A frozen)",
-         [r for r in ours if not vs_peft(r) <= 1.0], w, f"{vs_peft(w):.3f}× PEFT" if w else "")
-    bs = [r for r in ours if r.method == "B"]
-    w = worst_by(bs, lambda r: r.b_vs_full)
-    line("TARGET B-only faster than full (all rows)", [r for r in bs if not r.b_vs_full < 1.0], w,
-         f"{w.b_vs_full:.3f}× full" if w else "")
-    checked = [r for r in rows if not math.isnan(r.max_rel_err)]
-    w = worst_by(checked, lambda r: r.max_rel_err)
-    tol = max(TOL[DTYPES[r.dtype]] for r in rows) if rows else 0.0
-    line(f"CHECK correctness against fp32 (rel err ≤ {tol:.0e})",
-         [r for r in checked if not r.max_rel_err <= TOL[DTYPES[r.dtype]]], w,
-         f"{w.max_rel_err:.1e}" if w else "")
-    lines.append(small_m_rule(rows))
-    return lines
-
-
-def small_m_rule(rows: list[Row]) -> str:
-    """Where the fused kernels beat the cuBLAS path, per phase and p (data for CUBLAS_MAX_M)."""
-    from rolora.kernels.op import CUBLAS_MAX_M
-
-    by = {(w.shape, w.m, w.p, w.method): w for w in rows}
-    wins = []
-    for (shape, m, p, method), w in sorted(by.items()):
-        if method.endswith("@triton"):
-            other = by.get((shape, m, p, method.replace("@triton", "@torch")))
-            if other is not None:
-                wins.append(f"{shape} M={m} {method.partition('@')[0]} p={p}: "
-                            f"{'triton' if w.total_ms < other.total_ms else 'cuBLAS'} "
-                            f"({w.total_ms:.3f} vs {other.total_ms:.3f} ms)")
-    if not wins:
-        return f"INFO small-M rule: CUBLAS_MAX_M = {CUBLAS_MAX_M} (no @triton/@torch pairs measured)"
-    return f"INFO small-M rule (CUBLAS_MAX_M = {CUBLAS_MAX_M}); faster path per row: " + "; ".join(wins)
-
-
-def format_table(rows: list[Row]) -> str:
-    """The rows as an aligned text table."""
-    head = (f"{'K×N':>11} {'M':>6} {'r':>3} {'dtype':>5} {'p':>4} {'method':>11} {'fwd ms':>8} "
-            f"{'bwd ms':>8} {'total ms':>9} {'steady':>8} {'×floor':>7} {'ovh/PEFT':>8} {'B/full':>6} "
-            f"{'saved MiB':>9} {'rel err':>8}")
-    lines = [head, "-" * len(head)]
-
-    def f(v: float, spec: str) -> str:
-        return format(v, spec) if not math.isnan(v) else "-"
-
-    for w in rows:
-        lines.append(f"{w.shape:>11} {w.m:>6} {w.r:>3} {w.dtype:>5} {w.p:>4} {w.method:>11} {w.fwd_ms:>8.3f} "
-                     f"{w.bwd_ms:>8.3f} {w.total_ms:>9.3f} {w.steady_ms:>8.3f} {f(w.x_floor, '.3f'):>7} "
-                     f"{f(w.ovh_vs_peft, '.2f'):>8} {f(w.b_vs_full, '.3f'):>6} {w.saved_mib:>9.2f} "
-                     f"{f(w.max_rel_err, '.1e'):>8}")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -66,6 +66,20 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def choose_backend(backend: str, device: torch.device, m: int, r: int, cublas_max_m: int | None = None) -> str:
+    """The path a call of M rows and rank r takes: ``resolve_backend``, then for "auto" the cuBLAS path
+    at M ≤ ``cublas_max_m`` (default ``CUBLAS_MAX_M``) or r > ``MAX_TRITON_RANK``."""
+    resolved = resolve_backend(backend, device)
+    if resolved != "triton":
+        return resolved
+    if backend == "auto":
+        small = CUBLAS_MAX_M if cublas_max_m is None else cublas_max_m
+        return "torch" if r > MAX_TRITON_RANK or m <= small else "triton"
+    if r > MAX_TRITON_RANK:
+        raise ValueError(f"the Triton kernels support ranks ≤ {MAX_TRITON_RANK}, got r={r}")
+    return resolved
+
+
 def dropout_keep_mask(seed: int, rows: int, cols: int, p: float, device: torch.device | str,
                       backend: str = "torch") -> Tensor:
     """The keep-mask (bool rows×cols) that ``backend`` draws for ``seed``; the paths differ in bits."""
@@ -311,15 +325,9 @@ def lora_linear(
         raise ValueError(f"x is {x.dtype} but weight (W0) is {weight.dtype}: they must match "
                          "(or run under torch.autocast)")
     n, k, r = weight.shape[0], weight.shape[1], lora_A.shape[0]
-    resolved = resolve_backend(backend, x.device)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
-    if resolved == "triton" and backend == "auto":
-        small = CUBLAS_MAX_M if cublas_max_m is None else cublas_max_m
-        if r > MAX_TRITON_RANK or x2.shape[0] <= small:
-            resolved = "torch"
-    elif resolved == "triton" and r > MAX_TRITON_RANK:
-        raise ValueError(f"the Triton kernels support ranks ≤ {MAX_TRITON_RANK}, got r={r}")
+    resolved = choose_backend(backend, x.device, x2.shape[0], r, cublas_max_m)
     if torch.compiler.is_compiling():
         y2, _ = torch.ops.rolora.lora_linear_fwd(x2, weight, bias, lora_A, lora_B, float(scale),
                                                  float(dropout_p), _seed_tensor(seed), resolved)

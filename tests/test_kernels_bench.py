@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from rolora.kernels.addmm_lora import AddmmLoRALinear
-from rolora.kernels.bench import CPU_NOTE, Row, add_ratios, main, saved_bytes, verdicts
+from rolora.kernels.bench import CPU_NOTE, main
+from rolora.kernels.bench_methods import saved_bytes
+from rolora.kernels.bench_report import Row, add_ratios, verdicts
 from kernel_helpers import make_problem, rel_err, run_float64
 
 
