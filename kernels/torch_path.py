@@ -25,6 +25,8 @@ scale 1/(1 − p)) but not the same bits.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor
 
@@ -32,12 +34,19 @@ from torch import Tensor
 def torch_dropout_keep_mask(seed: int, rows: int, cols: int, p: float, device: torch.device) -> Tensor:
     """Keep-mask (bool, rows×cols) of the PyTorch path for ``seed``: True with probability 1 − p.
 
-    A private generator seeded per call, so forward and backward regenerate identical masks; this
-    function never touches the global RNG (``LoRALinear`` draws the per-call *seed* from it).
+    A private generator re-seeded per call, so forward and backward regenerate identical masks; this
+    function never touches the global RNG (``LoRALinear`` draws the per-call *seed* from it). One
+    generator per device and thread is kept: creating one costs more CPU time than the small-M call.
     """
-    gen = torch.Generator(device=device)
+    key = (str(device), threading.get_ident())
+    gen = _GENERATORS.get(key)
+    if gen is None:
+        gen = _GENERATORS[key] = torch.Generator(device=device)
     gen.manual_seed(int(seed))
     return torch.rand((rows, cols), generator=gen, device=device, dtype=torch.float32) >= p
+
+
+_GENERATORS: dict[tuple[str, int], torch.Generator] = {}
 
 
 def torch_lora_forward(
@@ -96,8 +105,9 @@ def torch_lora_backward(
             xh = x if keep is None else x * keep.to(cdt) / (1.0 - dropout_p)
             da = (ds.t() @ xh).to(lora_A.dtype)
         if need_dx:
-            lora = ds @ lora_A.to(cdt)
-            if keep is not None:
-                lora = lora * keep.to(cdt) / (1.0 - dropout_p)
-            dx = (grad_y @ weight).add_(lora)
+            dx = grad_y @ weight
+            if keep is None:
+                dx.addmm_(ds, lora_A.to(cdt))  # into the same buffer: no M×K temporary
+            else:
+                dx.add_((ds @ lora_A.to(cdt)).mul_(keep.to(cdt)), alpha=1.0 / (1.0 - dropout_p))
     return dx, da, db

@@ -100,3 +100,14 @@ def test_dropout_seeds_are_fresh_per_call_and_reproducible():
     state = torch.get_rng_state()
     torch.testing.assert_close(a(x), a(x), rtol=0, atol=0)  # no dropout in eval
     assert torch.equal(state, torch.get_rng_state())  # and eval draws nothing from the RNG
+
+
+def test_phase_from_a_methods_trainable_set():
+    assert LoRAPhase.from_trainable(frozenset({"A", "B"})) == LoRAPhase.FULL
+    assert LoRAPhase.from_trainable({"B"}) == LoRAPhase.B_ONLY
+    assert LoRAPhase.from_trainable(["A"]) == LoRAPhase.A_ONLY
+    for bad in [set(), {"A", "W"}, {"W"}]:
+        with pytest.raises(ValueError, match="non-empty subset"):
+            LoRAPhase.from_trainable(bad)
+    for phase in LoRAPhase:  # flags and phase agree both ways
+        assert LoRAPhase.from_flags(phase.trains_a, phase.trains_b) == phase
