@@ -98,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-threads", type=int, default=1,
                    help="torch threads when timing on CPU (default 1: steadier on a shared machine)")
     p.add_argument("--no-profile", action="store_true", help="skip the per-kernel profiler pass")
+    p.add_argument("--gemm-config", action="append", default=[], metavar="CLASS=BMxBNxBK:wW:sS",
+                   help="experiment: replace a shape class's Triton GEMM tiles for this run, e.g. "
+                        "large_m=128x256x64:w8:s4 (classes small_m, medium_m, large_m; sm_90 half table)")
+    p.add_argument("--cublas-max-m", type=int,
+                   help="experiment: the auto backend's small-M threshold for this run (default "
+                        "rolora.kernels.op.CUBLAS_MAX_M)")
     p.add_argument("--csv", help="also write the table to this CSV file")
     p.add_argument("--out", help="folder for bench.csv, bench.json, kernels.csv and report.txt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -302,7 +308,47 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)  # main may run inside another process (tests): restore
 
 
+def gemm_efficiency(profiles: list[dict]) -> str:
+    """η per shape and M at p = 0: the floor's GPU kernel time ÷ our two fused GEMMs' kernel time.
+
+    The review's threshold: the fused design reaches ≤1.10× only with η ≥ 0.96–1.0.
+    """
+    def total(method: str, shape: str, m: int, only=None) -> float:
+        return sum(e["us_per_step"] for e in profiles if (e["method"], e["shape"], e["m"], e["p"]) ==
+                   (method, shape, m, 0.0) and (only is None or any(k in e["kernel"] for k in only)))
+
+    parts = []
+    for shape, m in sorted({(e["shape"], e["m"]) for e in profiles}):
+        ours = total("full@triton", shape, m, ("_fwd_gemm_kernel", "_dx_gemm_kernel"))
+        floor = total("floor", shape, m)
+        if ours > 0 and floor > 0:
+            parts.append(f"{shape} M={m}: {floor / ours:.3f}")
+    return "INFO η = cuBLAS floor kernels ÷ our fused GEMM kernels (profiler, p = 0): " + (
+        "; ".join(parts) if parts else "n/a (needs floor and full@triton profiles)")
+
+
+def _apply_experiments(args: argparse.Namespace) -> None:
+    """--gemm-config / --cublas-max-m: change the launch table or the small-M rule for this process."""
+    if args.cublas_max_m is not None:
+        import rolora.kernels.op as op
+
+        op.CUBLAS_MAX_M = args.cublas_max_m
+    for spec in args.gemm_config:
+        try:
+            cls, _, tiles = spec.partition("=")
+            dims, warps, stages = tiles.split(":")
+            bm, bn, bk = (int(v) for v in dims.split("x"))
+            import rolora.kernels.triton_kernels as tk
+
+            if cls not in tk._GEMM_SM90_HALF:
+                raise ValueError(cls)
+            tk._GEMM_SM90_HALF[cls] = tk.GemmConfig(bm, bn, bk, 8, int(warps.lstrip("w")), int(stages.lstrip("s")))
+        except (ValueError, ImportError) as exc:
+            raise _fail(f"bad --gemm-config {spec!r} ({exc}); expected e.g. large_m=128x256x64:w8:s3") from None
+
+
 def _run(args: argparse.Namespace) -> int:
+    _apply_experiments(args)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     if args.repeats < 1 or not args.rep_ms > 0:
@@ -343,7 +389,7 @@ def _run(args: argparse.Namespace) -> int:
     bar.close()
     add_ratios(rows)
     info = header(cuda)
-    judged = verdicts(rows) if args.target else []
+    judged = (verdicts(rows) + [gemm_efficiency(profiles)]) if args.target else []
     lines = [" | ".join(f"{k}: {v}" for k, v in info.items()), format_table(rows), *judged,
              f"bench wall time {time.perf_counter() - t_start:.0f} s"]
     report = "\n".join(lines)

@@ -40,7 +40,9 @@ export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$PKG/triton-cache}
 TESTS=(tests/test_kernels_*.py)
 XDIST=(-n 8)
 $PY -c "import xdist" 2>/dev/null || XDIST=()
-BENCH=(--target)
+# ROLORA_BENCH_ARGS: extra options for the preset, e.g. "--gemm-config large_m=128x256x64:w8:s4".
+read -r -a EXTRA <<< "${ROLORA_BENCH_ARGS:-}"
+BENCH=(--target "${EXTRA[@]}")
 if [ "${ROLORA_GPU_CHECK_TINY:-0}" = 1 ]; then
   TESTS=(tests/test_kernels_triton.py tests/test_kernels_phases.py)
   XDIST=()

@@ -45,7 +45,7 @@ def test_target_preset_tiny_writes_outputs_and_verdicts(tmp_path, capsys):
     text = capsys.readouterr().out
     assert {p.name for p in tmp_path.iterdir()} == {"bench.csv", "bench.json", "kernels.csv", "report.txt"}
     report = json.loads((tmp_path / "bench.json").read_text())
-    assert len(report["verdicts"]) == 7 and all(v.split()[0] in ("PASS", "MISS", "N/A", "INFO")
+    assert len(report["verdicts"]) == 8 and all(v.split()[0] in ("PASS", "MISS", "N/A", "INFO")
                                                  for v in report["verdicts"])
     ps = {(r["method"], r["p"]) for r in report["rows"]}
     assert ("full", 0.1) in ps and ("peft-B", 0.1) in ps and ("floor", 0.1) not in ps
@@ -71,11 +71,26 @@ def test_ratios_and_verdicts_from_known_rows():
     assert lines[4].startswith("MISS TARGET B-only faster than full")
 
 
+def test_gemm_efficiency_from_profiles():
+    from rolora.kernels.bench import gemm_efficiency
+
+    prof = [{"method": "floor", "shape": "8x8", "m": 4096, "p": 0.0, "kernel": "sm90_gemm", "us_per_step": 90.0},
+            {"method": "full@triton", "shape": "8x8", "m": 4096, "p": 0.0, "kernel": "_fwd_gemm_kernel",
+             "us_per_step": 50.0},
+            {"method": "full@triton", "shape": "8x8", "m": 4096, "p": 0.0, "kernel": "_dx_gemm_kernel",
+             "us_per_step": 50.0},
+            {"method": "full@triton", "shape": "8x8", "m": 4096, "p": 0.0, "kernel": "_rowband_kernel",
+             "us_per_step": 9.0}]
+    assert gemm_efficiency(prof).endswith("8x8 M=4096: 0.900")
+
+
 def test_bench_rejects_bad_options():
     with pytest.raises(SystemExit):
         main(["--dtype", "fp8"])
     with pytest.raises(SystemExit):
         main(["--no-such-option"])
+    with pytest.raises(SystemExit, match="bad --gemm-config"):
+        main(["--gemm-config", "huge_m=1x2x3:w4:s3"])
 
 
 def test_addmm_baseline_matches_float64_and_saves_x():
