@@ -8,12 +8,14 @@ also inside functions; relative imports are resolved; ``from pkg import name`` c
    an import-graph tool see the real arrows).
 1. ``theory`` imports nothing of ours (only ``rolora.theory.*``).
 2. ``kernels`` imports only ``rolora.kernels.*``, torch, triton, numpy and the standard library;
-   its benchmark script (``kernels/bench.py``, never imported by the library) may also import peft
-   (the baseline it measures against) and tqdm.
+   its benchmark scripts (``kernels/bench*.py``, never imported by the library) may also import
+   peft (the baseline they measure against) and tqdm.
 3. ``federated`` never imports ``toy``, ``llm`` or ``kernels`` (it is the bottom of the torch stack).
 4. No "upward" or sideways import: a subpackage imports only itself and the layers it may build on
-   (``toy`` and ``llm``: ``federated`` and ``kernels``; never each other; ``flower``: those and
-   ``llm``, and nothing imports ``flower``), never the top-level
+   (``toy`` and ``llm``: ``federated``, ``kernels`` and ``optim``; never each other;
+   ``flower``: those and ``llm``, and nothing imports ``flower``; ``optim``, like ``theory``,
+   ``kernels`` and ``federated``, builds on nothing of ours). Every folder of the package with an
+   ``__init__.py`` must have a layer here, so a new subpackage gets one on purpose. Never the top-level
    modules (``rolora``, ``rolora.cli``, ``rolora.__main__``). The one exception is
    ``rolora._misnamed``, the stdlib-only helper every subpackage's ``__init__`` uses to refuse being
    imported under the wrong name; and ``rolora.llm.cli`` may import ``rolora.flower.simulation``
@@ -41,16 +43,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ("theory", "kernels", "federated", "toy", "llm", "flower")
 GUARD_HELPER = "rolora._misnamed"
 MAY_BUILD_ON = {
     "theory": set(),
     "kernels": set(),
+    "optim": set(),
     "federated": set(),
-    "toy": {"federated", "kernels"},
-    "llm": {"federated", "kernels"},
-    "flower": {"federated", "kernels", "llm"},
+    "toy": {"federated", "kernels", "optim"},
+    "llm": {"federated", "kernels", "optim"},
+    "flower": {"federated", "kernels", "optim", "llm"},
 }
+SUBPACKAGES = tuple(MAY_BUILD_ON)
 KERNELS_THIRD_PARTY = {"torch", "triton", "numpy"}
 KERNELS_BENCH_EXTRA = {"peft", "tqdm"}
 PUBLIC_FEDERATED = {
@@ -128,7 +131,8 @@ def layering_violations(root: Path) -> list[str]:
             if area == "kernels":
                 if ours(imported) and target_area != "kernels" and imported != GUARD_HELPER:
                     problems.append(f"{where}: kernels import no other rolora subpackage")
-                allowed = KERNELS_THIRD_PARTY | (KERNELS_BENCH_EXTRA if name == "rolora.kernels.bench" else set())
+                is_bench = name.startswith("rolora.kernels.bench")
+                allowed = KERNELS_THIRD_PARTY | (KERNELS_BENCH_EXTRA if is_bench else set())
                 if not ours(imported) and top not in stdlib and top not in allowed:
                     problems.append(f"{where}: kernels import only torch, triton, numpy and the stdlib")
             if area is not None and ours(imported) and imported != GUARD_HELPER and (name, imported) != ENGINE_SWITCH:
@@ -188,7 +192,9 @@ def weighted_sums(path: Path) -> list[str]:
 
 def test_every_subpackage_is_scanned():
     areas = {area_of(name) for name in package_modules(ROOT)}
-    assert set(SUBPACKAGES) <= areas
+    assert {"theory", "kernels", "federated", "toy", "llm"} <= areas
+    folders = {p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name not in SKIP_DIRS}
+    assert folders <= set(MAY_BUILD_ON), f"new subpackage(s) {sorted(folders - set(MAY_BUILD_ON))}: give each a layer"
     assert "rolora.federated.round" in package_modules(ROOT)
 
 
