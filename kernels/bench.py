@@ -338,11 +338,11 @@ def _apply_experiments(args: argparse.Namespace) -> None:
             cls, _, tiles = spec.partition("=")
             dims, warps, stages = tiles.split(":")
             bm, bn, bk = (int(v) for v in dims.split("x"))
-            import rolora.kernels.triton_kernels as tk
+            import rolora.kernels.launch_configs as lc
 
-            if cls not in tk._GEMM_SM90_HALF:
+            if cls not in lc._GEMM_SM90_HALF:
                 raise ValueError(cls)
-            tk._GEMM_SM90_HALF[cls] = tk.GemmConfig(bm, bn, bk, 8, int(warps.lstrip("w")), int(stages.lstrip("s")))
+            lc._GEMM_SM90_HALF[cls] = lc.GemmConfig(bm, bn, bk, 8, int(warps.lstrip("w")), int(stages.lstrip("s")))
         except (ValueError, ImportError) as exc:
             raise _fail(f"bad --gemm-config {spec!r} ({exc}); expected e.g. large_m=128x256x64:w8:s3") from None
 

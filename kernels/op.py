@@ -58,7 +58,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "triton":
         if not triton_available():
             raise RuntimeError("backend='triton' but triton does not import here (install triton)")
-        from rolora.kernels.triton_kernels import is_interpreted
+        from rolora.kernels.launch_configs import is_interpreted
 
         if device.type != "cuda" and not is_interpreted():
             raise RuntimeError(f"backend='triton' on {device} tensors needs TRITON_INTERPRET=1, set "

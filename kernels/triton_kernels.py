@@ -5,7 +5,7 @@ an unfused LoRA layer (PEFT) adds memory-bound passes on top: x is read again fo
 and written again for the add, and autograd keeps a dropout copy of x. Here:
 
     forward   1. ``_rowband_kernel``   S  = x̂ Aᵀ (M×r); dropout applied on the fly, x̂ never stored
-              2. ``_fwd_gemm_kernel``  y  = S (sB)ᵀ + x W0ᵀ (+ bias): one fp32 accumulator, one store
+              2. ``_fwd_gemm_kernel``  y  = s·S Bᵀ + x W0ᵀ (+ bias): one fp32 accumulator, one store
     backward  3. ``_colband_kernel``   dB = s·dYᵀ S         (only when B trains)
               4. ``_rowband_kernel``   dS = s·dY B (M×r)
               5. ``_colband_kernel``   dA = dSᵀ x̂           (only when A trains; regenerates keep)
@@ -34,145 +34,13 @@ This module imports triton at the top; ``op.py`` imports it lazily, so rolora wo
 
 from __future__ import annotations
 
-import functools
-import os
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-# ---------------------------------------------------------------------------------------------------
-# Launch configurations: small explicit tables (no runtime autotune inside autograd).
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GemmConfig:
-    """Tiles of the two frozen GEMMs: output tile block_m × block_n, reduction step block_k."""
-
-    block_m: int
-    block_n: int
-    block_k: int
-    group_m: int
-    num_warps: int
-    num_stages: int
-
-
-@dataclass(frozen=True)
-class BandConfig:
-    """Tiles of the side kernels: block_rows × block_cols of the tall operand per step."""
-
-    block_rows: int
-    block_cols: int
-    num_warps: int
-    num_stages: int
-
-
-# Hopper: 128×256×64 with 8 warps is the wgmma-friendly large tile (LoRAFusion's H100 table, the
-# Triton matmul tutorial); 3 stages × 48 KiB fit the 227 KiB of shared memory.
-_GEMM_SM90_HALF = {
-    "small_m": GemmConfig(64, 128, 64, 8, 4, 4),  # M ≤ 128: few row tiles, keep the grid wide
-    "medium_m": GemmConfig(128, 128, 64, 8, 8, 4),  # M ≤ 2048
-    "large_m": GemmConfig(128, 256, 64, 8, 8, 3),
-}
-# Ampere (163 KiB): the same shapes with one stage less where the large tile would not fit.
-_GEMM_SM80_HALF = {
-    "small_m": GemmConfig(64, 128, 64, 8, 4, 3),
-    "medium_m": GemmConfig(128, 128, 64, 8, 8, 3),
-    "large_m": GemmConfig(128, 128, 64, 8, 8, 3),
-}
-_GEMM_FP32 = {  # 4-byte elements: half the K-step keeps shared memory in budget on both generations
-    "small_m": GemmConfig(32, 64, 32, 8, 4, 3),
-    "medium_m": GemmConfig(64, 128, 32, 8, 4, 3),
-    "large_m": GemmConfig(128, 128, 32, 8, 8, 3),
-}
-_BAND_HALF = BandConfig(64, 128, 4, 3)
-_BAND_FP32 = BandConfig(32, 64, 4, 3)
-# The interpreter costs ~3 ms per program per step: the largest blocks make tests fast.
-_GEMM_INTERPRETER = GemmConfig(64, 64, 64, 8, 4, 1)
-_BAND_INTERPRETER = BandConfig(64, 64, 4, 1)
-
-
-def is_interpreted() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def shape_class(m: int) -> str:
-    """Shape class of a problem by its number of rows M (= batch · sequence)."""
-    if m <= 128:
-        return "small_m"
-    if m <= 2048:
-        return "medium_m"
-    return "large_m"
-
-
-def launch_table(dtype: torch.dtype, capability: tuple[int, int] = (9, 0)) -> list[GemmConfig]:
-    """Every GEMM config ``launch_config`` can pick for ``dtype`` on that GPU generation."""
-    if dtype == torch.float32:
-        return list(_GEMM_FP32.values())
-    return list((_GEMM_SM90_HALF if capability >= (9, 0) else _GEMM_SM80_HALF).values())
-
-
-def launch_config(m: int, dtype: torch.dtype, capability: tuple[int, int] = (9, 0)) -> GemmConfig:
-    """The GEMM config for M rows of ``dtype`` activations (interpreter: one large-block config)."""
-    if is_interpreted():
-        return _GEMM_INTERPRETER
-    if dtype == torch.float32:
-        return _GEMM_FP32[shape_class(m)]
-    return (_GEMM_SM90_HALF if capability >= (9, 0) else _GEMM_SM80_HALF)[shape_class(m)]
-
-
-def band_config(dtype: torch.dtype) -> BandConfig:
-    """The side kernels' tiles (memory-bound streaming: one config per element size)."""
-    if is_interpreted():
-        return _BAND_INTERPRETER
-    return _BAND_FP32 if dtype == torch.float32 else _BAND_HALF
-
-
-def device_capability(device: torch.device) -> tuple[int, int]:
-    """(major, minor) compute capability of the GPU that runs the kernels on ``device``.
-
-    One indirection on purpose: the ahead-of-time compile test (tests/kernel_aot.py) replaces it to
-    build the launches of another GPU generation on a machine without one.
-    """
-    if device.type != "cuda":
-        return (9, 0)  # interpreter or meta tensors: the main target
-    return torch.cuda.get_device_capability(device)
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def target_programs(device: torch.device) -> int:
-    """Programs that fill the GPU about twice (an H100 has 132 SMs); the interpreter gets 4."""
-    if is_interpreted():
-        return 4  # small, so the tests' few-tile shapes still exercise the split reductions
-    if device.type != "cuda":
-        return 2 * 132
-    return 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-
-
-def reduction_split(reduce_tiles: int, other_tiles: int, device: torch.device) -> int:
-    """How many programs share one reduction: enough to fill the GPU, at most one per tile."""
-    return max(1, min(reduce_tiles, triton.cdiv(target_programs(device), max(other_tiles, 1))))
-
-
-def rank_pad(r: int) -> int:
-    """Rank padded for ``tl.dot``: a power of two, at least 16."""
-    return max(16, triton.next_power_of_2(r))
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    """fp32 dots follow torch's matmul TF32 switch (off by default: exact IEEE); halves ignore it."""
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
-
+from rolora.kernels.launch_configs import (dot_precision, band_config, device_capability, launch_config,
+                                           rank_pad, reduction_split)
 
 # ---------------------------------------------------------------------------------------------------
 # Kernels
@@ -280,14 +148,14 @@ def _colband_kernel(
 @triton.jit
 def _fwd_gemm_kernel(
     x_ptr, w_ptr, bias_ptr, s_ptr, b_ptr, y_ptr,
-    M, N, K, R,
+    M, N, K, R, scale,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_sm, stride_sr, stride_bn, stride_br,
     stride_ym, stride_yn, stride_bias,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     R_PAD: tl.constexpr, GROUP_M: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """y tile = S (sB)ᵀ + x W0ᵀ (+ bias): the low-rank term is one more K-step of depth R_PAD in the
-    same fp32 accumulator (B arrives pre-scaled by s), and y is stored once."""
+    """y tile = s·S Bᵀ + x W0ᵀ (+ bias): the low-rank term is one more K-step of depth R_PAD that
+    starts the fp32 accumulator (scaled once, before the K loop), and y is stored once."""
     pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -298,7 +166,7 @@ def _fwd_gemm_kernel(
                 mask=(offs_m[:, None] < M) & (offs_r[None, :] < R), other=0.0)
     bt = tl.load(b_ptr + cols[None, :] * stride_bn + offs_r[:, None] * stride_br,
                  mask=(offs_n[None, :] < N) & (offs_r[:, None] < R), other=0.0)
-    acc = tl.dot(s, bt, input_precision=DOT_PRECISION)  # fp32 accumulator, no second one
+    acc = tl.dot(s, bt, input_precision=DOT_PRECISION) * scale  # the one fp32 accumulator
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         ks = offs_k.to(tl.int64)
@@ -401,7 +269,7 @@ def _rowband(x: Tensor, a: Tensor, out_scale: float, dropout_p: float, seed: int
         x.stride(0), x.stride(1), a.stride(0), a.stride(1), *strides,
         seed, dropout_p, out_scale, split,
         HAS_DROPOUT=dropout_p > 0.0, BLOCK_M=cfg.block_rows, BLOCK_C=cfg.block_cols, R_PAD=rank_pad(r),
-        DOT_PRECISION=_dot_precision(x.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        DOT_PRECISION=dot_precision(x.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out if split == 1 else out.sum(0).to(out_dtype)
 
@@ -430,7 +298,7 @@ def _colband(x: Tensor, t: Tensor, out_scale: float, dropout_p: float, seed: int
         x.stride(0), x.stride(1), t.stride(0), t.stride(1), s_p, s_c, s_r,
         seed, dropout_p, out_scale, split,
         HAS_DROPOUT=dropout_p > 0.0, BLOCK_M=cfg.block_rows, BLOCK_C=cfg.block_cols, R_PAD=rank_pad(r),
-        DOT_PRECISION=_dot_precision(x.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        DOT_PRECISION=dot_precision(x.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out if split == 1 else out.sum(0).to(out_dtype)
 
@@ -445,20 +313,19 @@ def triton_lora_forward(
     dt = x.dtype
     cfg = launch_config(m, dt, device_capability(x.device))
     _, inv_keep = _dropout_args(dropout_p)
-    # Adapters in the compute dtype once per call (r×K, N×r): one dtype per kernel, s folded into B.
-    a = lora_A.to(dt)
-    b_scaled = (lora_B * scale).to(dt)
+    # Adapters in the compute dtype once per call (r×K, N×r; no copy when they are already).
+    a, b = lora_A.to(dt), lora_B.to(dt)
     s = _rowband(x, a, inv_keep, dropout_p, seed, dt)
     y = torch.empty((m, n), dtype=dt, device=x.device)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     _fwd_gemm_kernel[grid](
-        x, weight, bias if bias is not None else y, s, b_scaled, y,
-        m, n, k, r,
+        x, weight, bias if bias is not None else y, s, b, y,
+        m, n, k, r, scale,
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), s.stride(0), s.stride(1),
-        b_scaled.stride(0), b_scaled.stride(1), y.stride(0), y.stride(1),
+        b.stride(0), b.stride(1), y.stride(0), y.stride(1),
         bias.stride(0) if bias is not None else 0,
         HAS_BIAS=bias is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        R_PAD=rank_pad(r), GROUP_M=cfg.group_m, DOT_PRECISION=_dot_precision(dt),
+        R_PAD=rank_pad(r), GROUP_M=cfg.group_m, DOT_PRECISION=dot_precision(dt),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return y, s
@@ -498,7 +365,7 @@ def triton_lora_backward(
             ds.stride(0), ds.stride(1), a.stride(0), a.stride(1), dx.stride(0), dx.stride(1),
             seed, dropout_p, inv_keep,
             HAS_DROPOUT=dropout_p > 0.0, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_n, BLOCK_N=cfg.block_k,
-            R_PAD=rank_pad(r), GROUP_M=cfg.group_m, DOT_PRECISION=_dot_precision(dt),
+            R_PAD=rank_pad(r), GROUP_M=cfg.group_m, DOT_PRECISION=dot_precision(dt),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return dx, da, db

@@ -239,14 +239,14 @@ def _meta_tensor(name: str):
 
 def launch_configs_uncovered(pairs: list[tuple[int, Case]]) -> dict[str, dict[str, list]]:
     """Per arch and activation dtype: launch configs of the table that no case selects."""
-    import rolora.kernels.triton_kernels as tk
+    import rolora.kernels.launch_configs as lc
 
     out: dict[str, dict[str, list]] = {}
     for arch in sorted({a for a, _ in pairs}):
         cap = (arch // 10, arch % 10)
         for act in ACT_DTYPES:
-            used = {tk.launch_config(c.m, _dtype(act), cap) for a, c in pairs if a == arch and c.act == act}
-            missing = set(tk.launch_table(_dtype(act), cap)) - used
+            used = {lc.launch_config(c.m, _dtype(act), cap) for a, c in pairs if a == arch and c.act == act}
+            missing = set(lc.launch_table(_dtype(act), cap)) - used
             if missing:
                 out.setdefault(str(arch), {})[act] = [asdict(c) for c in sorted(missing, key=str)]
     return out
