@@ -17,9 +17,10 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 TASKS = ("classification", "generation-classification", "instruction")
 PARTITIONS = ("iid", "dirichlet", "k-labels", "natural")
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "galore")
 SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = ("float32", "bfloat16", "float16")
+CLIENT_BATCHING = ("auto", "off")
 
 
 class ConfigError(ValueError):
@@ -105,6 +106,13 @@ class TrainConfig:
     """If > 0, each client makes this many passes over its data instead of ``local_steps`` steps."""
     batch_size: int = 8
     optimizer: str = "adamw"
+    """adamw | sgd | galore: GaLore-AdamW (rolora.optim) for full-rank methods (fedavg-full): every
+    trained matrix with both sides ≥ galore_rank (the W updates, and a head's hidden dense layer where
+    the model has one) keeps rank-r projected moments, the rest (biases, a thin output layer) AdamW. New each round, so its projection is recomputed at
+    each round's first local step (and every galore_period steps after)."""
+    galore_rank: int = 8
+    galore_period: int = 200
+    galore_scale: float = 0.25
     lr: float = 5e-4
     weight_decay: float = 0.0
     momentum: float = 0.0
@@ -113,6 +121,15 @@ class TrainConfig:
     warmup_rounds: int = 0
     schedule: str = "constant"
     """Learning rate across rounds after warm-up: constant | linear | cosine (to 0 at the last round)."""
+    client_batching: str = "auto"
+    """auto: a round's clients take their local steps together (one pass over the shared base per
+    step, the same results as one by one); off: one client after another (the reference)."""
+    batch_tokens: int = 2048
+    """Client batching: the most padded tokens one forward/backward pass computes (bounds activation
+    memory; a step's samples are sorted by length into passes of this size)."""
+    client_group: int = 0
+    """Client batching: the most clients trained together (0: as many as keep their adapter and
+    optimiser state under 256 MiB)."""
 
 
 @dataclass(frozen=True)
@@ -260,12 +277,14 @@ def check(c: RunConfig) -> None:
         _fail("train.optimizer", f"must be one of {OPTIMIZERS}, got {c.train.optimizer!r}")
     if c.train.schedule not in SCHEDULES:
         _fail("train.schedule", f"must be one of {SCHEDULES}, got {c.train.schedule!r}")
+    if c.train.client_batching not in CLIENT_BATCHING:
+        _fail("train.client_batching", f"must be one of {CLIENT_BATCHING}, got {c.train.client_batching!r}")
     if c.federated.weighting not in ("samples", "uniform"):
         _fail("federated.weighting", f"must be 'samples' or 'uniform', got {c.federated.weighting!r}")
     positive = {
         "model.max_length": c.model.max_length, "lora.rank": c.lora.rank, "federated.clients": c.federated.clients,
         "federated.rounds": c.federated.rounds, "train.batch_size": c.train.batch_size,
-        "run.eval_every": c.run.eval_every, "run.eval_batch_size": c.run.eval_batch_size,
+        "run.eval_every": c.run.eval_every, "train.batch_tokens": c.train.batch_tokens, "run.eval_batch_size": c.run.eval_batch_size,
     }
     for key, value in positive.items():
         if value < 1:
@@ -274,7 +293,7 @@ def check(c: RunConfig) -> None:
         "train.local_epochs": c.train.local_epochs, "train.local_steps": c.train.local_steps,
         "train.weight_decay": c.train.weight_decay, "train.max_grad_norm": c.train.max_grad_norm,
         "train.warmup_rounds": c.train.warmup_rounds, "train.momentum": c.train.momentum,
-        "run.seed": c.run.seed, "run.checkpoint_every": c.run.checkpoint_every, "run.threads": c.run.threads,
+        "run.seed": c.run.seed, "train.client_group": c.train.client_group, "run.checkpoint_every": c.run.checkpoint_every, "run.threads": c.run.threads,
         "data.max_train_samples": c.data.max_train_samples, "federated.reference_clients": c.federated.reference_clients,
         "data.val_size": c.data.val_size,
     }
@@ -293,6 +312,14 @@ def check(c: RunConfig) -> None:
         _fail("federated.participation", f"must be in (0, 1], got {c.federated.participation}")
     if not c.train.lr > 0:
         _fail("train.lr", f"must be > 0, got {c.train.lr}")
+    for key in ("galore_rank", "galore_period"):
+        if getattr(c.train, key) < 1:
+            _fail(f"train.{key}", f"must be ≥ 1, got {getattr(c.train, key)}")
+    if not c.train.galore_scale > 0:
+        _fail("train.galore_scale", f"must be > 0, got {c.train.galore_scale}")
+    if c.train.optimizer == "galore" and c.federated.method.split(":")[0].strip() != "fedavg-full":
+        _fail("train.optimizer", f"galore trains full-rank updates: needs federated.method fedavg-full, "
+                                 f"got {c.federated.method!r} (LoRA methods use adamw or sgd)")
     if not c.data.test_size > 0:
         _fail("data.test_size", f"must be > 0 (a count or a fraction), got {c.data.test_size}")
     if not c.data.dirichlet_alpha > 0:

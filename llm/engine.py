@@ -21,7 +21,7 @@ from rolora.federated.round import RoundFailed, run_round
 from rolora.llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rolora.llm.config import ConfigError, RunConfig, diff
 from rolora.llm.evaluation import evaluate_round
-from rolora.llm.local_training import learning_rate, sequential_training
+from rolora.llm.local_training import learning_rate, local_training
 from rolora.llm.prepare import RunSetup, build
 from rolora.llm.run_folder import command_line, plot_curves, read_config, read_metrics, write_metrics, write_start
 
@@ -125,7 +125,7 @@ def _run(config: RunConfig, run_dir: Path, resume: bool, quiet: bool, setup: Run
     try:
         while state.round < total:
             t = state.round + 1
-            train = sequential_training(setup, progress=clients_bar.update)
+            train = local_training(setup, progress=clients_bar.update)
             if t == die_at:
                 train = _dying(train)
             clients_bar.reset(total=max(1, round(c.federated.participation * len(clients))))

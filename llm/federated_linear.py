@@ -63,6 +63,8 @@ class FederatedLinear(nn.Module):
         self.method: Method | None = None
         self.alpha: float | None = None
         self.fused = False
+        self.row_forward = None
+        """Set while many clients train in one pass (``rolora.llm.client_layers.rows_forward``)."""
 
     # ----------------------------------------------------------------------------- loading
     def check(self, tensors: LayerTensors, trainable: frozenset[str], method: Method, alpha: float) -> None:
@@ -130,6 +132,8 @@ class FederatedLinear(nn.Module):
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
+        if self.row_forward is not None:
+            return self.row_forward(self, x)
         if not self.tensors:
             return F.linear(x, self.weight, self.bias)
         if not self.fused:

@@ -6,9 +6,10 @@ round (``ClientStart.trainable``) plus the classification head, runs ``local_ste
 independent of history: the batch order and every dropout mask of client k in round t come from
 seeds derived from (run seed, t, k), so a resumed run replays exactly the same steps.
 
-The callable receives ALL participants at once (``rolora.federated.round``); this module trains
-them one after another through :func:`train_client`, and is the place where a batched engine
-(many clients in one pass) plugs in.
+The callable receives ALL participants at once (``rolora.federated.round``). :func:`local_training`
+picks how: ``train.client_batching = "auto"`` trains them together
+(:mod:`rolora.llm.batched_training`, the same results), ``"off"`` one after another through
+:func:`train_client`, the reference.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ def make_optimizer(config, params: list, lr: float) -> torch.optim.Optimizer:
     tr = config.train
     if tr.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
+    if tr.optimizer == "galore":  # per tensor, so one optimiser over many clients' tensors is still one each
+        from rolora.optim import GaLoreAdamW, galore_groups
+
+        groups = galore_groups(params, tr.galore_rank, tr.galore_period, tr.galore_scale)
+        return GaLoreAdamW(groups, lr=lr, weight_decay=tr.weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=tr.weight_decay)
 
 
@@ -81,7 +87,7 @@ def train_client(setup: RunSetup, start: ClientStart, lr: float) -> ClientResult
     samples = setup.clients[k]
     torch.manual_seed(derive_seed(c.run.seed, "dropout", t, k))  # dropout masks: LoRA's and the model's
     model.train()
-    losses, tokens, steps = [], 0, 0
+    losses, tokens, computed, steps = [], 0, 0, 0
     for positions in batch_order(len(samples), c.train.batch_size, c.train.local_steps, c.train.local_epochs,
                                  derive_seed(c.run.seed, "batches", t, k)):
         tensors = {name: x.to(setup.device) for name, x in batch(setup.train, samples[positions]).items()}
@@ -97,13 +103,14 @@ def train_client(setup: RunSetup, start: ClientStart, lr: float) -> ClientResult
         optimizer.step()
         losses.append(value.item())
         tokens += int(tensors["attention_mask"].sum())
+        computed += tensors["attention_mask"].numel()
         steps += 1
     model.eval()
     return ClientResult(
         tensors=read_tensors(setup.adapters),
         num_samples=float(len(samples)),
         dense=read_head(model) if setup.train_head else {},
-        metrics={"train_loss": float(np.mean(losses)), "tokens": tokens, "steps": steps},
+        metrics={"train_loss": float(np.mean(losses)), "tokens": tokens, "computed_tokens": computed, "steps": steps},
     )
 
 
@@ -120,3 +127,12 @@ def sequential_training(setup: RunSetup, progress: Callable[[int], None] | None 
         return results
 
     return train
+
+
+def local_training(setup: RunSetup, progress: Callable[[int], None] | None = None):
+    """The run's ``LocalTraining`` callable, as ``train.client_batching`` says."""
+    if setup.config.train.client_batching == "off":
+        return sequential_training(setup, progress)
+    from rolora.llm.batched_training import batched_training  # it imports this module
+
+    return batched_training(setup, progress)

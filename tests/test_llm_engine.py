@@ -176,8 +176,8 @@ def test_a_client_with_a_nan_loss_is_dropped_and_the_round_goes_on(tmp_path, mon
     from rolora.federated.seeding import derive_seed
 
     poisoned.seed = derive_seed(0, "dropout", 1, 1) % (2**64)
-    monkeypatch.setattr(lt, "loss", poisoned)
-    history = run(tiny_config("roberta"), tmp_path / "nan", quiet=True)
+    monkeypatch.setattr(lt, "loss", poisoned)  # the one-by-one path (the batched one: test_llm_batched.py)
+    history = run(tiny_config("roberta", "train.client_batching=off"), tmp_path / "nan", quiet=True)
     assert history.rows[1]["dropped"] == [1] and history.rows[1]["participants"] == 3
     assert history.rows[2]["dropped"] == []
     assert "dropped clients [1]" in (tmp_path / "nan" / "run.log").read_text()
@@ -188,7 +188,7 @@ def test_every_client_failing_stops_with_a_resumable_checkpoint(tmp_path, monkey
 
     monkeypatch.setattr(lt, "loss", lambda model, tensors, task: torch.full((1,), float("nan"), requires_grad=True))
     with pytest.raises(RunStopped, match="every participant failed"):
-        run(tiny_config("roberta"), tmp_path / "dead", quiet=True)
+        run(tiny_config("roberta", "train.client_batching=off"), tmp_path / "dead", quiet=True)
     from rolora.llm.checkpoint import latest_checkpoint, load_checkpoint
 
     assert load_checkpoint(latest_checkpoint(tmp_path / "dead")).state.round == 0

@@ -1,0 +1,175 @@
+"""Client-batched local training: a round's participants take their local steps together.
+
+The same mathematics as :func:`rolora.llm.local_training.train_client` run once per client (the
+reference beside it, and what the parity tests compare with), computed differently:
+
+- step j of every client in a group goes through the shared frozen base in a few passes, each row
+  using its own client's adapter and head (:mod:`rolora.llm.client_layers`);
+- a step's rows (all clients' step-j samples; each client's samples exactly those of its sequential
+  step) are sorted by length and cut into passes of at most ``train.batch_tokens`` padded tokens, so
+  almost nothing is computed on padding and activation memory stays bounded;
+- loss: Σ_rows loss_r / B_k(r), whose gradient for client k's tensors is the gradient of client k's
+  mean loss (no tensor is shared by two clients: the base is frozen);
+- dropout: every mask as the client would have drawn it alone (:mod:`rolora.llm.client_streams`);
+- gradient clipping per client (its own norm), then ONE AdamW/SGD over every client's tensors:
+  these optimisers are elementwise, so this is exactly one optimiser per client;
+- a client whose loss turns non-finite is dropped (its tensors stop training; ``None`` result),
+  the others go on. Groups of at most ``train.client_group`` clients bound the per-client state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import ExitStack
+
+import numpy as np
+import torch
+
+from rolora.federated.round import ClientResult, ClientStart
+from rolora.federated.seeding import derive_seed
+from rolora.llm import local_training as reference
+from rolora.llm.client_layers import ClientHeads, NotBatchable, Rows, client_adapters, rows_forward
+from rolora.llm.client_streams import ClientBatch, ClientStreams
+from rolora.llm.model_dropouts import client_dropouts
+from rolora.llm.prepare import RunSetup
+from rolora.llm.tasks import batch, loss
+
+log = logging.getLogger("rolora.llm")
+
+CLIENT_STATE_BUDGET = 256 * 2**20
+"""Automatic group size: as many clients as keep their tensors, gradients and AdamW moments under this."""
+
+
+def group_size(setup: RunSetup, starts: Sequence[ClientStart]) -> int:
+    """``train.client_group``, or (0) as many clients as fit :data:`CLIENT_STATE_BUDGET`."""
+    if setup.config.train.client_group > 0:
+        return setup.config.train.client_group
+    one = starts[0]
+    numel = sum(x.numel() for layer in one.tensors.values() for x in layer.values())
+    numel += sum(x.numel() for x in one.dense.values())
+    return max(1, CLIENT_STATE_BUDGET // max(1, 16 * numel))  # fp32 tensor, gradient, two moments
+
+
+def chunks(lengths: np.ndarray, budget: int, max_padding: float = 0.1, min_tokens: int = 256) -> list[np.ndarray]:
+    """Row indices sorted by length, cut into passes: rows × longest ≤ ``budget`` padded tokens, and a
+    pass of at least ``min_tokens`` is cut where its padding would pass ``max_padding`` of it."""
+    order = np.argsort(lengths, kind="stable")
+    out, start = [], 0
+    for end in range(1, len(order) + 1):
+        if end == len(order):
+            out.append(order[start:end])
+            break
+        padded = (end + 1 - start) * int(lengths[order[end]])
+        waste = padded - int(lengths[order[start:end + 1]].sum())
+        if padded > budget or (padded >= min_tokens and waste > max_padding * padded):
+            out.append(order[start:end])
+            start = end
+    return out
+
+
+def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float) -> list[ClientResult | None]:
+    """Local training of ``starts`` together; one result (or None: dropped) per start."""
+    c, model, t = setup.config, setup.model, starts[0].t
+    seed, task = c.run.seed, c.model.task
+    clients = [s.client for s in starts]
+    rows = Rows()
+    streams = ClientStreams([derive_seed(seed, "dropout", t, k) for k in clients], setup.device)
+    layers = client_adapters(setup.adapters, [s.tensors for s in starts], starts[0].trainable, setup.method,
+                             c.lora.alpha, rows, streams)
+    heads = ClientHeads(model, [s.dense for s in starts], rows) if setup.train_head else None
+    params = [[p for layer in layers.values() for p in layer.trainable(slot)]
+              + (heads.trainable(slot) if heads else []) for slot in range(len(starts))]
+    if not params[0]:
+        raise ValueError(f"round {t}: method {setup.method.name} trains nothing this round")
+    optimizer = reference.make_optimizer(c, [p for ps in params for p in ps], lr)
+    samples = [setup.clients[k] for k in clients]
+    orders = [list(reference.batch_order(len(s), c.train.batch_size, c.train.local_steps, c.train.local_epochs,
+                                         derive_seed(seed, "batches", t, k))) for s, k in zip(samples, clients)]
+    lengths = setup.train.lengths
+    alive = [True] * len(starts)
+    losses = [[] for _ in starts]
+    tokens, computed = [0] * len(starts), [0] * len(starts)
+    model.train()
+    with ExitStack() as stack:
+        stack.enter_context(rows_forward(setup.adapters, layers))
+        stack.enter_context(client_dropouts(model, streams))
+        if heads:
+            stack.enter_context(heads.installed())
+        for j in range(max(len(o) for o in orders)):
+            active = [s for s in range(len(starts)) if alive[s] and j < len(orders[s])]
+            if not active:
+                break
+            step_rows = [(s, i, int(samples[s][pos])) for s in active for i, pos in enumerate(orders[s][j])]
+            sizes = {s: len(orders[s][j]) for s in active}
+            streams.begin_step({s: ClientBatch([int(lengths[samples[s][pos]]) for pos in orders[s][j]]) for s in active})
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = torch.zeros(len(starts), dtype=torch.float64)
+            finite = torch.ones(len(starts), dtype=torch.bool)
+            row_lengths = np.array([lengths[r[2]] for r in step_rows])
+            for chunk in chunks(row_lengths, c.train.batch_tokens):
+                picked = [step_rows[i] for i in chunk]
+                rows.slot = torch.tensor([r[0] for r in picked], dtype=torch.int64, device=setup.device)
+                streams.begin_chunk([(r[0], r[1]) for r in picked])
+                tensors = {k: x.to(setup.device) for k, x in batch(setup.train, [r[2] for r in picked]).items()}
+                per_sample = loss(model, tensors, task)
+                weights = torch.tensor([1.0 / sizes[r[0]] for r in picked], dtype=per_sample.dtype,
+                                       device=per_sample.device)
+                ok = torch.isfinite(per_sample.detach()).cpu()
+                slots_cpu = rows.slot.cpu()
+                finite &= ~torch.zeros(len(starts), dtype=torch.bool).index_fill(0, slots_cpu[~ok], True)
+                step_loss.index_add_(0, slots_cpu, (per_sample.detach() * weights).cpu().double())
+                # Rows of a failing client are left out of the sum; the other clients' gradients never see them.
+                torch.where(ok.to(per_sample.device), per_sample * weights, 0.0).sum().backward()
+                width = tensors["attention_mask"].shape[1]
+                for s, _, idx in picked:
+                    tokens[s] += int(lengths[idx])
+                    computed[s] += width
+            for s in active:
+                if not bool(finite[s]):
+                    log.warning("round %d: client %s dropped, its loss is %s at local step %d", t, clients[s],
+                                step_loss[s].item(), j + 1)
+                    alive[s] = False
+                    for p in params[s]:
+                        p.grad = None  # an optimiser skips a tensor without gradient: it stops here
+                    continue
+                if c.train.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params[s], c.train.max_grad_norm)
+                losses[s].append(float(step_loss[s]))
+            optimizer.step()
+    model.eval()
+    return [ClientResult(tensors={name: layer.read(s) for name, layer in layers.items()},
+                         num_samples=float(len(samples[s])),
+                         dense=heads.read(s) if heads else {},
+                         metrics={"train_loss": float(np.mean(losses[s])), "tokens": tokens[s],
+                                  "computed_tokens": computed[s], "steps": len(losses[s])})
+            if alive[s] else None for s in range(len(starts))]
+
+
+def batched_training(setup: RunSetup, progress=None):
+    """A ``LocalTraining`` callable that trains the participants in client-batched groups."""
+
+    def train(t: int, starts: Sequence[ClientStart]) -> list[ClientResult | None]:
+        lr = reference.learning_rate(setup.config, t)
+        size = group_size(setup, starts)
+        results: list[ClientResult | None] = []
+        for first in range(0, len(starts), size):
+            group = starts[first:first + size]
+            try:
+                results += train_group(setup, group, lr)
+            except NotBatchable as err:
+                log.info("round %d: clients trained one by one (%s)", t, err)
+                results += [reference.train_client(setup, start, lr) for start in group]
+            if progress is not None:
+                progress(len(group))
+        return results
+
+    return train
+
+
+def padding_share(results) -> float:
+    """Share of computed token positions that were padding, over a round's results."""
+    done = [r for r in results if r is not None]
+    computed = sum(r.metrics.get("computed_tokens", 0) for r in done)
+    return 0.0 if computed == 0 else 1.0 - sum(r.metrics["tokens"] for r in done) / computed
+

@@ -1,0 +1,195 @@
+"""Many clients' tensors in the adapter layers and the head at once: each row uses its own client's.
+
+A forward over a batch whose rows belong to different clients (row r to slot ``rows.slot[r]``)
+computes, for every adapted layer, y_r = x_r W0ᵀ + b + (client's LoRA or delta term of x_r), and for
+the head's Linear modules y_r = x_r W_kᵀ + b_k. Each client's tensors are its own Parameters (the
+same shapes as in sequential training, so an elementwise optimiser over all of them is exactly one
+optimiser per client); they are stacked per forward, and gathered per row:
+
+- plain LoRA (``A``, ``B``, and a ``base`` shared by every client of the round): s = x̂ A_kᵀ and
+  y += (alpha / r_k) · s B_kᵀ as a batched matmul over rows; mixed ranks are padded with zeros to
+  the largest (zero rows of A and columns of B add nothing, get zero gradients and stay zero);
+- any other tensors (full-rank ``W``, Fed-ALoRA, ...): the client's ``method.delta`` applied to its
+  own rows (one matmul per client; heavier, obviously the reference formula).
+
+Which computation and which dropout a layer uses is exactly what ``FederatedLinear`` picks for one
+client, so the dropout masks (``ClientStreams``) line up with sequential training.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rolora.federated import LayerTensors, Method, ModelTensors
+from rolora.llm.adapters import check_head, check_layers, head_parameters
+from rolora.llm.client_streams import ClientStreams
+from rolora.llm.federated_linear import FederatedLinear, uses_fused_path
+
+
+class NotBatchable(ValueError):
+    """These clients' tensors cannot be trained together (the caller trains them one by one)."""
+
+
+@dataclass
+class Rows:
+    """Which client slot each row of the current forward belongs to."""
+
+    slot: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+
+    def groups(self) -> list[tuple[int, Tensor]]:
+        """(slot, row indices) for every slot present, in slot order."""
+        return [(int(s), (self.slot == s).nonzero().squeeze(1)) for s in torch.unique(self.slot)]
+
+
+def _pad_rank(t: Tensor, rank: int, dim: int) -> Tensor:
+    missing = rank - t.shape[dim]
+    if missing == 0:
+        return t
+    return F.pad(t, (0, missing) if dim == 1 else (0, 0, 0, missing))
+
+
+class ClientAdapters:
+    """One adapted layer's tensors for every client slot, and its row-wise forward."""
+
+    def __init__(self, module: FederatedLinear, tensors: list[LayerTensors], trainable: frozenset[str],
+                 method: Method, alpha: float, rows: Rows, streams: ClientStreams) -> None:
+        for one in tensors:
+            module.check(one, trainable, method, alpha)
+        w = module.weight
+        self.params = [{k: nn.Parameter(t.detach().to(device=w.device, dtype=module.adapter_dtype, copy=True),
+                                        requires_grad=k in trainable) for k, t in one.items()} for one in tensors]
+        self.alpha, self.method, self.rows, self.streams = float(alpha), method, rows, streams
+        names = {frozenset(p) for p in self.params}
+        if len(names) != 1:
+            raise NotBatchable(f"layer {module.name!r}: clients hold different tensor names {sorted(map(sorted, names))}")
+        self.fused = uses_fused_path(method, next(iter(names)), frozenset(trainable))
+        self.merged = None
+        if self.fused and "base" in self.params[0]:
+            base = self.params[0]["base"]
+            if not all(torch.equal(p["base"], base) for p in self.params[1:]):
+                raise NotBatchable(f"layer {module.name!r}: clients start from different bases")
+            self.merged = w.detach() + base.detach().to(w.dtype)  # W0 + base, shared (as FederatedLinear)
+        if self.fused:
+            self.ranks = [p["A"].shape[0] for p in self.params]
+            self.scales = torch.tensor([self.alpha / r for r in self.ranks], dtype=torch.float32, device=w.device)
+
+    def trainable(self, slot: int) -> list[nn.Parameter]:
+        return [p for p in self.params[slot].values() if p.requires_grad]
+
+    def read(self, slot: int) -> LayerTensors:
+        return {k: p.detach().clone() for k, p in self.params[slot].items()}
+
+    def forward(self, module: FederatedLinear, x: Tensor) -> Tensor:
+        p = module.dropout if module.training else 0.0
+        if not self.fused:
+            return self._delta_forward(module, x, p)
+        y = F.linear(x, module.weight if self.merged is None else self.merged, module.bias)
+        xd = self.streams.lora(x, p, module.backend) if p > 0.0 else x
+        r = max(self.ranks)
+        a = torch.stack([_pad_rank(q["A"], r, 0) for q in self.params])[self.rows.slot].to(x.dtype)  # [R, r, K]
+        b = torch.stack([_pad_rank(q["B"], r, 1) for q in self.params])[self.rows.slot].to(x.dtype)  # [R, D, r]
+        s = torch.bmm(xd, a.transpose(1, 2))
+        scale = self.scales[self.rows.slot].to(x.dtype).view(-1, 1, 1)
+        return y + scale * torch.bmm(s, b.transpose(1, 2))
+
+    def _delta_forward(self, module: FederatedLinear, x: Tensor, p: float) -> Tensor:
+        """``FederatedLinear.reference_forward`` per client, on its own rows."""
+        deltas = {slot: self.method.delta(dict(self.params[slot]), self.alpha).to(module.weight.dtype)
+                  for slot, _ in self.rows.groups()}
+        if p == 0.0:
+            out = torch.empty(*x.shape[:-1], module.out_features, dtype=x.dtype, device=x.device)
+            for slot, idx in self.rows.groups():
+                out = out.index_copy(0, idx, F.linear(x[idx], module.weight + deltas[slot], module.bias))
+            return out
+        y = F.linear(x, module.weight, module.bias)
+        xd = self.streams.tokens(x, p)
+        extra = torch.zeros_like(y)
+        for slot, idx in self.rows.groups():
+            extra = extra.index_copy(0, idx, F.linear(xd[idx], deltas[slot]))
+        return y + extra
+
+
+class RowLinear(nn.Module):
+    """A head ``nn.Linear`` with one weight (and bias) per client slot, each row using its client's."""
+
+    def __init__(self, weights: list[nn.Parameter], biases: list[nn.Parameter] | None, rows: Rows) -> None:
+        super().__init__()
+        self.weights, self.biases, self.rows = weights, biases, rows
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = torch.stack(list(self.weights))[self.rows.slot].to(x.dtype)  # [R, out, in]
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])
+        y = torch.bmm(flat, w.transpose(1, 2))
+        if self.biases is not None:
+            y = y + torch.stack(list(self.biases))[self.rows.slot].to(x.dtype).unsqueeze(1)
+        return y.reshape(*x.shape[:-1], w.shape[1])
+
+
+class ClientHeads:
+    """The classification head's tensors for every client slot (fp32 masters), as ``RowLinear``s."""
+
+    def __init__(self, model: nn.Module, heads: list[dict[str, Tensor]], rows: Rows) -> None:
+        own = head_parameters(model)
+        linears = {f"classifier{'.' + n if n else ''}": m for n, m in model.classifier.named_modules()
+                   if isinstance(m, nn.Linear)}
+        covered = {f"{name}.{p}" for name, m in linears.items() for p, _ in m.named_parameters(recurse=False)}
+        if covered != set(own):
+            raise NotBatchable(f"head parameters {sorted(set(own) - covered)} are not in Linear modules")
+        for head in heads:
+            check_head(model, head)
+        device = next(iter(own.values())).device
+        self.params = [{k: nn.Parameter(v.detach().to(device=device, dtype=torch.float32, copy=True))
+                        for k, v in head.items()} for head in heads]
+        self.dtypes = {k: v.dtype for k, v in heads[0].items()}
+        self.model, self.linears = model, linears
+        self.modules = {name: RowLinear([p[f"{name}.weight"] for p in self.params],
+                                        None if m.bias is None else [p[f"{name}.bias"] for p in self.params], rows)
+                        for name, m in linears.items()}
+
+    def trainable(self, slot: int) -> list[nn.Parameter]:
+        return list(self.params[slot].values())
+
+    def read(self, slot: int) -> dict[str, Tensor]:
+        return {k: p.detach().to(self.dtypes[k]).clone() for k, p in self.params[slot].items()}
+
+    @contextmanager
+    def installed(self):
+        """The model's head Linears replaced by the per-client ones for the duration."""
+        try:
+            for name, module in self.modules.items():
+                _set_module(self.model, name, module)
+            yield
+        finally:
+            for name, module in self.linears.items():
+                _set_module(self.model, name, module)
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def client_adapters(adapters: dict[str, FederatedLinear], starts_tensors: list[ModelTensors], trainable,
+                    method: Method, alpha: float, rows: Rows, streams: ClientStreams) -> dict[str, ClientAdapters]:
+    """Every adapted layer's :class:`ClientAdapters` (each client's tensors checked first)."""
+    for tensors in starts_tensors:
+        check_layers(adapters, tensors)
+    return {name: ClientAdapters(module, [t[name] for t in starts_tensors], frozenset(trainable), method, alpha,
+                                 rows, streams) for name, module in adapters.items()}
+
+
+@contextmanager
+def rows_forward(adapters: dict[str, FederatedLinear], layers: dict[str, ClientAdapters]):
+    """Route every adapted layer's forward through its :class:`ClientAdapters` for the duration."""
+    try:
+        for name, module in adapters.items():
+            module.row_forward = layers[name].forward
+        yield
+    finally:
+        for module in adapters.values():
+            module.row_forward = None

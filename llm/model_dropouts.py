@@ -1,0 +1,74 @@
+"""Route a Hugging Face model's own dropouts through per-client streams for a client-batched pass.
+
+Two kinds of dropout live in the model: its ``nn.Dropout`` modules (embeddings, attention output,
+feed-forward output, pooler/head) and the attention-probability dropout inside the attention
+function (sdpa draws it as ``bernoulli_`` over [B, heads, T, T], like eager attention). For the
+duration of :func:`client_dropouts`, every ``nn.Dropout`` in training mode calls
+``ClientStreams.tokens`` instead, and models with attention dropout use ``client_attention`` (eager
+attention whose dropout calls ``ClientStreams.attention``). Models without attention dropout (Llama)
+keep their attention function.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from rolora.llm.client_streams import ClientStreams
+
+ATTENTION_NAME = "rolora_client_batched"
+_active: list[ClientStreams] = []  # the streams of the pass in progress (one at a time)
+
+
+def client_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Eager attention (``modeling_bert.eager_attention_forward``) with per-client dropout."""
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            weights = weights.masked_fill(~attention_mask, torch.finfo(weights.dtype).min)
+        else:
+            weights = weights + attention_mask
+    weights = torch.softmax(weights, dim=-1)
+    if dropout > 0.0 and module.training:
+        weights = _active[-1].attention(weights, dropout)
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return out, weights
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION_NAME, client_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)  # the mask sdpa gets: bool or None
+
+
+def attention_dropout(model: nn.Module) -> float:
+    config = model.config
+    return float(getattr(config, "attention_probs_dropout_prob", 0.0) or getattr(config, "attention_dropout", 0.0) or 0.0)
+
+
+@contextmanager
+def client_dropouts(model: nn.Module, streams: ClientStreams):
+    """Every dropout of ``model`` draws from ``streams`` (per client) for the duration."""
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    swap = attention_dropout(model) > 0.0
+    before = model.config._attn_implementation
+    _active.append(streams)
+    try:
+        for m in dropouts:
+            m.forward = lambda x, m=m: streams.tokens(x, m.p) if m.training and m.p > 0.0 else x
+        if swap:
+            _register()
+            model.config._attn_implementation = ATTENTION_NAME
+        yield
+    finally:
+        _active.pop()
+        for m in dropouts:
+            m.__dict__.pop("forward", None)
+        if swap:
+            model.config._attn_implementation = before

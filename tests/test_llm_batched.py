@@ -1,0 +1,149 @@
+"""Client-batched local training equals one-client-at-a-time training (the reference), for every
+method, on tiny RoBERTa and Llama in fp32 with dropout on (model's and LoRA's), gradient clipping,
+mixed ranks, several passes per step (a small token budget) and groups of clients."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from test_llm_engine import TINY
+
+from rolora.federated import available_methods, method_from_spec
+from rolora.federated.round import client_starts, client_uploads
+from rolora.llm.batched_training import batched_training, chunks, padding_share
+from rolora.llm.config import ConfigError, load_config
+from rolora.llm.local_training import local_training, sequential_training
+from rolora.llm.prepare import build
+
+COMMON = ["data.max_train_samples=36", "federated.clients=3", "train.local_steps=2", "train.batch_size=4",
+          "lora.rank=2", "lora.alpha=4.0", "lora.dropout=0.1", "train.max_grad_norm=0.5", "train.batch_tokens=64"]
+MIXED = {0: 2, 1: 3, 2: 1}
+ATOL = 2e-6
+
+
+@pytest.fixture(scope="module", params=["roberta", "llama"])
+def setup(request):
+    return build(load_config(None, TINY[request.param] + COMMON))
+
+
+def _for(setup, spec: str, **train):
+    method = method_from_spec(spec, total_rounds=2)
+    ranks = MIXED if method.mixes_ranks and method.uses_ranks else setup.ranks
+    config = dataclasses.replace(setup.config, train=dataclasses.replace(setup.config.train, **train))
+    return dataclasses.replace(setup, config=config, method=method, ranks=ranks)
+
+
+def _assert_close(a, b, what):
+    assert a.keys() == b.keys(), what
+    for key in a:
+        if isinstance(a[key], dict):
+            _assert_close(a[key], b[key], f"{what}/{key}")
+        else:
+            torch.testing.assert_close(b[key], a[key], atol=ATOL, rtol=0, msg=lambda m: f"{what}/{key}: {m}")
+
+
+SECOND_ROUND = {"rolora", "fedex-lora", "flora"}
+"""Methods whose round 2 trains differently (rolora's A-only phase; a non-zero shared base)."""
+
+
+def _rounds(setup, train_fn):
+    """Uploads and aggregated state of round 1 (and 2, from round 1's aggregate, where it differs)."""
+    m, state, out = setup.method, setup.initial_state(), []
+    for t in (1, 2) if m.name in SECOND_ROUND else (1,):
+        starts = client_starts(m, state, [0, 1, 2])
+        results = train_fn(setup)(t, starts)
+        updates = client_uploads(m, t, starts, results)[0]
+        state = m.aggregate(state, updates, t)
+        out.append((updates, results, state))
+    return out
+
+
+@pytest.mark.parametrize("spec", available_methods())
+def test_batched_equals_sequential_for_every_method(setup, spec):
+    s = _for(setup, spec)
+    for (u_seq, r_seq, g_seq), (u_bat, r_bat, g_bat) in zip(_rounds(s, sequential_training),
+                                                          _rounds(s, batched_training)):
+        for a, b in zip(u_seq, u_bat):
+            _assert_close(a.tensors, b.tensors, f"{spec} upload {a.client}")
+            _assert_close(dict(a.dense), dict(b.dense), f"{spec} head {a.client}")
+        for a, b in zip(r_seq, r_bat):
+            assert b.metrics["train_loss"] == pytest.approx(a.metrics["train_loss"], abs=ATOL)
+            assert (b.metrics["tokens"], b.metrics["steps"]) == (a.metrics["tokens"], a.metrics["steps"])
+            assert b.metrics["computed_tokens"] < a.metrics["computed_tokens"]  # less padding computed
+        _assert_close(g_seq.layers, g_bat.layers, f"{spec} state")
+        _assert_close(g_seq.dense, g_bat.dense, f"{spec} state head")
+    start = s.initial_state()  # and training did something
+    assert any(not torch.allclose(x, start.layers[layer][n]) for layer, named in g_bat.layers.items()
+               for n, x in named.items() if n in start.layers[layer])
+
+
+def test_other_seeds_give_other_masks(setup):
+    """The parity above is not vacuous: another dropout stream changes the result beyond the tolerance."""
+    s = _for(setup, "fedavg-lora")
+    starts = client_starts(s.method, s.initial_state(), [0, 1, 2])
+    a = batched_training(s)(1, starts)
+    b = batched_training(dataclasses.replace(s, config=dataclasses.replace(
+        s.config, run=dataclasses.replace(s.config.run, seed=1))))(1, starts)
+    layer = next(iter(a[0].tensors))
+    assert (a[0].tensors[layer]["B"] - b[0].tensors[layer]["B"]).abs().max() > 100 * ATOL
+
+
+def test_groups_and_token_budgets_do_not_change_the_result(setup):
+    s = _for(setup, "rolora")
+    starts = client_starts(s.method, s.initial_state(), [0, 1, 2])
+    ref = batched_training(_for(setup, "rolora", batch_tokens=4096))(1, starts)
+    for changes in ({"client_group": 2}, {"client_group": 1, "batch_tokens": 1}):
+        out = batched_training(_for(setup, "rolora", **changes))(1, starts)
+        for a, b in zip(ref, out):
+            _assert_close(a.tensors, b.tensors, str(changes))
+
+
+def test_a_client_with_a_non_finite_loss_is_dropped_and_the_others_are_unchanged(setup, monkeypatch):
+    import rolora.llm.batched_training as bt
+
+    s = _for(setup, "fedavg-lora")
+    starts = client_starts(s.method, s.initial_state(), [0, 1, 2])
+    clean = bt.batched_training(s)(1, starts)
+    poisoned_rows = set(int(i) for i in s.clients[1])
+    real = bt.loss
+
+    def poisoned(model, tensors, task):  # client 1's samples are recognised by their token ids
+        out = real(model, tensors, task)
+        bad = [any(tuple(s.train.input_ids[i]) == tuple(row[row != s.train.pad_id].tolist()[:len(s.train.input_ids[i])])
+                   for i in poisoned_rows) for row in tensors["input_ids"]]
+        return torch.where(torch.tensor(bad), torch.full_like(out, float("nan")), out)
+
+    monkeypatch.setattr(bt, "loss", poisoned)
+    out = bt.batched_training(s)(1, starts)
+    assert out[1] is None
+    for k in (0, 2):
+        _assert_close(clean[k].tensors, out[k].tensors, f"client {k}")
+
+
+def test_chunks_sort_by_length_within_the_budget():
+    lengths = np.array([5, 30, 7, 6, 29, 8])
+    parts = chunks(lengths, 32, min_tokens=10**6)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(6))
+    assert all(len(p) * lengths[p].max() <= 32 or len(p) == 1 for p in parts)
+    assert [lengths[p].tolist() for p in parts] == [[5, 6, 7, 8], [29], [30]]
+    # Past min_tokens a pass is also cut where it would become more than 10 % padding.
+    lengths = np.array([10] * 30 + [20] * 30)
+    assert [sorted(set(lengths[p].tolist())) for p in chunks(lengths, 10**6, min_tokens=100)] == [[10], [20]]
+    assert len(chunks(lengths, 10**6, min_tokens=10**6)) == 1
+
+
+def test_padding_share_and_the_config_switch(setup):
+    s = _for(setup, "fedavg-lora", batch_tokens=64)
+    starts = client_starts(s.method, s.initial_state(), [0, 1, 2])
+    seq, bat = sequential_training(s)(1, starts), local_training(s)(1, starts)
+    assert padding_share(bat) < padding_share(seq)
+    off = _for(setup, "fedavg-lora", client_batching="off")
+    assert "computed_tokens" in local_training(off)(1, starts)[0].metrics
+    with pytest.raises(ConfigError, match="train.client_batching"):
+        load_config(None, ["train.client_batching=fast"])
+    with pytest.raises(ConfigError, match="train.batch_tokens"):
+        load_config(None, ["train.batch_tokens=0"])
