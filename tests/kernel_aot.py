@@ -86,8 +86,8 @@ def covering_cases(archs: tuple[int, ...] = (90, 80)) -> list[tuple[int, Case]]:
     sm_90, each (M class, activation dtype): padded ranks rotate over 128, 64, 32, 16 (r = 1: Triton
     specialises integer arguments equal to 1), and dropout, bias, adapter dtype and the odd shape
     alternate, so every constexpr branch is taken; fp32 with TF32 dots once. sm_80 (same kernels,
-    less shared memory): the worst case of each M class and dtype (r = 128, fp32 adapters, dropout
-    and bias on).
+    less shared memory): the worst case (r = 128, fp32 adapters, dropout and bias on) of each
+    distinct launch config and dtype.
     """
     out: list[tuple[int, Case]] = []
     ranks = [128, 64, 24, 1]
@@ -98,7 +98,15 @@ def covering_cases(archs: tuple[int, ...] = (90, 80)) -> list[tuple[int, Case]]:
                                  i % 2 == 0, i % 3 != 1)))
         out.append((90, Case(8192, 4096, 11008, 16, "fp32", "same", True, True, tf32=True)))
     if 80 in archs:
-        out += [(80, Case(m, 4096, 11008, 128, act, "fp32", True, True)) for m in MS for act in ACT_DTYPES]
+        import rolora.kernels.launch_configs as lc
+
+        for act in ACT_DTYPES:
+            seen = set()
+            for m in MS:  # one M per distinct config (Ampere's half tables share some)
+                cfg = lc.launch_config(m, _dtype(act), (8, 0))
+                if cfg not in seen:
+                    seen.add(cfg)
+                    out.append((80, Case(m, 4096, 11008, 128, act, "fp32", True, True)))
     return out
 
 
