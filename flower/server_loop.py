@@ -4,7 +4,9 @@ Round 0, evaluation, metrics rows, checkpoints and the run folder are those of `
 (:mod:`rolora.llm.run_folder`, :mod:`rolora.llm.checkpoint`, :mod:`rolora.llm.evaluation`), so
 ``rolora llm export`` works on a Flower run. Each row also holds ``flower_upload_bytes`` /
 ``flower_download_bytes``: the ArrayRecord bytes Flower carried in the round, next to the method's
-own count (``upload_bytes`` / ``download_bytes``, from ``method.communication``).
+own count (``upload_bytes`` / ``download_bytes``, from ``method.communication``, which counts the
+download *after* round t; Flower's column is what round t's training messages carried). For
+personalised methods ``flower_eval_download_bytes`` is the new state sent to the evaluated nodes.
 
 Shared-model methods are evaluated on the server (it builds the same model); personalised ones on
 the evaluated clients' nodes, where their kept state lives. A checkpoint of a stateful method asks
@@ -94,6 +96,8 @@ def _serve(grid: Grid, c: RunConfig, run_dir: Path, timeout: float) -> History:
             log.warning("round %d: dropped clients %s", t, rec.dropped)
         if t % c.run.eval_every == 0 or t == c.total_rounds:
             rows[-1].update(_prefixed("test", _evaluate(grid, strategy, setup, timeout)))
+            if setup.method.personalised:
+                rows[-1]["flower_eval_download_bytes"] = rec.flower_eval_download_bytes
         if t % max(1, c.run.checkpoint_every) == 0 or t == c.total_rounds:
             if stateful and pending:
                 collected, rows[-1]["state_bytes"] = strategy.collect_kept(grid, sorted(pending), timeout)

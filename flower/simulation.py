@@ -2,13 +2,16 @@
 
 One simulated SuperNode per client (``partition-id`` = the rolora client id). Flower's home and
 Ray's temporary folder live inside the run folder and runtime dependency installation is off, so a
-run leaves nothing behind elsewhere and never reaches the network. Ray needs unix-socket paths under
-~107 characters: a very deep run folder makes Ray fail to start (move the run folder up).
+run leaves nothing behind elsewhere and never reaches the network. Ray's unix sockets need paths
+under 108 bytes: when the run folder is too deep for that (Ray's own part is ~70 bytes), Ray gets a
+short temporary folder instead, deleted when the run ends.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,23 +21,41 @@ from rolora.llm.engine import History
 ENV = {"FLWR_HOME": "flower-home", "RAY_TMPDIR": "ray"}
 
 
+RAY_SOCKET_SUFFIX = len("/ray/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store")
+UNIX_SOCKET_MAX = 107
+"""Ray puts unix sockets under RAY_TMPDIR, and a longer socket path makes ray.init fail in a thread
+that Flower's simulation then waits on for ever; so a deep run folder gets a short temporary one."""
+
+
+def ray_tmpdir(run_dir: Path) -> tuple[Path, bool]:
+    """(Ray's temporary folder, whether it is a fresh short one to delete afterwards)."""
+    inside = run_dir / ENV["RAY_TMPDIR"]
+    if len(str(inside).encode()) + RAY_SOCKET_SUFFIX <= UNIX_SOCKET_MAX:
+        return inside, False
+    return Path(tempfile.mkdtemp(prefix="rolora-ray-")), True
+
+
 @contextmanager
 def flower_environment(run_dir: Path):
-    """FLWR_HOME and RAY_TMPDIR inside ``run_dir``, runtime installs off; restored afterwards."""
-    values = {name: str(run_dir / sub) for name, sub in ENV.items()}
-    values["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    """FLWR_HOME and RAY_TMPDIR inside ``run_dir`` (see :func:`ray_tmpdir`), runtime installs off;
+    the variables are restored afterwards."""
+    ray_dir, temporary = ray_tmpdir(run_dir)
+    values = {"FLWR_HOME": str(run_dir / ENV["FLWR_HOME"]), "RAY_TMPDIR": str(ray_dir),
+              "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     old = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     for name in ENV:
         Path(values[name]).mkdir(parents=True, exist_ok=True)
     try:
-        yield
+        yield ray_dir
     finally:
         for name, value in old.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        if temporary:
+            shutil.rmtree(ray_dir, ignore_errors=True)
 
 
 def run(config: RunConfig, run_dir: str | Path, *, quiet: bool = False, cpus_per_client: float = 1.0,

@@ -41,6 +41,9 @@ class RoundRecord:
     communication: CommCost | None = None
     flower_upload_bytes: int = 0
     flower_download_bytes: int = 0
+    flower_eval_download_bytes: int = 0
+    """Personalised methods: the state after round t sent to the evaluated nodes (they then need no
+    download at the start of round t+1, so the two columns together are the round's download)."""
 
 
 class RoloraStrategy(Strategy):
@@ -55,7 +58,6 @@ class RoloraStrategy(Strategy):
         """rolora client id -> Flower node id (from the 'hello' answers)."""
         self.downloads = Downloads()
         self.record: RoundRecord | None = None
-        self.eval_bytes = 0
 
     # ----------------------------------------------------------------------------- nodes
     def introduce(self, grid: Grid, config_json: str, timeout: float) -> None:
@@ -147,7 +149,7 @@ class RoloraStrategy(Strategy):
         messages = []
         for k in self.record.participants:
             message, sent = self._message(k, MessageType.EVALUATE)
-            self.eval_bytes += sent
+            self.record.flower_eval_download_bytes += sent
             messages.append(message)
         return messages
 

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ["theory", "kernels", "federated", "toy", "llm"]
+SUBPACKAGES = ["theory", "kernels", "federated", "toy", "llm", "flower"]
 USES = {
     "theory": "from theory import cli",
     "kernels": "from kernels import lora_linear",
     "federated": "import federated.api",
     "toy": "import toy; toy.train",
     "llm": "import llm.config",
+    "flower": "import flower.codec",
 }
 
 

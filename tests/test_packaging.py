@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-AREAS = ["theory", "kernels", "federated", "toy", "llm"]
+AREAS = ["theory", "kernels", "federated", "toy", "llm", "flower"]
 
 
 @pytest.mark.parametrize("area", AREAS)
@@ -37,6 +37,7 @@ def test_wheel_holds_only_the_rolora_package(tmp_path):
     for area in AREAS:
         assert f"rolora/{area}/__init__.py" in names, f"rolora/{area} missing from the wheel"
     assert "rolora/cli.py" in names
+    assert "rolora/flower/app/pyproject.toml" in names, "the Flower app folder (flwr run) must ship"
     assert not any(n.startswith("rolora/tests/") for n in names), "tests must not ship"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "rolora = rolora.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
