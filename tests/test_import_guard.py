@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ["theory", "kernels", "federated", "toy", "llm", "flower"]
+SUBPACKAGES = ["theory", "kernels", "federated", "toy", "llm", "flower", "optim"]
 USES = {
     "theory": "from theory import cli",
     "kernels": "from kernels import lora_linear",
@@ -21,6 +21,7 @@ USES = {
     "toy": "import toy; toy.train",
     "llm": "import llm.config",
     "flower": "import flower.codec",
+    "optim": "from optim import GaLoreAdamW",
 }
 
 

@@ -14,7 +14,8 @@ also inside functions; relative imports are resolved; ``from pkg import name`` c
 4. No "upward" or sideways import: a subpackage imports only itself and the layers it may build on
    (``toy`` and ``llm``: ``federated``, ``kernels`` and ``optim``; never each other;
    ``flower``: those and ``llm``, and nothing imports ``flower``; ``optim``, like ``theory``,
-   ``kernels`` and ``federated``, builds on nothing of ours). Every folder of the package with an
+   ``kernels`` and ``federated``, builds on nothing of ours, and imports only torch, numpy and the
+   standard library). Every folder of the package with an
    ``__init__.py`` must have a layer here, so a new subpackage gets one on purpose. Never the top-level
    modules (``rolora``, ``rolora.cli``, ``rolora.__main__``). The one exception is
    ``rolora._misnamed``, the stdlib-only helper every subpackage's ``__init__`` uses to refuse being
@@ -56,6 +57,7 @@ MAY_BUILD_ON = {
 SUBPACKAGES = tuple(MAY_BUILD_ON)
 KERNELS_THIRD_PARTY = {"torch", "triton", "numpy"}
 KERNELS_BENCH_EXTRA = {"peft", "tqdm"}
+OPTIM_THIRD_PARTY = {"torch", "numpy"}
 PUBLIC_FEDERATED = {
     f"rolora.federated{s}" for s in ("", ".api", ".round", ".serial", ".dense", ".registry", ".seeding")
 }
@@ -135,6 +137,8 @@ def layering_violations(root: Path) -> list[str]:
                 allowed = KERNELS_THIRD_PARTY | (KERNELS_BENCH_EXTRA if is_bench else set())
                 if not ours(imported) and top not in stdlib and top not in allowed:
                     problems.append(f"{where}: kernels import only torch, triton, numpy and the stdlib")
+            if area == "optim" and not ours(imported) and top not in stdlib and top not in OPTIM_THIRD_PARTY:
+                problems.append(f"{where}: optim imports only torch, numpy and the stdlib")
             if area is not None and ours(imported) and imported != GUARD_HELPER and (name, imported) != ENGINE_SWITCH:
                 if target_area is None:
                     problems.append(f"{where}: a subpackage never imports the top-level modules (upwards)")
@@ -240,6 +244,8 @@ PLANTED = [
     ("kernels/bad.py", "from rolora.federated import api\n", "kernels import no other rolora subpackage"),
     ("kernels/pandas_user.py", "import pandas\n", "kernels import only torch"),
     ("kernels/peft_user.py", "import peft\n", "kernels import only torch"),
+    ("optim/up.py", "from rolora.federated import api\n", "optim may not import federated"),
+    ("optim/hf.py", "import transformers\n", "optim imports only torch, numpy and the stdlib"),
     ("federated/bad.py", "def f():\n    from rolora.toy import train\n", "federated may not import toy"),
     ("federated/worse.py", "from rolora.llm import engine\n", "federated may not import llm"),
     ("federated/kern.py", "import rolora.kernels.op\n", "federated may not import kernels"),

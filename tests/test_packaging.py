@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-AREAS = ["theory", "kernels", "federated", "toy", "llm", "flower"]
+AREAS = ["theory", "kernels", "federated", "toy", "llm", "flower", "optim"]
 
 
 @pytest.mark.parametrize("area", AREAS)

@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="federated split(s), comma-separated: 5x2 / 10x1 label-disjoint (paper), iid, dirichlet")
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated methods of rolora.federated, or 'all'; each a name with optional "
-                        "constructor parameters, e.g. rolora:period=2 or rolora:ffa_after=0.2 (a fraction of --rounds)")
+                        "constructor parameters, e.g. rolora:period=2 or rolora:ffa_after=0.2 (a fraction of --rounds), "
+                        "and optional training keys of its own runs (optimizer, lr, galore_rank, galore_period, "
+                        "galore_scale), e.g. fedavg-full:optimizer=galore:lr=0.001")
     p.add_argument("--model", choices=("mlp", "linear"), default=d.model,
                    help="mlp: W_out·ReLU(ΔW x) (paper); linear: W_out·ΔW x (same without the ReLU)")
     p.add_argument("--rounds", type=_positive_int, default=d.rounds, help="federated rounds")
@@ -83,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=_positive_int, default=d.rank, help="LoRA rank r")
     p.add_argument("--alpha", type=_positive_float, default=d.alpha, help="LoRA alpha (scale s = alpha / r)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
-                   help="local optimiser, re-created every round (no state kept between rounds)")
+                   help="local optimiser, re-created every round (no state kept between rounds); galore: "
+                        "GaLore-AdamW on fedavg-full's W (its projection is recomputed at each round's first step)")
+    p.add_argument("--galore-rank", type=_positive_int, default=d.galore_rank, help="GaLore projection rank r")
+    p.add_argument("--galore-period", type=_positive_int, default=d.galore_period,
+                   help="GaLore: local steps between SVD refreshes of the projection")
+    p.add_argument("--galore-scale", type=_positive_float, default=d.galore_scale, help="GaLore update scale")
     p.add_argument("--lr", type=_positive_float, default=d.lr, help="local learning rate")
     p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="local mini-batch size")
     p.add_argument("--participation", type=_fraction, default=d.participation,
@@ -110,13 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the experiment grid, write PNG / CSV / JSON, print the summary. Returns the exit code."""
     args = build_parser().parse_args(argv)
+    import dataclasses
+
     from rolora.federated import AggregationError, available_methods, method_from_spec
+    from rolora.toy.method_spec import split_spec, with_spec_training_keys
 
     methods = available_methods() if args.methods == "all" else _csv_list()(args.methods)
+    base = ToyConfig(
+        model=args.model, rank=args.rank, alpha=args.alpha, rounds=args.rounds,
+        local_epochs=args.local_epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+        galore_rank=args.galore_rank, galore_period=args.galore_period, galore_scale=args.galore_scale,
+        participation=args.participation, subsample=args.subsample, num_clients=args.num_clients,
+        alpha_dir=args.alpha_dir, b_init=args.b_init, seed=args.seed,
+    )
     for spec in methods:  # fail before any training, naming the bad spec
         try:
-            method_from_spec(spec, total_rounds=args.rounds)
-        except AggregationError as err:
+            with_spec_training_keys(dataclasses.replace(base, method=spec)).check()
+            method_from_spec(split_spec(spec)[0], total_rounds=args.rounds)
+        except (AggregationError, ValueError) as err:
             print(f"rolora toy: error: {err}", file=sys.stderr)
             return 2
 
@@ -127,12 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     from rolora.toy.plots import plot_histories, write_csv
 
     torch.set_num_threads(args.threads)
-    base = ToyConfig(
-        model=args.model, rank=args.rank, alpha=args.alpha, rounds=args.rounds,
-        local_epochs=args.local_epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        participation=args.participation, subsample=args.subsample, num_clients=args.num_clients,
-        alpha_dir=args.alpha_dir, b_init=args.b_init, seed=args.seed,
-    )
     start = time.perf_counter()
     try:
         data = load_mnist(args.data, include_val=args.include_val)

@@ -31,12 +31,14 @@ from torch import Tensor
 from rolora.federated.api import Method
 from rolora.federated.registry import method_from_spec
 from rolora.federated.round import ClientResult, ClientStart, next_model, one_by_one, run_round
-from rolora.toy.data import NUM_CLASSES, Mnist
+from rolora.optim import GaLoreAdamW
+from rolora.toy.data import NUM_CLASSES, NUM_PIXELS, Mnist
 from rolora.toy.init_state import initial_state
+from rolora.toy.method_spec import split_spec, with_spec_training_keys
 from rolora.toy.model import LAYER, logits, make_w_out
 from rolora.toy.partition import make_partition, subsample
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "galore")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,12 @@ class ToyConfig:
     batch_size: int = 64
     optimizer: str = "sgd"
     lr: float = 0.05
+    # optimizer "galore": GaLore-AdamW (rolora.optim) on the full-rank W of fedavg-full; rank r,
+    # SVD refresh every `galore_period` steps (and at each round's first step: the optimiser is new
+    # every round), update scale. Defaults: r = the LoRA rank, the GaLore paper's T = 200 and 0.25.
+    galore_rank: int = 16
+    galore_period: int = 200
+    galore_scale: float = 0.25
     participation: float = 1.0  # fraction of clients per round (at least one)
     subsample: float = 0.1  # fraction of each client's training images used (1: all)
     num_clients: int = 10  # for iid / dirichlet
@@ -85,7 +93,7 @@ class ToyConfig:
             raise ValueError(f"b_init must be > 0, got {self.b_init}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        for name in ("rank", "rounds", "local_epochs", "batch_size", "num_clients"):
+        for name in ("rank", "rounds", "local_epochs", "batch_size", "num_clients", "galore_rank", "galore_period"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if not 0 < self.subsample <= 1:
@@ -94,6 +102,10 @@ class ToyConfig:
             raise ValueError(f"participation must be in (0, 1], got {self.participation}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.galore_rank > NUM_PIXELS:
+            raise ValueError(f"galore_rank must be ≤ min(d, n) = {NUM_PIXELS}, got {self.galore_rank}")
+        if not self.galore_scale > 0:
+            raise ValueError(f"galore_scale must be > 0, got {self.galore_scale}")
 
 
 @dataclass
@@ -139,8 +151,7 @@ def local_train(method: Method, local: Mapping[str, Mapping[str, Tensor]], train
     params = [v for ts in tensors.values() for v in ts.values() if v.requires_grad]
     if not params:
         raise ValueError(f"method {method.name} trains nothing ({sorted(trainable)}) in this round")
-    opt = (torch.optim.SGD(params, lr=cfg.lr) if cfg.optimizer == "sgd"
-           else torch.optim.Adam(params, lr=cfg.lr))
+    opt = make_optimizer(cfg, tensors, method)
     n, losses = x.shape[0], []
     for _ in range(cfg.local_epochs):
         order = torch.randperm(n, generator=gen)
@@ -152,6 +163,27 @@ def local_train(method: Method, local: Mapping[str, Mapping[str, Tensor]], train
             opt.step()
             losses.append(loss.item())
     return {layer: {k: v.detach() for k, v in ts.items()} for layer, ts in tensors.items()}, float(np.mean(losses))
+
+
+def make_optimizer(cfg: ToyConfig, tensors: Mapping[str, Mapping[str, Tensor]], method: Method) -> torch.optim.Optimizer:
+    """The round's fresh local optimiser over the tensors that require grad.
+
+    "galore": GaLore on every trained full-rank ``W`` (AdamW for anything else); a method that trains
+    no ``W`` (every LoRA method) is refused, since GaLore is the optimiser of full-rank updates.
+    """
+    params = [v for ts in tensors.values() for v in ts.values() if v.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    full = [ts["W"] for ts in tensors.values() if "W" in ts and ts["W"].requires_grad]
+    if not full:
+        raise ValueError(f"optimizer galore trains full-rank W tensors; method {method.name} trains "
+                         f"{sorted({k for ts in tensors.values() for k, v in ts.items() if v.requires_grad})} "
+                         f"(use optimizer sgd or adam for LoRA methods)")
+    rest = [p for p in params if all(p is not w for w in full)]
+    groups = [{"params": full, "galore": True}] + ([{"params": rest}] if rest else [])
+    return GaLoreAdamW(groups, lr=cfg.lr, rank=cfg.galore_rank, period=cfg.galore_period, scale=cfg.galore_scale)
 
 
 @torch.no_grad()
@@ -185,10 +217,12 @@ def evaluate(method: Method, models: Sequence[Mapping[str, Tensor]], label_mix: 
 def run_federated(cfg: ToyConfig, data: Mnist, on_round: Callable[[int], None] | None = None) -> History:
     """Run ``cfg.rounds`` federated rounds of ``cfg.method`` on MNIST; return the per-round history.
 
-    ``on_round(t)`` is called after each round (progress bars).
+    ``on_round(t)`` is called after each round (progress bars). Training keys in ``cfg.method``
+    (``optimizer``, ``lr``, ``galore_*``; see :mod:`rolora.toy.method_spec`) override ``cfg``'s fields.
     """
+    cfg = with_spec_training_keys(cfg)
     cfg.check()
-    method = method_from_spec(cfg.method, total_rounds=cfg.rounds)
+    method = method_from_spec(split_spec(cfg.method)[0], total_rounds=cfg.rounds)
     parts = subsample(make_partition(cfg.split, data.train_y, cfg.seed, cfg.num_clients, cfg.alpha_dir),
                       cfg.subsample, cfg.seed)
     for k, idx in enumerate(parts):
