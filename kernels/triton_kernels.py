@@ -26,8 +26,10 @@ each kernel sees one dtype; accumulation is fp32; gradients come back in each te
 
 Dropout. The keep-mask is a pure function of (seed, row, column) of the logical M×K input, so the
 kernels that need x̂ (1, 5, 6) regenerate the same bits and none is stored. One Philox-4x32-10 call
-yields four keep decisions (``_keep``); its counter is 64-bit. The seed is not specialised on
-(``do_not_specialize``), so a new seed never triggers a compile.
+yields eight 16-bit draws, so eight keep decisions (``_keep``); p is quantised to a multiple of 2⁻¹⁶
+(off by at most 2⁻¹⁷) and the 1/(1 − p) scale uses the quantised value, so E[x̂] = x stays exact.
+The counter is 64-bit. The seed is not specialised on (``do_not_specialize``), so a new seed never
+triggers a compile.
 
 This module imports triton at the top; ``op.py`` imports it lazily, so rolora works without triton.
 """
@@ -48,18 +50,20 @@ from rolora.kernels.launch_configs import (dot_precision, band_config, device_ca
 
 
 @triton.jit
-def _keep(seed, offs_m, k0, KQ, p, BLOCK_K: tl.constexpr):
-    """Keep-mask of the logical M×K input at rows ``offs_m``, columns k0 … k0+BLOCK_K (k0 % 4 = 0).
+def _keep(seed, offs_m, k0, KE, threshold, BLOCK_K: tl.constexpr):
+    """Keep-mask of the logical M×K input at rows ``offs_m``, columns k0 … k0+BLOCK_K (k0 % 8 = 0).
 
-    Element (m, k) takes lane k % 4 of the Philox draw at the 64-bit counter m·KQ + k // 4, where
-    KQ = ⌈K/4⌉: a pure function of (seed, m, k), whichever tile asks, at a quarter of the Philox
-    cost of one draw per element.
+    One Philox-4x32 call at the 64-bit counter m·KE + k // 8 (KE = ⌈K/8⌉) gives four 32-bit lanes,
+    split into eight 16-bit draws for columns 8·(k // 8) … +7; element (m, k) is kept iff its draw
+    is ≥ ``threshold`` = round(p·2¹⁶). A pure function of (seed, m, k), whichever tile asks, at an
+    eighth of the Philox work (and registers) of one draw per element.
     """
-    quads = k0 // 4 + tl.arange(0, BLOCK_K // 4)
-    counter = offs_m.to(tl.int64)[:, None] * KQ + quads[None, :]
+    eighths = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    counter = offs_m.to(tl.int64)[:, None] * KE + eighths[None, :]
     r0, r1, r2, r3 = tl.randint4x(seed, counter)
-    bits = tl.interleave(tl.interleave(r0, r2), tl.interleave(r1, r3))  # lanes 0,1,2,3 in k order
-    return tl.uint_to_uniform_float(bits) > p
+    lanes = tl.interleave(tl.interleave(r0, r2), tl.interleave(r1, r3))  # lanes 0,1,2,3 per eighth
+    draws = tl.interleave(lanes & 0xFFFF, lanes >> 16)  # [BLOCK_M, BLOCK_K] of 16-bit values
+    return draws.to(tl.int32) >= threshold
 
 
 @triton.jit
@@ -77,9 +81,9 @@ def _grouped_tile(pid, num_rows, num_cols, GROUP: tl.constexpr):
 @triton.jit(do_not_specialize=["seed"])
 def _rowband_kernel(
     x_ptr, a_ptr, out_ptr,
-    M, C, R, KQ,
+    M, C, R, KE,
     stride_xm, stride_xc, stride_ar, stride_ac, stride_op, stride_om, stride_or,
-    seed, p, out_scale, SPLIT,
+    seed, threshold, out_scale, SPLIT,
     HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, R_PAD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
@@ -99,7 +103,7 @@ def _rowband_kernel(
         x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :] * stride_xc,
                     mask=(offs_m[:, None] < M) & (offs_c[None, :] < C), other=0.0)
         if HAS_DROPOUT:
-            x = tl.where(_keep(seed, offs_m, ct * BLOCK_C, KQ, p, BLOCK_C), x, 0.0).to(x.dtype)
+            x = tl.where(_keep(seed, offs_m, ct * BLOCK_C, KE, threshold, BLOCK_C), x, 0.0).to(x.dtype)
         # Aᵀ tile [BLOCK_C, R_PAD]: padded ranks load as zeros.
         at = tl.load(a_ptr + offs_r[None, :] * stride_ar + cols[:, None] * stride_ac,
                      mask=(offs_r[None, :] < R) & (offs_c[:, None] < C), other=0.0)
@@ -112,9 +116,9 @@ def _rowband_kernel(
 @triton.jit(do_not_specialize=["seed"])
 def _colband_kernel(
     x_ptr, t_ptr, out_ptr,
-    M, C, R, KQ,
+    M, C, R, KE,
     stride_xm, stride_xc, stride_tm, stride_tr, stride_op, stride_oc, stride_or,
-    seed, p, out_scale, SPLIT,
+    seed, threshold, out_scale, SPLIT,
     HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, R_PAD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
@@ -136,7 +140,7 @@ def _colband_kernel(
         x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :] * stride_xc,
                     mask=(offs_m[:, None] < M) & (offs_c[None, :] < C), other=0.0)
         if HAS_DROPOUT:
-            x = tl.where(_keep(seed, offs_m, c0, KQ, p, BLOCK_C), x, 0.0).to(x.dtype)
+            x = tl.where(_keep(seed, offs_m, c0, KE, threshold, BLOCK_C), x, 0.0).to(x.dtype)
         t = tl.load(t_ptr + rows[:, None] * stride_tm + offs_r[None, :] * stride_tr,
                     mask=(offs_m[:, None] < M) & (offs_r[None, :] < R), other=0.0)
         acc = tl.dot(tl.trans(x), t, acc, input_precision=DOT_PRECISION)
@@ -185,10 +189,10 @@ def _fwd_gemm_kernel(
 @triton.jit(do_not_specialize=["seed"])
 def _dx_gemm_kernel(
     dy_ptr, w_ptr, ds_ptr, a_ptr, dx_ptr,
-    M, N, K, R, KQ,
+    M, N, K, R, KE,
     stride_dym, stride_dyn, stride_wn, stride_wk, stride_dsm, stride_dsr, stride_ar, stride_ak,
     stride_dxm, stride_dxk,
-    seed, p, inv_keep,
+    seed, threshold, inv_keep,
     HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
     R_PAD: tl.constexpr, GROUP_M: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -209,7 +213,7 @@ def _dx_gemm_kernel(
                 mask=(offs_r[:, None] < R) & (offs_k[None, :] < K), other=0.0)
     acc = tl.dot(ds, a, input_precision=DOT_PRECISION)
     if HAS_DROPOUT:
-        acc = tl.where(_keep(seed, offs_m, pid_k * BLOCK_K, KQ, p, BLOCK_K), acc * inv_keep, 0.0)
+        acc = tl.where(_keep(seed, offs_m, pid_k * BLOCK_K, KE, threshold, BLOCK_K), acc * inv_keep, 0.0)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         ns = offs_n.to(tl.int64)
@@ -223,12 +227,12 @@ def _dx_gemm_kernel(
 
 
 @triton.jit(do_not_specialize=["seed"])
-def _keep_mask_kernel(out_ptr, M, K, KQ, seed, p, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+def _keep_mask_kernel(out_ptr, M, K, KE, seed, threshold, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Write the keep-mask the other kernels regenerate (for tests and the reference)."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     k0 = tl.program_id(1) * BLOCK_K
     offs_k = k0 + tl.arange(0, BLOCK_K)
-    keep = _keep(seed, offs_m, k0, KQ, p, BLOCK_K)
+    keep = _keep(seed, offs_m, k0, KE, threshold, BLOCK_K)
     tl.store(out_ptr + offs_m.to(tl.int64)[:, None] * K + offs_k[None, :], keep.to(tl.int8),
              mask=(offs_m[:, None] < M) & (offs_k[None, :] < K))
 
@@ -238,15 +242,24 @@ def _keep_mask_kernel(out_ptr, M, K, KQ, seed, p, BLOCK_M: tl.constexpr, BLOCK_K
 # ---------------------------------------------------------------------------------------------------
 
 
-def _dropout_args(p: float) -> tuple[bool, float]:
-    return p > 0.0, (1.0 / (1.0 - p) if p > 0.0 else 1.0)
+def dropout_threshold(p: float) -> int:
+    """p as the kernels' 16-bit keep threshold: a draw in [0, 2¹⁶) is dropped iff it is below it."""
+    return min(max(round(p * 65536), 1), 65535) if p > 0.0 else 0
+
+
+def _dropout_args(p: float) -> tuple[int, float]:
+    """(threshold, 1 / keep probability) of the mask the kernels draw: exact for the quantised p,
+    which differs from p by at most 2⁻¹⁷ (so E[x̂] = x holds exactly)."""
+    t = dropout_threshold(p)
+    return t, 1.0 / (1.0 - t / 65536)
 
 
 def triton_keep_mask(seed: int, rows: int, cols: int, p: float, device: torch.device) -> Tensor:
     """The Triton path's keep-mask (bool, rows×cols) for ``seed``, as the kernels draw it."""
     out = torch.empty((rows, cols), dtype=torch.int8, device=device)
     grid = (triton.cdiv(rows, 64), triton.cdiv(cols, 64))
-    _keep_mask_kernel[grid](out, rows, cols, triton.cdiv(cols, 4), seed, p, BLOCK_M=64, BLOCK_K=64)
+    _keep_mask_kernel[grid](out, rows, cols, triton.cdiv(cols, 8), seed, dropout_threshold(p),
+                            BLOCK_M=64, BLOCK_K=64)
     return out.bool()
 
 
@@ -265,9 +278,9 @@ def _rowband(x: Tensor, a: Tensor, out_scale: float, dropout_p: float, seed: int
         out = torch.empty((split, m, r), dtype=torch.float32, device=x.device)
         strides = out.stride()
     _rowband_kernel[(m_tiles, split)](
-        x, a, out, m, c, r, triton.cdiv(c, 4),
+        x, a, out, m, c, r, triton.cdiv(c, 8),
         x.stride(0), x.stride(1), a.stride(0), a.stride(1), *strides,
-        seed, dropout_p, out_scale, split,
+        seed, dropout_threshold(dropout_p), out_scale, split,
         HAS_DROPOUT=dropout_p > 0.0, BLOCK_M=cfg.block_rows, BLOCK_C=cfg.block_cols, R_PAD=rank_pad(r),
         DOT_PRECISION=dot_precision(x.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
@@ -294,9 +307,9 @@ def _colband(x: Tensor, t: Tensor, out_scale: float, dropout_p: float, seed: int
         s_p, s_0, s_1 = out.stride()
     s_c, s_r = (s_1, s_0) if transposed else (s_0, s_1)
     _colband_kernel[(c_tiles, split)](
-        x, t, out, m, c, r, triton.cdiv(c, 4),
+        x, t, out, m, c, r, triton.cdiv(c, 8),
         x.stride(0), x.stride(1), t.stride(0), t.stride(1), s_p, s_c, s_r,
-        seed, dropout_p, out_scale, split,
+        seed, dropout_threshold(dropout_p), out_scale, split,
         HAS_DROPOUT=dropout_p > 0.0, BLOCK_M=cfg.block_rows, BLOCK_C=cfg.block_cols, R_PAD=rank_pad(r),
         DOT_PRECISION=dot_precision(x.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
@@ -340,7 +353,7 @@ def triton_lora_backward(
     m, n = grad_y.shape
     k, r = weight.shape[1], lora_A.shape[0]
     dt = grad_y.dtype
-    _, inv_keep = _dropout_args(dropout_p)
+    threshold, inv_keep = _dropout_args(dropout_p)
     dx = da = db = None
     if need_dB:
         assert s is not None, "dB needs the saved S"
@@ -360,10 +373,10 @@ def triton_lora_backward(
         # the forward GEMM's tile shape, transposed roles.
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(k, cfg.block_n),)
         _dx_gemm_kernel[grid](
-            grad_y, weight, ds, a, dx, m, n, k, r, triton.cdiv(k, 4),
+            grad_y, weight, ds, a, dx, m, n, k, r, triton.cdiv(k, 8),
             grad_y.stride(0), grad_y.stride(1), weight.stride(0), weight.stride(1),
             ds.stride(0), ds.stride(1), a.stride(0), a.stride(1), dx.stride(0), dx.stride(1),
-            seed, dropout_p, inv_keep,
+            seed, threshold, inv_keep,
             HAS_DROPOUT=dropout_p > 0.0, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_n, BLOCK_N=cfg.block_k,
             R_PAD=rank_pad(r), GROUP_M=cfg.group_m, DOT_PRECISION=dot_precision(dt),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
