@@ -22,7 +22,7 @@ import json
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from rolora.flower.codec import load_kept, merge, models_record, save_kept
+from rolora.flower.codec import load_kept, merge, models_from_record, models_record, save_kept
 
 # rolora.llm (transformers, datasets) is imported in the handlers that need a model, not here: a
 # SuperNode's per-message process answering 'hello' or 'kept' then starts in a fraction of the time.
@@ -70,13 +70,22 @@ def _client_id(context: Context, clients: int) -> tuple[int, int]:
     return client, total
 
 
+def _receive(context: Context, msg: Message):
+    """The global state the message describes; a resumed run's first message also restores the kept state."""
+    state = merge(context.state, msg.content)
+    if "kept" in msg.content:
+        [(client, kept)] = models_from_record(msg.content["kept"], str(msg.content["kept_meta"]["meta"]))[0].items()
+        save_kept(context.state, client, kept)
+    return state
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     from rolora.federated.round import client_starts
     from rolora.llm.local_training import learning_rate, train_client
 
     setup, client = _node(context)
-    state = merge(context.state, msg.content)
+    state = _receive(context, msg)
     t = int(msg.content["config"]["t"])
     kept = load_kept(context.state)
     [start] = client_starts(setup.method, state, [client], kept)
@@ -97,7 +106,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     from rolora.llm.evaluation import evaluate_round
 
     setup, client = _node(context)
-    state = merge(context.state, msg.content)
+    state = _receive(context, msg)
     scores = evaluate_round(setup, state, load_kept(context.state), [client])
     return Message(RecordDict({"scores": MetricRecord(scores),
                                "result": ConfigRecord({"client": client})}), reply_to=msg)

@@ -40,8 +40,9 @@ def to_record(tensors: Mapping[str, Tensor]) -> ArrayRecord:
 
 
 def from_record(record: ArrayRecord) -> dict[str, Tensor]:
-    # a copy: numpy views of Flower's read-only buffers must not reach the optimiser
-    return {key: torch.from_numpy(np.array(arr.numpy(), copy=True)) for key, arr in record.items()}
+    # A torch-allocated copy: numpy views of Flower's read-only buffers must not reach the optimiser,
+    # and BLAS kernels may round differently for numpy's (less aligned) memory than for torch's.
+    return {key: torch.from_numpy(np.asarray(arr.numpy())).clone() for key, arr in record.items()}
 
 
 def nbytes(record: ArrayRecord) -> int:

@@ -7,6 +7,8 @@ Under ``flwr run`` the app config (``[tool.flwr.app.config]`` of ``flower/app/py
     overrides = "federated.rounds=3 train.lr=1e-3"   # section.key=value, space-separated
     out = "runs/flower-quickstart"   # the run folder (metrics, checkpoints, log)
     round-timeout = 3600             # seconds to wait for a round's replies
+    min-replies = 1                  # fewer updates in a round stop the run (resumable checkpoint)
+    resume = false                   # continue the run in `out` from its latest checkpoint
 
 ``rolora llm run --engine flower`` builds its own ServerApp around the loaded config
 (:func:`server_app_for`).
@@ -29,17 +31,20 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
-    config = load_config(str(cfg.get("config", "")) or None, shlex.split(str(cfg.get("overrides", ""))))
-    serve(grid, config, Path(str(cfg.get("out", "runs/flower"))), timeout=float(cfg.get("round-timeout", 3600)))
+    resume = bool(cfg.get("resume", False))
+    name, overrides = str(cfg.get("config", "")), shlex.split(str(cfg.get("overrides", "")))
+    config = load_config(name or None, overrides) if (name or overrides or not resume) else None
+    serve(grid, config, Path(str(cfg.get("out", "runs/flower"))), resume=resume,
+          min_replies=int(cfg.get("min-replies", 1)), timeout=float(cfg.get("round-timeout", 3600)))
 
 
-def server_app_for(config: RunConfig, run_dir: Path, results: list, *, timeout: float = 3600.0,
-                   quiet: bool = False) -> ServerApp:
-    """A ServerApp that runs ``config`` in ``run_dir`` and appends the History to ``results``."""
+def server_app_for(config: RunConfig | None, run_dir: Path, results: list, **options) -> ServerApp:
+    """A ServerApp that runs ``config`` in ``run_dir`` (``options``: those of :func:`serve`) and
+    appends the History to ``results``."""
     server = ServerApp()
 
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
-        results.append(serve(grid, config, run_dir, timeout=timeout, quiet=quiet))
+        results.append(serve(grid, config, run_dir, **options))
 
     return server

@@ -25,9 +25,9 @@ from flwr.serverapp import Grid
 from rolora.federated.round import RoundFailed
 from rolora.flower.setups import config_json, setup_for
 from rolora.flower.strategy import RoloraStrategy, RoundRecord
-from rolora.llm.checkpoint import save_checkpoint
+from rolora.llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rolora.llm.config import ConfigError, RunConfig
-from rolora.llm.engine import History, RunStopped
+from rolora.llm.engine import History, RunStopped, check_resume
 from rolora.llm.evaluation import evaluate_round
 from rolora.llm.local_training import learning_rate
 from rolora.llm.prepare import RunSetup
@@ -36,55 +36,80 @@ from rolora.llm.run_folder import command_line, plot_curves, read_metrics, write
 log = logging.getLogger("rolora.flower")
 
 
-def serve(grid: Grid, config: RunConfig, run_dir: str | Path, *, timeout: float = 3600.0,
-          quiet: bool = False) -> History:
-    """Play ``config``'s whole run over the nodes of ``grid``; the run folder is ``run_dir``."""
+def serve(grid: Grid, config: RunConfig | None, run_dir: str | Path, *, resume: bool = False, min_replies: int = 1,
+          timeout: float = 3600.0, quiet: bool = False) -> History:
+    """Play ``config``'s run over the nodes of ``grid`` in ``run_dir`` (``resume``: continue it from its
+    latest checkpoint; a different config is refused). A round with fewer than ``min_replies``
+    updates stops the run (:class:`RunStopped`) with a resumable checkpoint of the last good round."""
     run_dir = Path(run_dir)
-    if (run_dir / "config.json").exists():
-        raise ConfigError(f"{run_dir} already holds a run; choose another folder (resuming a Flower run "
-                          "is not supported yet: resume it with the embedded engine, --resume)")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    config = config_of_run(config, run_dir, resume)
     handler = logging.FileHandler(run_dir / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = not quiet
     try:
-        return _serve(grid, config, run_dir, timeout)
+        return _serve(grid, config, run_dir, resume, min_replies, timeout)
     finally:
         log.removeHandler(handler)
         handler.close()
 
 
-def _serve(grid: Grid, c: RunConfig, run_dir: Path, timeout: float) -> History:
+def config_of_run(config: RunConfig | None, run_dir: Path, resume: bool) -> RunConfig:
+    """The run's config: ``config`` for a new run (refused where a run exists), the saved one when
+    resuming (a different ``config`` is refused, naming the keys). Creates ``run_dir``."""
+    if resume:
+        config = check_resume(run_dir, config)
+    elif config is None:
+        raise ConfigError("a config is needed to start a run")
+    elif (run_dir / "config.json").exists():
+        raise ConfigError(f"{run_dir} already holds a run: resume it (--resume), or choose another folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return config
+
+
+def _start(setup: RunSetup, run_dir: Path, resume: bool) -> tuple:
+    """(state, kept, rows) of round 0, or of the latest checkpoint when resuming."""
+    ckpt_path = latest_checkpoint(run_dir) if resume else None
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path)
+        log.info("resumed from %s (round %d)", ckpt_path, ckpt.state.round)
+        return ckpt.state, ckpt.kept, ckpt.rows
+    c = setup.config
+    write_start(run_dir, c, str(setup.device), command_line())
+    state = setup.initial_state()
+    rows = [{"round": 0, **_prefixed("test", evaluate_round(setup, state, {}, list(range(c.federated.clients))))}]
+    write_metrics(run_dir, rows)
+    save_checkpoint(run_dir, state, {}, rows)
+    return state, {}, rows
+
+
+def _serve(grid: Grid, c: RunConfig, run_dir: Path, resume: bool, min_replies: int, timeout: float) -> History:
     text = config_json(c)
     setup = setup_for(text)
-    clients = list(range(c.federated.clients))
-    state = setup.initial_state()
-    write_start(run_dir, c, str(setup.device), command_line())
-    rows = [{"round": 0, **_prefixed("test", evaluate_round(setup, state, {}, clients))}]
-    write_metrics(run_dir, rows)
-    kept: dict = {}
-    save_checkpoint(run_dir, state, kept, rows)
-
+    state, kept, rows = _start(setup, run_dir, resume)
+    stateful = setup.method.personalised
     strategy = RoloraStrategy(setup.method, state, c.federated.clients, fraction=c.federated.participation,
                               seed=c.run.seed, weighting=c.federated.weighting,
-                              client_sizes=[len(x) for x in setup.clients])
+                              client_sizes=[len(x) for x in setup.clients], min_replies=min_replies,
+                              restore=kept if stateful else None)
     strategy.summary()
     strategy.introduce(grid, text, timeout)
-    stateful = setup.method.personalised
     pending: set = set()  # clients whose kept state changed since the last checkpoint
-    for t in range(1, c.total_rounds + 1):
+    for t in range(state.round + 1, c.total_rounds + 1):
         start = time.perf_counter()
         replies = grid.send_and_receive(strategy.configure_train(t, ArrayRecord(), ConfigRecord(), grid),
                                         timeout=timeout)
         try:
             strategy.aggregate_train(t, replies)
         except RoundFailed as err:
-            save_checkpoint(run_dir, strategy.state, kept, rows)
-            log.error("%s; stopping. Checkpoint of round %d kept", err, strategy.state.round)
-            raise RunStopped(f"{err}. The last good state (round {strategy.state.round}) is checkpointed in "
-                             f"{run_dir}") from err
+            # Nodes that answered already kept round t's state, so a stateful method's kept states of
+            # rounds since the last checkpoint cannot be read back consistently: its latest checkpoint stays.
+            if not (stateful and pending):
+                save_checkpoint(run_dir, strategy.state, kept, rows)
+            resumable = latest_checkpoint(run_dir)
+            log.error("%s; stopping. Resumable checkpoint: %s", err, resumable)
+            raise RunStopped(f"{err}. Resume the run from {resumable} when enough nodes are back") from err
         rec = strategy.record
         wall = time.perf_counter() - start
         rows.append(_row(setup, rec, wall))
@@ -96,7 +121,7 @@ def _serve(grid: Grid, c: RunConfig, run_dir: Path, timeout: float) -> History:
             log.warning("round %d: dropped clients %s", t, rec.dropped)
         if t % c.run.eval_every == 0 or t == c.total_rounds:
             rows[-1].update(_prefixed("test", _evaluate(grid, strategy, setup, timeout)))
-            if setup.method.personalised:
+            if stateful:
                 rows[-1]["flower_eval_download_bytes"] = rec.flower_eval_download_bytes
         if t % max(1, c.run.checkpoint_every) == 0 or t == c.total_rounds:
             if stateful and pending:
@@ -107,7 +132,7 @@ def _serve(grid: Grid, c: RunConfig, run_dir: Path, timeout: float) -> History:
         write_metrics(run_dir, rows)
         log.info("round %d: %s", t, {k: v for k, v in rows[-1].items() if k != "round"})
     plot_curves(run_dir, rows, f"{setup.method.name} · {c.model.name} · {c.data.dataset} · "
-                               f"{len(clients)} clients · Flower")
+                               f"{c.federated.clients} clients · Flower")
     return History(rows=read_metrics(run_dir), state=strategy.state, kept=kept, run_dir=run_dir)
 
 

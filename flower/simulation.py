@@ -15,7 +15,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from rolora.llm.config import ConfigError, RunConfig
+from rolora.llm.config import RunConfig
 from rolora.llm.engine import History
 
 ENV = {"FLWR_HOME": "flower-home", "RAY_TMPDIR": "ray"}
@@ -58,26 +58,27 @@ def flower_environment(run_dir: Path):
             shutil.rmtree(ray_dir, ignore_errors=True)
 
 
-def run(config: RunConfig, run_dir: str | Path, *, quiet: bool = False, cpus_per_client: float = 1.0,
-        timeout: float = 3600.0) -> History:
-    """Run ``config`` on Flower's simulation engine; the run folder is as ``rolora llm run``'s."""
+def run(config: RunConfig | None, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
+        min_replies: int = 1, cpus_per_client: float = 1.0, timeout: float = 3600.0) -> History:
+    """Run ``config`` on Flower's simulation engine (``resume``: continue the run in ``run_dir``);
+    the run folder is as ``rolora llm run``'s."""
     from flwr.simulation import run_simulation
 
     from rolora.flower.client_app import app as client_app
     from rolora.flower.server_app import server_app_for
+    from rolora.flower.server_loop import config_of_run
 
     run_dir = Path(run_dir).resolve()
-    if (run_dir / "config.json").exists():
-        raise ConfigError(f"{run_dir} already holds a run: choose another --out (or --overwrite)")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    config = config_of_run(config, run_dir, resume)  # fail before Ray starts
     results: list[History] = []
     cpus = max(1, os.cpu_count() or 1)
     backend = {"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
                "init_args": {"num_cpus": cpus, "include_dashboard": False}}
+    server = server_app_for(config, run_dir, results, resume=resume, min_replies=min_replies, timeout=timeout,
+                            quiet=quiet)
     with flower_environment(run_dir):
-        run_simulation(server_app=server_app_for(config, run_dir, results, timeout=timeout, quiet=quiet),
-                       client_app=client_app, num_supernodes=config.federated.clients, backend_config=backend,
-                       verbose_logging=False)
+        run_simulation(server_app=server, client_app=client_app, num_supernodes=config.federated.clients,
+                       backend_config=backend, verbose_logging=False)
     if not results:
         raise RuntimeError(f"the Flower simulation ended without finishing the run; see {run_dir / 'run.log'}")
     return results[0]

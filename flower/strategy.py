@@ -24,7 +24,7 @@ from flwr.serverapp.strategy import Strategy
 from rolora.federated import AggregationError, ClientUpdate, CommCost, GlobalState, Method
 from rolora.federated.dense import dense_params
 from rolora.federated.round import ClientResult, RoundFailed, sample_participants
-from rolora.flower.codec import Downloads, models_from_record, nbytes, state_content
+from rolora.flower.codec import NEVER, Downloads, models_from_record, models_record, nbytes, state_content
 
 log = logging.getLogger("rolora.flower")
 
@@ -50,9 +50,16 @@ class RoloraStrategy(Strategy):
     """Any rolora method as a Flower strategy: ``state`` is the core's GlobalState after each round."""
 
     def __init__(self, method: Method, state: GlobalState, clients: int, *, fraction: float = 1.0, seed: int = 0,
-                 weighting: str = "samples", client_sizes: Sequence[int] = ()) -> None:
+                 weighting: str = "samples", client_sizes: Sequence[int] = (), min_replies: int = 1,
+                 restore: dict | None = None) -> None:
+        if isinstance(min_replies, bool) or not isinstance(min_replies, int) or min_replies < 1:
+            raise ValueError(f"min_replies must be an int >= 1, got {min_replies!r}")
         self.method, self.state, self.clients = method, state, clients
         self.fraction, self.seed, self.weighting = fraction, seed, weighting
+        self.min_replies = min_replies
+        """A round whose participants send fewer updates than this fails (RoundFailed: nothing changes)."""
+        self.restore = {k: v for k, v in (restore or {}).items() if v is not None}
+        """Kept states from a checkpoint, handed to each node with its first (full) download."""
         self.client_sizes = list(client_sizes)
         self.nodes: dict[int, int] = {}
         """rolora client id -> Flower node id (from the 'hello' answers)."""
@@ -89,7 +96,12 @@ class RoloraStrategy(Strategy):
         node = self.nodes[client]
         base, changed, meta = self.downloads.message(node, self.state)
         content = state_content(base, changed, meta, **config)
-        return Message(content, dst_node_id=node, message_type=kind), nbytes(content["arrays"])
+        sent = nbytes(content["arrays"])
+        if base == NEVER and client in self.restore:  # a resumed run: the node gets its kept state back
+            record, kept_meta = models_record({client: self.restore[client]}, {})
+            content["kept"], content["kept_meta"] = record, ConfigRecord({"meta": kept_meta})
+            sent += nbytes(record)
+        return Message(content, dst_node_id=node, message_type=kind), sent
 
     # ----------------------------------------------------------------------------- training
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -129,8 +141,10 @@ class RoloraStrategy(Strategy):
             n = float(result["num_samples"])
             updates.append(ClientUpdate(k, n, uploads[k], dense=dense))
             rec.results[k] = ClientResult(tensors={}, num_samples=n, metrics=dict(reply.content["metrics"]))
-        if not updates:
-            raise RoundFailed(f"round {rec.t}: every participant failed ({rec.dropped}); the state is unchanged")
+        if len(updates) < self.min_replies:
+            raise RoundFailed(f"round {rec.t}: {len(updates)} of {len(rec.participants)} participants sent an "
+                              f"update (failed or dropped: {rec.dropped}), fewer than the minimum {self.min_replies}; "
+                              "the state is unchanged")
         new_state = self.method.aggregate(self.state, updates, rec.t, weighting=self.weighting)
         rec.communication = self.method.communication(
             self.state.specs, self.state.ranks, rec.t, clients=[u.client for u in updates],

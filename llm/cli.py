@@ -65,11 +65,8 @@ def _table(results: list[tuple[str, object]]) -> str:
 
 
 def _run(args) -> int:
-    from rolora.llm.engine import run
-
+    run = _engine(args.engine)
     if args.resume:
-        if args.engine != "embedded":
-            raise ConfigError("--resume continues a run on the embedded engine only (resuming on Flower is not supported)")
         config = load_config(args.config, args.overrides) if (args.config or args.overrides) else None
         history = run(config, args.resume, resume=True, quiet=args.quiet)
         print(_table([(history.state and read_method(args.resume), history)]))
@@ -87,7 +84,7 @@ def _run(args) -> int:
                   f"{cfg.total_rounds} rounds -> {out}", file=sys.stderr)
         if args.overwrite:
             remove_run(out)
-        results.append((spec, _engine(args.engine)(cfg, out, quiet=args.quiet)))
+        results.append((spec, run(cfg, out, quiet=args.quiet)))
     print(_table(results))
     return 0
 
