@@ -59,7 +59,7 @@ class RoloraStrategy(Strategy):
         self.min_replies = min_replies
         """A round whose participants send fewer updates than this fails (RoundFailed: nothing changes)."""
         self.restore = {k: v for k, v in (restore or {}).items() if v is not None}
-        """Kept states from a checkpoint, handed to each node with its first (full) download."""
+        """Kept states from a checkpoint, sent with each full download until the node has trained once."""
         self.client_sizes = list(client_sizes)
         self.nodes: dict[int, int] = {}
         """rolora client id -> Flower node id (from the 'hello' answers)."""
@@ -141,6 +141,7 @@ class RoloraStrategy(Strategy):
             n = float(result["num_samples"])
             updates.append(ClientUpdate(k, n, uploads[k], dense=dense))
             rec.results[k] = ClientResult(tensors={}, num_samples=n, metrics=dict(reply.content["metrics"]))
+            self.restore.pop(k, None)  # the node has its kept state now (a later full download must not reset it)
         if len(updates) < self.min_replies:
             raise RoundFailed(f"round {rec.t}: {len(updates)} of {len(rec.participants)} participants sent an "
                               f"update (failed or dropped: {rec.dropped}), fewer than the minimum {self.min_replies}; "
