@@ -8,10 +8,11 @@
 Thin files around the federated core: ``strategy`` (a Flower ``Strategy`` that plays the core's
 round protocol: participants, ``method.aggregate``, the round's bytes as Flower sent them),
 ``server_app``/``client_app`` (the ServerApp and ClientApp), ``server_loop`` (rounds, metrics,
-checkpoints, reusing :mod:`rolora.llm`'s run folder), ``codec`` (states and client results as
-ArrayRecords plus JSON metadata, never pickles; per-node download of only what changed),
-``simulation`` (``rolora llm run --engine flower``). The README's Flower section lists the
-deployment commands (SuperLink, SuperNodes, TLS, node authentication).
+checkpoints, resume, the minimum of replies, reusing :mod:`rolora.llm`'s run folder), ``codec``
+(states and client results as ArrayRecords plus JSON metadata, never pickles; per-node download of
+only what changed), ``setups`` (one model per process), ``simulation`` (``rolora llm run --engine
+flower``), ``app/pyproject.toml`` (``flwr run``). The README's Flower section lists the deployment
+commands (SuperLink, SuperNodes, TLS, node authentication).
 """
 
 if __name__ != "rolora.flower":  # e.g. `import flower` from the repository root: no second copy

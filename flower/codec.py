@@ -52,22 +52,36 @@ def nbytes(record: ArrayRecord) -> int:
 
 # ----------------------------------------------------------------------------- server -> node
 class Downloads:
-    """What the server last sent each node, so the next message carries only what changed."""
+    """Which round's state each node holds, so the next message carries only what changed.
+
+    The flat tensors of each round some node still holds are kept once (not per node): memory is a
+    few states, whatever the number of nodes.
+    """
 
     def __init__(self) -> None:
-        self._sent: dict[int, tuple[int, dict[str, Tensor]]] = {}
+        self._held: dict[int, int] = {}
+        self._flats: dict[int, tuple[dict[str, Tensor], dict]] = {}
 
     def message(self, node: int, state: GlobalState) -> tuple[int, dict[str, Tensor], dict]:
-        """(base round, changed tensors, metadata) for ``node``; remembers them as sent."""
-        flat, meta = state_to_flat(state)
-        base, had = self._sent.get(node, (NEVER, {}))
+        """(base round, changed tensors, metadata) for ``node``; remembers it now holds ``state``."""
+        if state.round not in self._flats:  # a round's state never changes within a run: flatten once
+            self._flats[state.round] = state_to_flat(state)
+        flat, meta = self._flats[state.round]
+        base = self._held.get(node, NEVER)
+        had = self._flats[base][0] if base in self._flats else {}
         changed = {k: x for k, x in flat.items() if k not in had or not _same(had[k], x)}
-        self._sent[node] = (state.round, flat)
+        self._held[node] = state.round
+        self._prune(state.round)
         return base, changed, meta
 
     def forget(self, node: int) -> None:
         """The node did not answer: its copy is unknown, send it everything next time."""
-        self._sent.pop(node, None)
+        self._held.pop(node, None)
+
+    def _prune(self, current: int) -> None:
+        keep = set(self._held.values()) | {current}
+        for r in [r for r in self._flats if r not in keep]:
+            del self._flats[r]
 
 
 def _same(a: Tensor, b: Tensor) -> bool:
