@@ -108,17 +108,17 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float) -> li
             finite = torch.ones(len(starts), dtype=torch.bool)
             row_lengths = np.array([lengths[r[2]] for r in step_rows])
             for chunk in chunks(row_lengths, c.train.batch_tokens):
-                picked = [step_rows[i] for i in chunk]
-                rows.slot = torch.tensor([r[0] for r in picked], dtype=torch.int64, device=setup.device)
+                picked = sorted((step_rows[i] for i in chunk), key=lambda r: r[0])  # grouped by client
+                slots = torch.tensor([r[0] for r in picked], dtype=torch.int64)
+                rows.segments = Rows.of([r[0] for r in picked]).segments
                 streams.begin_chunk([(r[0], r[1]) for r in picked])
                 tensors = {k: x.to(setup.device) for k, x in batch(setup.train, [r[2] for r in picked]).items()}
                 per_sample = loss(model, tensors, task)
                 weights = torch.tensor([1.0 / sizes[r[0]] for r in picked], dtype=per_sample.dtype,
                                        device=per_sample.device)
                 ok = torch.isfinite(per_sample.detach()).cpu()
-                slots_cpu = rows.slot.cpu()
-                finite &= ~torch.zeros(len(starts), dtype=torch.bool).index_fill(0, slots_cpu[~ok], True)
-                step_loss.index_add_(0, slots_cpu, (per_sample.detach() * weights).cpu().double())
+                finite &= ~torch.zeros(len(starts), dtype=torch.bool).index_fill(0, slots[~ok], True)
+                step_loss.index_add_(0, slots, (per_sample.detach() * weights).cpu().double())
                 # Rows of a failing client are left out of the sum; the other clients' gradients never see them.
                 torch.where(ok.to(per_sample.device), per_sample * weights, 0.0).sum().backward()
                 width = tensors["attention_mask"].shape[1]

@@ -1,16 +1,16 @@
 """Many clients' tensors in the adapter layers and the head at once: each row uses its own client's.
 
-A forward over a batch whose rows belong to different clients (row r to slot ``rows.slot[r]``)
-computes, for every adapted layer, y_r = x_r W0ᵀ + b + (client's LoRA or delta term of x_r), and for
-the head's Linear modules y_r = x_r W_kᵀ + b_k. Each client's tensors are its own Parameters (the
-same shapes as in sequential training, so an elementwise optimiser over all of them is exactly one
-optimiser per client); they are stacked per forward, and gathered per row:
+A forward over a batch whose rows are grouped by client (``Rows.segments``: client slot k owns
+rows a..b) computes, for every adapted layer, y = x W0ᵀ + b over all rows (the shared frozen base,
+one matmul) plus each client's own term on its own rows, and for the head's Linear modules
+y = x W_kᵀ + b_k per segment. Each client's tensors are its own Parameters (the same shapes as in
+sequential training, mixed ranks included, so an elementwise optimiser over all of them is exactly
+one optimiser per client):
 
-- plain LoRA (``A``, ``B``, and a ``base`` shared by every client of the round): s = x̂ A_kᵀ and
-  y += (alpha / r_k) · s B_kᵀ as a batched matmul over rows; mixed ranks are padded with zeros to
-  the largest (zero rows of A and columns of B add nothing, get zero gradients and stay zero);
+- plain LoRA (``A``, ``B``, and a ``base`` shared by every client of the round):
+  (alpha / r_k) · (x̂ A_kᵀ) B_kᵀ on client k's rows (the LoRA FLOPs are ~1 % of the layer's);
 - any other tensors (full-rank ``W``, Fed-ALoRA, ...): the client's ``method.delta`` applied to its
-  own rows (one matmul per client; heavier, obviously the reference formula).
+  own rows (heavier: a d×n delta per client and layer; obviously the reference formula).
 
 Which computation and which dropout a layer uses is exactly what ``FederatedLinear`` picks for one
 client, so the dropout masks (``ClientStreams``) line up with sequential training.
@@ -37,20 +37,21 @@ class NotBatchable(ValueError):
 
 @dataclass
 class Rows:
-    """Which client slot each row of the current forward belongs to."""
+    """The current forward's rows, grouped by client: (slot, first row, end row) per client present."""
 
-    slot: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    segments: list[tuple[int, int, int]] = field(default_factory=list)
 
-    def groups(self) -> list[tuple[int, Tensor]]:
-        """(slot, row indices) for every slot present, in slot order."""
-        return [(int(s), (self.slot == s).nonzero().squeeze(1)) for s in torch.unique(self.slot)]
-
-
-def _pad_rank(t: Tensor, rank: int, dim: int) -> Tensor:
-    missing = rank - t.shape[dim]
-    if missing == 0:
-        return t
-    return F.pad(t, (0, missing) if dim == 1 else (0, 0, 0, missing))
+    @staticmethod
+    def of(slots: list[int]) -> Rows:
+        """Segments of a row order in which each slot's rows are contiguous."""
+        segments, start = [], 0
+        for end in range(1, len(slots) + 1):
+            if end == len(slots) or slots[end] != slots[start]:
+                segments.append((slots[start], start, end))
+                start = end
+        if len({s for s, _, _ in segments}) != len(segments):
+            raise ValueError(f"rows must be grouped by client, got slots {slots}")
+        return Rows(segments)
 
 
 class ClientAdapters:
@@ -74,9 +75,6 @@ class ClientAdapters:
             if not all(torch.equal(p["base"], base) for p in self.params[1:]):
                 raise NotBatchable(f"layer {module.name!r}: clients start from different bases")
             self.merged = w.detach() + base.detach().to(w.dtype)  # W0 + base, shared (as FederatedLinear)
-        if self.fused:
-            self.ranks = [p["A"].shape[0] for p in self.params]
-            self.scales = torch.tensor([self.alpha / r for r in self.ranks], dtype=torch.float32, device=w.device)
 
     def trainable(self, slot: int) -> list[nn.Parameter]:
         return [p for p in self.params[slot].values() if p.requires_grad]
@@ -90,28 +88,21 @@ class ClientAdapters:
             return self._delta_forward(module, x, p)
         y = F.linear(x, module.weight if self.merged is None else self.merged, module.bias)
         xd = self.streams.lora(x, p, module.backend) if p > 0.0 else x
-        r = max(self.ranks)
-        a = torch.stack([_pad_rank(q["A"], r, 0) for q in self.params])[self.rows.slot].to(x.dtype)  # [R, r, K]
-        b = torch.stack([_pad_rank(q["B"], r, 1) for q in self.params])[self.rows.slot].to(x.dtype)  # [R, D, r]
-        s = torch.bmm(xd, a.transpose(1, 2))
-        scale = self.scales[self.rows.slot].to(x.dtype).view(-1, 1, 1)
-        return y + scale * torch.bmm(s, b.transpose(1, 2))
+        lora = []
+        for slot, a, b in self.rows.segments:
+            q = self.params[slot]
+            s = xd[a:b] @ q["A"].to(x.dtype).t()
+            lora.append((s @ q["B"].to(x.dtype).t()) * (self.alpha / q["A"].shape[0]))
+        return y + torch.cat(lora)
 
     def _delta_forward(self, module: FederatedLinear, x: Tensor, p: float) -> Tensor:
         """``FederatedLinear.reference_forward`` per client, on its own rows."""
-        deltas = {slot: self.method.delta(dict(self.params[slot]), self.alpha).to(module.weight.dtype)
-                  for slot, _ in self.rows.groups()}
+        deltas = [(a, b, self.method.delta(dict(self.params[slot]), self.alpha).to(module.weight.dtype))
+                  for slot, a, b in self.rows.segments]
         if p == 0.0:
-            out = torch.empty(*x.shape[:-1], module.out_features, dtype=x.dtype, device=x.device)
-            for slot, idx in self.rows.groups():
-                out = out.index_copy(0, idx, F.linear(x[idx], module.weight + deltas[slot], module.bias))
-            return out
-        y = F.linear(x, module.weight, module.bias)
+            return torch.cat([F.linear(x[a:b], module.weight + d, module.bias) for a, b, d in deltas])
         xd = self.streams.tokens(x, p)
-        extra = torch.zeros_like(y)
-        for slot, idx in self.rows.groups():
-            extra = extra.index_copy(0, idx, F.linear(xd[idx], deltas[slot]))
-        return y + extra
+        return F.linear(x, module.weight, module.bias) + torch.cat([F.linear(xd[a:b], d) for a, b, d in deltas])
 
 
 class RowLinear(nn.Module):
@@ -122,12 +113,9 @@ class RowLinear(nn.Module):
         self.weights, self.biases, self.rows = weights, biases, rows
 
     def forward(self, x: Tensor) -> Tensor:
-        w = torch.stack(list(self.weights))[self.rows.slot].to(x.dtype)  # [R, out, in]
-        flat = x.reshape(x.shape[0], -1, x.shape[-1])
-        y = torch.bmm(flat, w.transpose(1, 2))
-        if self.biases is not None:
-            y = y + torch.stack(list(self.biases))[self.rows.slot].to(x.dtype).unsqueeze(1)
-        return y.reshape(*x.shape[:-1], w.shape[1])
+        return torch.cat([F.linear(x[a:b], self.weights[slot].to(x.dtype),
+                                   None if self.biases is None else self.biases[slot].to(x.dtype))
+                          for slot, a, b in self.rows.segments])
 
 
 class ClientHeads:

@@ -8,10 +8,11 @@ has its own ``torch.Generator`` with that seed, and at every dropout call ("site
 forward each client draws exactly what it would have drawn alone, in its own padded shape; the
 rows of the batched pass then take their sample's part of their client's mask.
 
-A step's rows may be split into several passes ("chunks", grouped by length): a client draws its
-masks at the first chunk that holds any of its rows, site after site, so the draw order per client
-is the sequential one; the per-row pieces (trimmed to the row's own length: positions beyond it are
-padding, whose mask values never reach a real token) wait for their chunk in a cache.
+A step's rows may be split into several passes ("chunks", grouped by length): at a site's first
+call in a step every client draws its whole mask (so each client's draws follow the sequential
+order, site after site); only the entries of real tokens are kept, flattened (positions beyond a
+sample's length are padding, whose mask values never reach a real token), and each chunk gathers
+its rows' entries with one index.
 
 Exact on CPU, where ``F.dropout`` is ``bernoulli_`` on the global generator; CUDA's fused dropout
 draws differently, so there each client gets its own reproducible stream, not the sequential bits.
@@ -22,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from rolora.kernels import dropout_keep_mask
@@ -51,66 +51,94 @@ class ClientStreams:
                                else [torch.Generator().manual_seed(int(s) % 2**64) for s in seeds])
         self.device = device
         self.batches: dict[int, ClientBatch] = {}
-        self.cache: dict[tuple[int, int], dict[int, Tensor]] = {}
-        self.rows: list[tuple[int, int]] = []
+        self.flat: list[Tensor] = []
         self.site = 0
 
-    # ----------------------------------------------------------------------------- bookkeeping
+    # ----------------------------------------------------------------------------- layout
     def begin_step(self, batches: dict[int, ClientBatch]) -> None:
-        """Start a local step: ``batches[slot]`` for every client that takes it."""
-        if self.cache:
-            raise RuntimeError("dropout masks of the previous step were drawn but never used")
-        self.batches = dict(batches)
+        """Start a local step: ``batches[slot]`` for every client that takes it (slot order)."""
+        self.batches = dict(sorted(batches.items()))
+        self.flat = []
+        lengths = [n for b in self.batches.values() for n in b.lengths]
+        self.lengths = torch.tensor(lengths, dtype=torch.int64)
+        self.row_of = {}  # (slot, position) -> row number in step order
+        for slot, b in self.batches.items():
+            for i in range(len(b.lengths)):
+                self.row_of[(slot, i)] = len(self.row_of)
+        self.token_start = torch.cumsum(self.lengths, 0) - self.lengths  # first real token of each row
+        self.pair_start = torch.cumsum(self.lengths ** 2, 0) - self.lengths ** 2
 
     def begin_chunk(self, rows: list[tuple[int, int]]) -> None:
         """Start a forward pass over ``rows``: (slot, position in that client's batch) per row."""
-        self.rows, self.site = list(rows), 0
+        self.site = 0
+        self.chunk = torch.tensor([self.row_of[r] for r in rows], dtype=torch.int64)
+        n = self.lengths[self.chunk]
+        width = int(n.max())
+        pos = torch.arange(width)
+        self.width = width
+        inside = pos[None, :] < n[:, None]  # [R, P]
+        # Index of each (row, position) among the step's real tokens; padding -> the sentinel (last) entry.
+        self.token_index = torch.where(inside, self.token_start[self.chunk, None] + pos[None, :], -1)
+        pair_inside = inside[:, :, None] & inside[:, None, :]
+        pair = self.pair_start[self.chunk, None, None] + pos[None, :, None] * n[:, None, None] + pos[None, None, :]
+        self.pair_index = torch.where(pair_inside, pair, -1)
 
-    def _client_pieces(self, site: int, slot: int, draw) -> dict[int, Tensor]:
-        key = (site, slot)
-        if key not in self.cache:
-            self.cache[key] = draw(slot)
-        return self.cache[key]
-
-    def _assemble(self, draw, fit) -> Tensor:
-        """The chunk's mask: each row's piece from its client's (cached) draw, fitted to the chunk."""
+    def _gather(self, draw, index: Tensor) -> Tensor:
+        """The chunk's keep-mask at this site (every client's draw made at the site's first call)."""
         site, self.site = self.site, self.site + 1
-        pieces = []
-        for slot, pos in self.rows:
-            cached = self._client_pieces(site, slot, draw)
-            pieces.append(fit(cached.pop(pos)))
-            if not cached:
-                del self.cache[(site, slot)]
-        return torch.stack(pieces)
+        if site == len(self.flat):
+            parts = [draw(slot) for slot in self.batches]
+            ones = torch.ones(1, *parts[0].shape[1:], dtype=torch.uint8, device=parts[0].device)
+            self.flat.append(torch.cat(parts + [ones]))
+        flat = self.flat[site]
+        # index_select over rows of uint8 is a row copy; advanced indexing of bool is per element (slow).
+        index = torch.where(index < 0, flat.shape[0] - 1, index).to(flat.device)
+        return flat.index_select(0, index.reshape(-1)).view(*index.shape, *flat.shape[1:])
 
-    def _bernoulli(self, slot: int, shape: tuple[int, ...], p: float, dtype: torch.dtype) -> Tensor:
-        # What F.dropout does on a CPU tensor: empty_like(x).bernoulli_(1 - p) from the (global) generator.
-        out = torch.empty(shape, dtype=dtype, device=self.device)
-        return out.bernoulli_(1.0 - p, generator=self.generators[slot]).bool()
+    def _bernoulli(self, slot: int, shape: tuple[int, ...], p: float) -> Tensor:
+        # What F.dropout does on a CPU tensor: empty_like(x).bernoulli_(1 - p) from the (global)
+        # generator; the draws do not depend on the tensor's dtype, so uint8 (a quarter the memory).
+        out = torch.empty(shape, dtype=torch.uint8, device=self.device)
+        return out.bernoulli_(1.0 - p, generator=self.generators[slot])
+
+    def _real(self, slot: int, full: Tensor) -> Tensor:
+        """[B, T, ...] -> the entries of real tokens, row after row ([n_tokens, ...])."""
+        lengths = torch.tensor(self.batches[slot].lengths)
+        inside = (torch.arange(full.shape[1])[None, :] < lengths[:, None]).reshape(-1)
+        flat = full.reshape(full.shape[0] * full.shape[1], *full.shape[2:])
+        return flat.index_select(0, inside.nonzero().squeeze(1).to(full.device))
 
     # ----------------------------------------------------------------------------- the three kinds of site
     def tokens(self, x: Tensor, p: float) -> Tensor:
         """``F.dropout(x, p)`` for x [R, P, H] (tokens) or [R, H] (one vector per sample)."""
         if x.dim() == 2:
-            mask = self._assemble(lambda s: self._split(self._bernoulli(s, (len(self.batches[s].lengths), x.shape[1]),
-                                                                        p, x.dtype), s), lambda m: m)
+            keep = self._gather(lambda s: self._bernoulli(s, (len(self.batches[s].lengths), x.shape[1]), p),
+                                self.chunk)
         elif x.dim() == 3:
-            mask = self._assemble(lambda s: self._split(self._bernoulli(s, self._shape3(s, x), p, x.dtype), s),
-                                  lambda m: _fit_rows(m, x.shape[1]))
+            def draw(s):
+                b = self.batches[s]
+                return self._real(s, self._bernoulli(s, (len(b.lengths), b.width, x.shape[2]), p))
+
+            keep = self._gather(draw, self.token_index)
         else:
             raise ValueError(f"client-batched dropout expects [rows, H] or [rows, T, H], got {tuple(x.shape)}")
-        return _apply(x, mask, p)
+        return _apply(x, keep, p)
 
     def attention(self, weights: Tensor, p: float) -> Tensor:
         """Attention-probability dropout for weights [R, heads, P, P] (as sdpa's and eager attention's)."""
-        heads, width = weights.shape[1], weights.shape[2]
+        heads = weights.shape[1]
 
         def draw(s):
             b = self.batches[s]
-            full = self._bernoulli(s, (len(b.lengths), heads, b.width, b.width), p, weights.dtype)
-            return {i: full[i, :, :n, :n] for i, n in enumerate(b.lengths)}
+            full = self._bernoulli(s, (len(b.lengths), heads, b.width, b.width), p)
+            lengths = torch.tensor(b.lengths)
+            pos = torch.arange(b.width)
+            inside = (pos[None, :, None] < lengths[:, None, None]) & (pos[None, None, :] < lengths[:, None, None])
+            pairs = full.permute(0, 2, 3, 1).reshape(-1, heads)
+            return pairs.index_select(0, inside.reshape(-1).nonzero().squeeze(1).to(full.device))  # [Σ n², heads]
 
-        return _apply(weights, self._assemble(draw, lambda m: _fit_square(m, width)), p)
+        keep = self._gather(draw, self.pair_index).permute(0, 3, 1, 2)
+        return _apply(weights, keep, p)
 
     def lora(self, x: Tensor, p: float, backend: str) -> Tensor:
         """The LoRA path's dropped input for x [R, P, K]: a seed per client from its stream (as
@@ -121,33 +149,14 @@ class ClientStreams:
             b = self.batches[s]
             seed = int(torch.randint(0, 2**31 - 1, (), dtype=torch.int64, generator=self.cpu_generators[s]))
             keep = dropout_keep_mask(seed, len(b.lengths) * b.width, x.shape[2], p, x.device, backend)
-            return self._split(keep.view(len(b.lengths), b.width, x.shape[2]), s)
+            return self._real(s, keep.view(torch.uint8).view(len(b.lengths), b.width, x.shape[2]))
 
-        mask = self._assemble(draw, lambda m: _fit_rows(m, x.shape[1]))
-        return x * mask.to(x.dtype) / (1.0 - p)  # the kernels' torch path: x * keep / (1 - p)
-
-    def _shape3(self, slot: int, x: Tensor) -> tuple[int, int, int]:
-        b = self.batches[slot]
-        return (len(b.lengths), b.width, x.shape[2])
-
-    def _split(self, mask: Tensor, slot: int) -> dict[int, Tensor]:
-        """Per-row pieces of a client's mask, trimmed to the row's length for token masks."""
-        lengths = self.batches[slot].lengths
-        if mask.dim() == 2:
-            return {i: mask[i] for i in range(len(lengths))}
-        return {i: mask[i, :n] for i, n in enumerate(lengths)}
-
-
-def _fit_rows(piece: Tensor, width: int) -> Tensor:
-    """A row's [n, H] token mask as [width, H] (n ≤ width; the padded positions keep)."""
-    return piece if piece.shape[0] == width else F.pad(piece, (0, 0, 0, width - piece.shape[0]), value=True)
-
-
-def _fit_square(piece: Tensor, width: int) -> Tensor:
-    n = piece.shape[-1]
-    return piece if n == width else F.pad(piece, (0, width - n, 0, width - n), value=True)
+        # The kernels' torch path computes x * keep / (1 - p); this rounds once less (same to 1 ulp).
+        return _apply(x, self._gather(draw, self.token_index), p)
 
 
 def _apply(x: Tensor, keep: Tensor, p: float) -> Tensor:
-    # As ATen's dropout: x * (noise / (1 - p)), the scaled noise in x's dtype.
-    return x * keep.to(x.dtype).div_(1.0 - p)
+    # As ATen's dropout: x * (noise / (1 - p)), the noise (0 or 1) scaled in x's dtype: 0 or
+    # fl(1 / (1 - p)), so multiplying by that constant gives the same values as dividing.
+    scale = torch.tensor(1.0, dtype=x.dtype, device=x.device).div(1.0 - p)
+    return x * (keep.to(x.dtype) * scale)

@@ -90,14 +90,9 @@ def client_ranks(config: RunConfig) -> dict:
     return {k: int(pattern[k % len(pattern)]) for k in range(config.federated.clients)}
 
 
-def build(config: RunConfig, quiet: bool = True) -> RunSetup:
-    """Load and prepare everything for ``config`` (deterministic for its seed)."""
+def prepare_data(config: RunConfig):
+    """(train set, test set, clients' sample indices, label names) of ``config`` (deterministic)."""
     c = config
-    if c.run.threads:
-        torch.set_num_threads(c.run.threads)
-    device = resolve_device(c.model.device)
-    method = method_from_spec(c.federated.method, total_rounds=c.total_rounds)
-
     data = load_data(c)
     train_ds, _, test_ds = split(data, test_size=_size(c.data.test_size), val_size=_size(c.data.val_size),
                                  seed=c.run.seed)
@@ -110,6 +105,17 @@ def build(config: RunConfig, quiet: bool = True) -> RunSetup:
     if len(parts) != c.federated.clients:
         raise ConfigError(f"federated.clients = {c.federated.clients}, but the {c.data.partition} partition "
                           f"made {len(parts)} clients")
+    return train_ds, test_ds, parts, labels
+
+
+def build(config: RunConfig, quiet: bool = True) -> RunSetup:
+    """Load and prepare everything for ``config`` (deterministic for its seed)."""
+    c = config
+    if c.run.threads:
+        torch.set_num_threads(c.run.threads)
+    device = resolve_device(c.model.device)
+    method = method_from_spec(c.federated.method, total_rounds=c.total_rounds)
+    train_ds, test_ds, parts, labels = prepare_data(c)
 
     model_task = "classification" if c.model.task == "classification" else "causal-lm"
     with quiet_transformers():  # its load report lists the new head as "MISSING": expected, we train it

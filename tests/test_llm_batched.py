@@ -73,7 +73,7 @@ def test_batched_equals_sequential_for_every_method(setup, spec):
         for a, b in zip(r_seq, r_bat):
             assert b.metrics["train_loss"] == pytest.approx(a.metrics["train_loss"], abs=ATOL)
             assert (b.metrics["tokens"], b.metrics["steps"]) == (a.metrics["tokens"], a.metrics["steps"])
-            assert b.metrics["computed_tokens"] < a.metrics["computed_tokens"]  # less padding computed
+            assert b.metrics["computed_tokens"] <= a.metrics["computed_tokens"]  # no more padding computed
         _assert_close(g_seq.layers, g_bat.layers, f"{spec} state")
         _assert_close(g_seq.dense, g_bat.dense, f"{spec} state head")
     start = s.initial_state()  # and training did something
@@ -147,3 +147,17 @@ def test_padding_share_and_the_config_switch(setup):
         load_config(None, ["train.client_batching=fast"])
     with pytest.raises(ConfigError, match="train.batch_tokens"):
         load_config(None, ["train.batch_tokens=0"])
+
+
+def test_a_bf16_base_trains_fp32_tensors_close_to_fp32():
+    config = load_config(None, TINY["roberta"] + COMMON)
+    fp32 = build(config)
+    bf16 = build(dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="bfloat16")))
+    starts = client_starts(fp32.method, fp32.initial_state(), [0, 1, 2])
+    a, b = batched_training(fp32)(1, starts), batched_training(bf16)(1, starts)
+    for x, y in zip(a, b):
+        assert y.metrics["train_loss"] == pytest.approx(x.metrics["train_loss"], abs=0.02)
+        for layer, named in y.tensors.items():
+            for n, t in named.items():
+                assert t.dtype == torch.float32 and bool(torch.isfinite(t).all())
+                torch.testing.assert_close(t, x.tensors[layer][n], atol=2e-2, rtol=0)
