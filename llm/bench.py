@@ -81,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     size = QUICK if args.quick else FULL
     if args.steps:
         size = [s for s in size if not s.startswith("train.local_steps=")] + [f"train.local_steps={args.steps}"]
-    rows = [derived(run_row(row, size, args.threads)) for row in args.rows.split(",") if row]
+    rows = []
+    for row in [r for r in args.rows.split(",") if r]:
+        rows.append(derived(run_row(row, size, args.threads)))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress: a long run shows each row as it ends
     print(table(rows))
     by = {r["row"]: r for r in rows}
     print("\n".join(f"- {line}" for line in targets(by)))
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             clients.append(f"data.max_train_samples={40 * n}")
         r = derived(run_row(FASTEST, clients, args.threads))
         sweep.append({"clients": n, **r})
+        print(json.dumps(sweep[-1]), file=sys.stderr, flush=True)
     if sweep:
         print("\n| clients | round wall time | tokens | tokens/s | s per 1k tokens | peak RSS |\n|---|---|---|---|---|---|")
         for r in sweep:
