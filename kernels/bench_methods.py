@@ -152,7 +152,7 @@ def max_rel_err(method: str, wt: Weights, p: float, x: Tensor, gy: Tensor,
         y = lora_linear(x, layer.weight, None, layer.lora_A, layer.lora_B, layer.scale, p, seed, backend,
                         layer.cublas_max_m)
         if p > 0.0:
-            path = choose_backend(backend, x.device, x.shape[0], layer.r, layer.cublas_max_m)
+            path = choose_backend(backend, x.device, x.shape[0], layer.r, layer.cublas_max_m, p)
             keep = dropout_keep_mask(seed, x.shape[0], x.shape[1], p, x.device, path)
         factor_a, factor_b = layer.lora_A, layer.lora_B
     else:

@@ -41,7 +41,9 @@ class BandConfig:
 # Triton matmul tutorial); 3 stages × 48 KiB fit the 227 KiB of shared memory.
 _GEMM_SM90_HALF = {
     "small_m": GemmConfig(64, 128, 64, 8, 4, 4),  # M ≤ 128: few row tiles, keep the grid wide
-    "medium_m": GemmConfig(128, 128, 64, 8, 8, 4),  # M ≤ 2048
+    # M ≤ 2048: the large tile here too. H100, 2026-11-26: η (cuBLAS ÷ ours, both GEMMs) at M = 2048
+    # went 0.66–0.77 → 0.79–0.90 with 128×256×64 w8 s3 (`--gemm-config medium_m=...`, BENCHMARKS.md).
+    "medium_m": GemmConfig(128, 256, 64, 8, 8, 3),
     "large_m": GemmConfig(128, 256, 64, 8, 8, 3),
 }
 # Ampere (163 KiB): the same shapes with one stage less where the large tile would not fit.

@@ -7,8 +7,10 @@
 through two custom ops, ``rolora::lora_linear_fwd`` and ``rolora::lora_linear_bwd`` (each with a fake
 implementation, so ``torch.compile`` traces them), joined by ``register_autograd``. Two backends
 implement the ops: ``"triton"`` (``triton_kernels.py``) and ``"torch"`` (``torch_path.py``);
-``"auto"`` takes Triton for CUDA tensors when triton imports and M is above ``CUBLAS_MAX_M``, else
-torch (cuBLAS on a GPU). Eager calls go through a plain ``autograd.Function`` (less CPU time per
+``"auto"`` takes Triton for CUDA tensors when triton imports, the LoRA dropout is on and M is above
+``CUBLAS_MAX_M``, else torch (cuBLAS on a GPU): measured on an H100 (BENCHMARKS.md, 2026-11-26), the
+cuBLAS path was faster in device time in every p = 0 case (our Triton GEMMs reach η = 0.66–0.93 of
+cuBLAS), the fused kernels in most p > 0 cases (torch's dropout costs extra M×K passes). Eager calls go through a plain ``autograd.Function`` (less CPU time per
 call); under ``torch.compile`` the custom ops are used, so the graph keeps them as single nodes.
 
 What is saved and computed follows the RoLoRA phase, read from ``requires_grad`` at call time:
@@ -34,9 +36,11 @@ from rolora.kernels.torch_path import torch_dropout_keep_mask, torch_lora_backwa
 
 BACKENDS = ("auto", "torch", "triton")
 MAX_TRITON_RANK = 128  # R_PAD ≤ 128 keeps the rank tiles in registers
-# "auto" sends M ≤ this to the cuBLAS path: a prior from the design review (launch- and CPU-bound
-# below ~1k rows), to be set from `rolora bench kernels --target` (it times both paths at each M).
+# "auto" sends M ≤ this to the cuBLAS path (launch- and CPU-bound at small M: the H100 runs of
+# `rolora bench kernels --target` show the wall time host-bound at M ≤ 2048 for every method).
 CUBLAS_MAX_M = 512
+# ... and every call without LoRA dropout: with p = 0 the cuBLAS path measured faster at all M.
+FUSE_WITHOUT_DROPOUT = False
 
 
 @functools.lru_cache(maxsize=1)
@@ -66,15 +70,18 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def choose_backend(backend: str, device: torch.device, m: int, r: int, cublas_max_m: int | None = None) -> str:
+def choose_backend(backend: str, device: torch.device, m: int, r: int, cublas_max_m: int | None = None,
+                   dropout_p: float | None = None) -> str:
     """The path a call of M rows and rank r takes: ``resolve_backend``, then for "auto" the cuBLAS path
-    at M ≤ ``cublas_max_m`` (default ``CUBLAS_MAX_M``) or r > ``MAX_TRITON_RANK``."""
+    at M ≤ ``cublas_max_m`` (default ``CUBLAS_MAX_M``), r > ``MAX_TRITON_RANK``, or no LoRA dropout
+    (``dropout_p == 0``, unless ``FUSE_WITHOUT_DROPOUT``; None: not known, the M rule alone)."""
     resolved = resolve_backend(backend, device)
     if resolved != "triton":
         return resolved
     if backend == "auto":
         small = CUBLAS_MAX_M if cublas_max_m is None else cublas_max_m
-        return "torch" if r > MAX_TRITON_RANK or m <= small else "triton"
+        no_dropout = dropout_p is not None and dropout_p == 0 and not FUSE_WITHOUT_DROPOUT
+        return "torch" if r > MAX_TRITON_RANK or m <= small or no_dropout else "triton"
     if r > MAX_TRITON_RANK:
         raise ValueError(f"the Triton kernels support ranks ≤ {MAX_TRITON_RANK}, got r={r}")
     return resolved
@@ -327,7 +334,7 @@ def lora_linear(
     n, k, r = weight.shape[0], weight.shape[1], lora_A.shape[0]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
-    resolved = choose_backend(backend, x.device, x2.shape[0], r, cublas_max_m)
+    resolved = choose_backend(backend, x.device, x2.shape[0], r, cublas_max_m, float(dropout_p))
     if torch.compiler.is_compiling():
         y2, _ = torch.ops.rolora.lora_linear_fwd(x2, weight, bias, lora_A, lora_B, float(scale),
                                                  float(dropout_p), _seed_tensor(seed), resolved)
