@@ -324,7 +324,7 @@ def triton_lora_forward(
     m, k = x.shape
     n, r = weight.shape[0], lora_A.shape[0]
     dt = x.dtype
-    cfg = launch_config(m, dt, device_capability(x.device))
+    cfg = launch_config(m, dt, device_capability(x.device), rank_pad(r))
     _, inv_keep = _dropout_args(dropout_p)
     # Adapters in the compute dtype once per call (r×K, N×r; no copy when they are already).
     a, b = lora_A.to(dt), lora_B.to(dt)
@@ -367,7 +367,7 @@ def triton_lora_backward(
         da = _colband(x, ds, inv_keep, dropout_p, seed, lora_A.dtype, transposed=True)
     if need_dx:
         a = lora_A.to(dt)
-        cfg = launch_config(m, dt, device_capability(grad_y.device))
+        cfg = launch_config(m, dt, device_capability(grad_y.device), rank_pad(r))
         dx = torch.empty((m, k), dtype=dt, device=grad_y.device)
         # Output tile BLOCK_M × block_n over K (full width), reduction over N in block_k steps:
         # the forward GEMM's tile shape, transposed roles.

@@ -97,6 +97,8 @@ def covering_cases(archs: tuple[int, ...] = (90, 80)) -> list[tuple[int, Case]]:
             out.append((90, Case(m, k, n, ranks[i % 4], act, "fp32" if i % 2 == 0 else "same",
                                  i % 2 == 0, i % 3 != 1)))
         out.append((90, Case(8192, 4096, 11008, 16, "fp32", "same", True, True, tf32=True)))
+        # The largest LoRA tiles on the largest GEMM tile (r_pad 128 changes the stage count).
+        out.append((90, Case(8192, 4096, 11008, 128, "bf16", "fp32", True, True)))
     if 80 in archs:
         import rolora.kernels.launch_configs as lc
 
