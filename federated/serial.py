@@ -14,7 +14,8 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -152,23 +153,31 @@ def kept_from_flat(tensors: Mapping[str, Tensor], meta: Mapping) -> dict[int | s
         raise StateFormatError(f"malformed kept-state metadata: {err!r}") from None
 
 
-def save_flat(path: str | Path, tensors: Mapping[str, Tensor], meta: Mapping) -> Path:
-    """Write (tensors, meta) to a safetensors file atomically: a reader sees the old file or the new one."""
-    from safetensors.torch import save_file
-
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends without error it is synced to disk
+    and renamed onto ``path`` (a reader sees the old file or the new one), else deleted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(dict(tensors), tmp, metadata={HEADER_KEY: json.dumps(meta, allow_nan=False)})
+        yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def save_flat(path: str | Path, tensors: Mapping[str, Tensor], meta: Mapping) -> Path:
+    """Write (tensors, meta) to a safetensors file atomically: a reader sees the old file or the new one."""
+    from safetensors.torch import save_file
+
+    with atomic_file(path) as tmp:
+        save_file(dict(tensors), str(tmp), metadata={HEADER_KEY: json.dumps(meta, allow_nan=False)})
+    return Path(path)
 
 
 def load_flat(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict]:

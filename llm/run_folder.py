@@ -19,13 +19,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import platform
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
+from rolora.federated.serial import atomic_file
 from rolora.llm.config import RunConfig, from_dict, to_toml
 
 CHECKPOINTS = "checkpoints"
@@ -33,17 +32,8 @@ CHECKPOINTS = "checkpoints"
 
 def write_atomic(path: Path, text: str | bytes) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode() if isinstance(text, str) else text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(text.encode() if isinstance(text, str) else text)
     return path
 
 
