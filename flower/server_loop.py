@@ -25,13 +25,13 @@ from flwr.serverapp import Grid
 from rolora.federated.round import RoundFailed
 from rolora.flower.setups import config_json, setup_for
 from rolora.flower.strategy import RoloraStrategy, RoundRecord
-from rolora.llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from rolora.llm.config import ConfigError, RunConfig
-from rolora.llm.engine import History, RunStopped, check_resume
+from rolora.llm.checkpoint import latest_checkpoint, save_checkpoint
+from rolora.llm.config import RunConfig
+from rolora.llm.engine import History, RunStopped, attach_run_log, config_of_run, prefixed, start_state
 from rolora.llm.evaluation import evaluate_round
 from rolora.llm.local_training import learning_rate
 from rolora.llm.prepare import RunSetup
-from rolora.llm.run_folder import command_line, plot_curves, read_metrics, write_metrics, write_start
+from rolora.llm.run_folder import plot_curves, read_metrics, write_metrics
 
 log = logging.getLogger("rolora.flower")
 
@@ -43,11 +43,7 @@ def serve(grid: Grid, config: RunConfig | None, run_dir: str | Path, *, resume: 
     updates stops the run (:class:`RunStopped`) with a resumable checkpoint of the last good round."""
     run_dir = Path(run_dir)
     config = config_of_run(config, run_dir, resume)
-    handler = logging.FileHandler(run_dir / "run.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = not quiet
+    handler = attach_run_log(log, run_dir, quiet)
     try:
         return _serve(grid, config, run_dir, resume, min_replies, timeout)
     finally:
@@ -55,39 +51,10 @@ def serve(grid: Grid, config: RunConfig | None, run_dir: str | Path, *, resume: 
         handler.close()
 
 
-def config_of_run(config: RunConfig | None, run_dir: Path, resume: bool) -> RunConfig:
-    """The run's config: ``config`` for a new run (refused where a run exists), the saved one when
-    resuming (a different ``config`` is refused, naming the keys). Creates ``run_dir``."""
-    if resume:
-        config = check_resume(run_dir, config)
-    elif config is None:
-        raise ConfigError("a config is needed to start a run")
-    elif (run_dir / "config.json").exists():
-        raise ConfigError(f"{run_dir} already holds a run: resume it (--resume), or choose another folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return config
-
-
-def _start(setup: RunSetup, run_dir: Path, resume: bool) -> tuple:
-    """(state, kept, rows) of round 0, or of the latest checkpoint when resuming."""
-    ckpt_path = latest_checkpoint(run_dir) if resume else None
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
-        log.info("resumed from %s (round %d)", ckpt_path, ckpt.state.round)
-        return ckpt.state, ckpt.kept, ckpt.rows
-    c = setup.config
-    write_start(run_dir, c, str(setup.device), command_line())
-    state = setup.initial_state()
-    rows = [{"round": 0, **_prefixed("test", evaluate_round(setup, state, {}, list(range(c.federated.clients))))}]
-    write_metrics(run_dir, rows)
-    save_checkpoint(run_dir, state, {}, rows)
-    return state, {}, rows
-
-
 def _serve(grid: Grid, c: RunConfig, run_dir: Path, resume: bool, min_replies: int, timeout: float) -> History:
     text = config_json(c)
     setup = setup_for(text)
-    state, kept, rows = _start(setup, run_dir, resume)
+    state, kept, rows = start_state(setup, run_dir, resume, log)
     stateful = setup.method.personalised
     strategy = RoloraStrategy(setup.method, state, c.federated.clients, fraction=c.federated.participation,
                               seed=c.run.seed, weighting=c.federated.weighting,
@@ -120,7 +87,7 @@ def _serve(grid: Grid, c: RunConfig, run_dir: Path, resume: bool, min_replies: i
         if rec.dropped:
             log.warning("round %d: dropped clients %s", t, rec.dropped)
         if t % c.run.eval_every == 0 or t == c.total_rounds:
-            rows[-1].update(_prefixed("test", _evaluate(grid, strategy, setup, timeout)))
+            rows[-1].update(prefixed("test", _evaluate(grid, strategy, setup, timeout)))
             if stateful:
                 rows[-1]["flower_eval_download_bytes"] = rec.flower_eval_download_bytes
         if t % max(1, c.run.checkpoint_every) == 0 or t == c.total_rounds:
@@ -143,10 +110,6 @@ def _evaluate(grid: Grid, strategy: RoloraStrategy, setup: RunSetup, timeout: fl
     messages = strategy.configure_evaluate(rec.t, ArrayRecord(), ConfigRecord(), grid)
     scores = strategy.aggregate_evaluate(rec.t, grid.send_and_receive(messages, timeout=timeout))
     return {} if scores is None else dict(scores)
-
-
-def _prefixed(prefix: str, scores: dict) -> dict:
-    return {f"{prefix}_{k}": float(v) for k, v in scores.items()}
 
 
 def _row(setup: RunSetup, rec: RoundRecord, wall: float) -> dict:

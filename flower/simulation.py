@@ -66,7 +66,7 @@ def run(config: RunConfig | None, run_dir: str | Path, *, resume: bool = False, 
 
     from rolora.flower.client_app import app as client_app
     from rolora.flower.server_app import server_app_for
-    from rolora.flower.server_loop import config_of_run
+    from rolora.llm.engine import config_of_run
 
     run_dir = Path(run_dir).resolve()
     config = config_of_run(config, run_dir, resume)  # fail before Ray starts

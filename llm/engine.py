@@ -49,12 +49,14 @@ class RunStopped(RuntimeError):
     """Every participant of a round failed; a resumable checkpoint of the last good state was written."""
 
 
-def _logger(run_dir: Path, quiet: bool) -> logging.Handler:
+def attach_run_log(logger: logging.Logger, run_dir: Path, quiet: bool) -> logging.Handler:
+    """Log ``logger`` to ``run_dir/run.log`` (and to the terminal unless ``quiet``); returns the handler
+    to remove when the run ends."""
     handler = logging.FileHandler(run_dir / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = not quiet
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = not quiet
     return handler
 
 
@@ -66,7 +68,7 @@ def _bars(quiet: bool, total_rounds: int, first: int):
     return rounds, clients
 
 
-def _metrics(prefix: str, scores: dict) -> dict:
+def prefixed(prefix: str, scores: dict) -> dict:
     return {f"{prefix}_{k}": float(v) for k, v in scores.items()}
 
 
@@ -80,10 +82,9 @@ def check_resume(run_dir: Path, config: RunConfig | None) -> RunConfig:
     return saved
 
 
-def run(config: RunConfig | None, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
-        setup: RunSetup | None = None) -> History:
-    """Run (or, with ``resume``, continue) the federated experiment of ``config`` in ``run_dir``."""
-    run_dir = Path(run_dir)
+def config_of_run(config: RunConfig | None, run_dir: Path, resume: bool) -> RunConfig:
+    """The run's config: ``config`` for a new run (refused where a run exists), the saved one when
+    resuming (a different ``config`` is refused, naming the keys). Creates ``run_dir``."""
     if resume:
         config = check_resume(run_dir, config)
     elif config is None:
@@ -91,7 +92,34 @@ def run(config: RunConfig | None, run_dir: str | Path, *, resume: bool = False, 
     elif (run_dir / "config.json").exists():
         raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = _logger(run_dir, quiet)
+    return config
+
+
+def start_state(setup: RunSetup, run_dir: Path, resume: bool, logger: logging.Logger = log) -> tuple:
+    """(state, kept, rows) of the latest checkpoint when resuming, else of round 0: the run folder's
+    start files, the initial model's evaluation and the round-0 checkpoint are written."""
+    c = setup.config
+    ckpt_path = latest_checkpoint(run_dir) if resume else None
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path)
+        logger.info("resumed from %s (round %d of %d)", ckpt_path, ckpt.state.round, c.total_rounds)
+        return ckpt.state, ckpt.kept, ckpt.rows
+    if resume:
+        logger.info("no checkpoint in %s: starting from round 0", run_dir)
+    write_start(run_dir, c, str(setup.device), command_line())
+    state = setup.initial_state()
+    rows = [{"round": 0, **prefixed("test", evaluate_round(setup, state, {}, list(range(c.federated.clients))))}]
+    write_metrics(run_dir, rows)
+    save_checkpoint(run_dir, state, {}, rows)
+    return state, {}, rows
+
+
+def run(config: RunConfig | None, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
+        setup: RunSetup | None = None) -> History:
+    """Run (or, with ``resume``, continue) the federated experiment of ``config`` in ``run_dir``."""
+    run_dir = Path(run_dir)
+    config = config_of_run(config, run_dir, resume)
+    handler = attach_run_log(log, run_dir, quiet)
     try:
         return _run(config, run_dir, resume, quiet, setup)
     finally:
@@ -104,19 +132,7 @@ def _run(config: RunConfig, run_dir: Path, resume: bool, quiet: bool, setup: Run
     method, c = setup.method, config
     total = c.total_rounds
     clients = list(range(c.federated.clients))
-    ckpt_path = latest_checkpoint(run_dir) if resume else None
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
-        state, kept, rows = ckpt.state, ckpt.kept, ckpt.rows
-        log.info("resumed from %s (round %d of %d)", ckpt_path, state.round, total)
-    else:
-        if resume:
-            log.info("no checkpoint in %s: starting from round 0", run_dir)
-        write_start(run_dir, c, str(setup.device), command_line())
-        state, kept, rows = setup.initial_state(), {}, []
-        rows.append({"round": 0, **_metrics("test", evaluate_round(setup, state, kept, clients))})
-        write_metrics(run_dir, rows)
-        save_checkpoint(run_dir, state, kept, rows)
+    state, kept, rows = start_state(setup, run_dir, resume)
     log.info("method %s, %d clients, %d rounds, model %s (%d adapted layers) on %s", method.name, len(clients),
              total, c.model.name, len(setup.adapters), setup.device)
 
@@ -144,7 +160,7 @@ def _run(config: RunConfig, run_dir: Path, resume: bool, quiet: bool, setup: Run
             if result.dropped:
                 log.warning("round %d: dropped clients %s (non-finite loss)", t, result.dropped)
             if t % c.run.eval_every == 0 or t == total:
-                rows[-1].update(_metrics("test", evaluate_round(setup, state, kept, result.participants)))
+                rows[-1].update(prefixed("test", evaluate_round(setup, state, kept, result.participants)))
             write_metrics(run_dir, rows)
             if t % max(1, c.run.checkpoint_every) == 0 or t == total:
                 save_checkpoint(run_dir, state, kept, rows)

@@ -99,6 +99,7 @@ def covering_cases(archs: tuple[int, ...] = (90, 80)) -> list[tuple[int, Case]]:
         out.append((90, Case(8192, 4096, 11008, 16, "fp32", "same", True, True, tf32=True)))
         # The largest LoRA tiles on the largest GEMM tile (r_pad 128 changes the stage count).
         out.append((90, Case(8192, 4096, 11008, 128, "bf16", "fp32", True, True)))
+        out.append((90, Case(1000, 4096, 11008, 128, "bf16", "fp32", True, True)))  # the same tile at M ≤ 2048
     if 80 in archs:
         import rolora.kernels.launch_configs as lc
 
