@@ -47,7 +47,8 @@ class LoRALinear(nn.Module):
         adapter_dtype: dtype of A and B (fp32 by default, as PEFT keeps them under half base weights).
         init_weight: initialise W0 like ``nn.Linear`` (False leaves it uninitialised: the caller fills it).
         cublas_max_m: with backend "auto", calls with at most this many rows take the cuBLAS path
-            (default ``rolora.kernels.op.CUBLAS_MAX_M``; 0 always fuses).
+            (default ``rolora.kernels.op.CUBLAS_MAX_M``; 0: fused whenever LoRA dropout is on; calls
+            without dropout take the cuBLAS path at every M, see ``rolora.kernels.op.choose_backend``).
     """
 
     def __init__(self, in_features: int, out_features: int, r: int, alpha: float, dropout: float = 0.0,

@@ -37,7 +37,8 @@ class ModelConfig:
     dtype: str = "float32"
     """Dtype of the frozen base weights; adapters and optimiser state stay float32."""
     backend: str = "auto"
-    """LoRA kernel backend: auto (Triton on CUDA, PyTorch on CPU) | torch | triton."""
+    """LoRA kernel backend: auto (CUDA: Triton with LoRA dropout above M = 512, else cuBLAS; CPU: PyTorch)
+    | torch | triton (see ``rolora.kernels.op.choose_backend``)."""
     device: str = "auto"
     """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
 
