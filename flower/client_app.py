@@ -8,6 +8,9 @@ Messages (the server's side is :mod:`rolora.flower.strategy`):
   ``method.client_keep`` and answers ``method.client_upload`` plus the dense tensors.
 - ``evaluate``: the node scores its own next-round model (personalised methods).
 - ``query`` ``kept``: the node's kept state, for the server's checkpoint.
+- SecAgg+ (:mod:`rolora.flower.secagg`): a ``train`` message with ``secagg`` set keeps the upload on
+  the node; the workflow's own ``train`` messages then go through Flower's ``secaggplus_mod``, which
+  masks that upload in its "collect masked vectors" stage.
 
 The model (a :class:`~rolora.llm.prepare.RunSetup`) is built once per process and config, not per
 message (:mod:`rolora.flower.setups`): a simulation's Ray actor serves many messages. A SuperNode
@@ -21,8 +24,10 @@ import json
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.client.mod import secaggplus_mod
 
 from rolora.flower.codec import load_kept, merge, models_from_record, models_record, save_kept
+from rolora.flower.secagg import is_secagg_stage, keep_secret, secret_reply, secure_weight
 
 # rolora.llm (transformers, datasets) is imported in the handlers that need a model, not here: a
 # SuperNode's per-message process answering 'hello' or 'kept' then starts in a fraction of the time.
@@ -79,8 +84,17 @@ def _receive(context: Context, msg: Message):
     return state
 
 
-@app.train()
+def secagg_stages(msg: Message, context: Context, call_next) -> Message:
+    """Flower's ``secaggplus_mod`` for SecAgg+'s messages only (rolora's own train messages pass)."""
+    if is_secagg_stage(msg):
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+@app.train(mods=[secagg_stages])
 def train(msg: Message, context: Context) -> Message:
+    if is_secagg_stage(msg):  # SecAgg+'s collect stage: the upload this node kept in the train message
+        return secret_reply(msg, context)
     from rolora.federated.round import client_starts
     from rolora.llm.local_training import learning_rate, train_client
 
@@ -93,6 +107,16 @@ def train(msg: Message, context: Context) -> Message:
     if result is None:  # non-finite loss: dropped this round, the kept state stays as it was
         return Message(RecordDict({"result": ConfigRecord({"client": client, "dropped": True})}), reply_to=msg)
     save_kept(context.state, client, setup.method.client_keep(result.tensors, t))
+    config = msg.content["config"]
+    if "secagg" in config:  # SecAgg+: keep the upload here, under a name that is the same on every node
+        record, meta = models_record({"mean": setup.method.client_upload(result.tensors, t)}, result.dense)
+        weight = secure_weight(result.num_samples, str(config["secagg"]))
+        layout = keep_secret(context.state, record, weight, float(config["secagg-clip"]))
+        return Message(RecordDict({
+            "result": ConfigRecord({"client": client, "dropped": False, "num_samples": result.num_samples,
+                                    "meta": meta, "layout": layout}),
+            "metrics": MetricRecord({k: float(v) for k, v in result.metrics.items()}),
+        }), reply_to=msg)
     record, meta = models_record({client: setup.method.client_upload(result.tensors, t)}, result.dense)
     return Message(RecordDict({
         "upload": record,

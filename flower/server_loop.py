@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from rolora.federated.round import RoundFailed
+from rolora.flower.secagg import SecAggSettings, check_method
 from rolora.flower.setups import config_json, setup_for
 from rolora.flower.strategy import RoloraStrategy, RoundRecord
 from rolora.llm.checkpoint import latest_checkpoint, save_checkpoint
@@ -37,21 +38,28 @@ log = logging.getLogger("rolora.flower")
 
 
 def serve(grid: Grid, config: RunConfig | None, run_dir: str | Path, *, resume: bool = False, min_replies: int = 1,
-          timeout: float = 3600.0, quiet: bool = False) -> History:
+          timeout: float = 3600.0, quiet: bool = False, secagg: SecAggSettings | None = None) -> History:
     """Play ``config``'s run over the nodes of ``grid`` in ``run_dir`` (``resume``: continue it from its
     latest checkpoint; a different config is refused). A round with fewer than ``min_replies``
-    updates stops the run (:class:`RunStopped`) with a resumable checkpoint of the last good round."""
+    updates stops the run (:class:`RunStopped`) with a resumable checkpoint of the last good round.
+    ``secagg``: the uploads travel through Flower's SecAgg+ (:mod:`rolora.flower.secagg`; methods
+    that need individual uploads are refused before anything runs)."""
     run_dir = Path(run_dir)
+    if secagg is not None and config is not None:
+        check_method(config.federated.method)  # before the run folder or any model
     config = config_of_run(config, run_dir, resume)
+    if secagg is not None:
+        check_method(config.federated.method)  # a resumed run's method
     handler = attach_run_log(log, run_dir, quiet)
     try:
-        return _serve(grid, config, run_dir, resume, min_replies, timeout)
+        return _serve(grid, config, run_dir, resume, min_replies, timeout, secagg)
     finally:
         log.removeHandler(handler)
         handler.close()
 
 
-def _serve(grid: Grid, c: RunConfig, run_dir: Path, resume: bool, min_replies: int, timeout: float) -> History:
+def _serve(grid: Grid, c: RunConfig, run_dir: Path, resume: bool, min_replies: int, timeout: float,
+           secagg: SecAggSettings | None) -> History:
     text = config_json(c)
     setup = setup_for(text)
     state, kept, rows = start_state(setup, run_dir, resume, log)
@@ -59,7 +67,8 @@ def _serve(grid: Grid, c: RunConfig, run_dir: Path, resume: bool, min_replies: i
     strategy = RoloraStrategy(setup.method, state, c.federated.clients, fraction=c.federated.participation,
                               seed=c.run.seed, weighting=c.federated.weighting,
                               client_sizes=[len(x) for x in setup.clients], min_replies=min_replies,
-                              restore=kept if stateful else None)
+                              restore=kept if stateful else None, secure=secagg)
+    strategy.timeout = timeout
     strategy.summary()
     strategy.introduce(grid, text, timeout)
     pending: set = set()  # clients whose kept state changed since the last checkpoint

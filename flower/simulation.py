@@ -15,6 +15,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from rolora.flower.secagg import SecAggSettings, check_method, from_environment
 from rolora.llm.config import RunConfig
 from rolora.llm.engine import History
 
@@ -59,9 +60,12 @@ def flower_environment(run_dir: Path):
 
 
 def run(config: RunConfig | None, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
-        min_replies: int = 1, cpus_per_client: float = 1.0, timeout: float = 3600.0) -> History:
+        min_replies: int = 1, cpus_per_client: float = 1.0, timeout: float = 3600.0,
+        secagg: SecAggSettings | None = None) -> History:
     """Run ``config`` on Flower's simulation engine (``resume``: continue the run in ``run_dir``);
-    the run folder is as ``rolora llm run``'s."""
+    the run folder is as ``rolora llm run``'s. ``secagg``: SecAgg+ settings; by default they come
+    from the environment variable ``ROLORA_FLOWER_SECAGG`` (:func:`rolora.flower.secagg.from_environment`),
+    which is how ``rolora llm run --engine flower`` turns SecAgg+ on."""
     from flwr.simulation import run_simulation
 
     from rolora.flower.client_app import app as client_app
@@ -69,13 +73,19 @@ def run(config: RunConfig | None, run_dir: str | Path, *, resume: bool = False, 
     from rolora.llm.engine import config_of_run
 
     run_dir = Path(run_dir).resolve()
+    if secagg is None:
+        secagg = from_environment(os.environ)
+    if secagg is not None and config is not None:
+        check_method(config.federated.method)  # before the run folder
     config = config_of_run(config, run_dir, resume)  # fail before Ray starts
+    if secagg is not None:
+        check_method(config.federated.method)
     results: list[History] = []
     cpus = max(1, os.cpu_count() or 1)
     backend = {"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
                "init_args": {"num_cpus": cpus, "include_dashboard": False}}
     server = server_app_for(config, run_dir, results, resume=resume, min_replies=min_replies, timeout=timeout,
-                            quiet=quiet)
+                            quiet=quiet, secagg=secagg)
     with flower_environment(run_dir):
         run_simulation(server_app=server, client_app=client_app, num_supernodes=config.federated.clients,
                        backend_config=backend, verbose_logging=False)

@@ -25,6 +25,7 @@ from rolora.federated import AggregationError, ClientUpdate, CommCost, GlobalSta
 from rolora.federated.dense import dense_params
 from rolora.federated.round import ClientResult, RoundFailed, sample_participants
 from rolora.flower.codec import NEVER, Downloads, models_from_record, models_record, nbytes, state_content
+from rolora.flower.secagg import SecAggSettings, check_method, secure_mean, secure_weight
 
 log = logging.getLogger("rolora.flower")
 
@@ -51,7 +52,9 @@ class RoloraStrategy(Strategy):
 
     def __init__(self, method: Method, state: GlobalState, clients: int, *, fraction: float = 1.0, seed: int = 0,
                  weighting: str = "samples", client_sizes: Sequence[int] = (), min_replies: int = 1,
-                 restore: dict | None = None) -> None:
+                 restore: dict | None = None, secure: SecAggSettings | None = None) -> None:
+        if secure is not None:
+            check_method(method)  # before any node trains
         if isinstance(min_replies, bool) or not isinstance(min_replies, int) or min_replies < 1:
             raise ValueError(f"min_replies must be an int >= 1, got {min_replies!r}")
         self.method, self.state, self.clients = method, state, clients
@@ -65,6 +68,10 @@ class RoloraStrategy(Strategy):
         """rolora client id -> Flower node id (from the 'hello' answers)."""
         self.downloads = Downloads()
         self.record: RoundRecord | None = None
+        self.secure = secure
+        """SecAgg+ settings (None: plain uploads); see :mod:`rolora.flower.secagg`."""
+        self.timeout: float | None = None
+        self._grid: Grid | None = None
 
     # ----------------------------------------------------------------------------- nodes
     def introduce(self, grid: Grid, config_json: str, timeout: float) -> None:
@@ -111,9 +118,11 @@ class RoloraStrategy(Strategy):
             raise AggregationError(f"Flower round {server_round}, but the state is at round {self.state.round}")
         participants = sample_participants(self.clients, self.fraction, self.seed, t)
         self.record = RoundRecord(t=t, participants=participants)
+        self._grid = grid  # SecAgg+ sends its own messages in aggregate_train
+        secure = {} if self.secure is None else {"secagg": self.weighting, "secagg-clip": self.secure.clipping_range}
         messages = []
         for k in participants:
-            message, sent = self._message(k, MessageType.TRAIN, t=t)
+            message, sent = self._message(k, MessageType.TRAIN, t=t, **secure)
             self.record.flower_download_bytes += sent
             messages.append(message)
         return messages
@@ -127,7 +136,7 @@ class RoloraStrategy(Strategy):
                 log.warning("round %d: client %s failed on its node: %s", rec.t, k, reply.error.reason)
                 continue
             by_client[k] = reply
-        updates = []
+        trained = []
         for k in rec.participants:  # participant order, as the embedded engine: the same float sums
             reply = by_client.get(k)
             if reply is None or bool(reply.content["result"]["dropped"]):
@@ -135,24 +144,70 @@ class RoloraStrategy(Strategy):
                 if reply is None:
                     self.downloads.forget(self.nodes[k])  # did it merge the download? unknown: resend all
                 continue
+            trained.append(k)
             result = reply.content["result"]
-            uploads, dense = models_from_record(reply.content["upload"], str(result["meta"]))
-            rec.flower_upload_bytes += nbytes(reply.content["upload"])
-            n = float(result["num_samples"])
-            updates.append(ClientUpdate(k, n, uploads[k], dense=dense))
-            rec.results[k] = ClientResult(tensors={}, num_samples=n, metrics=dict(reply.content["metrics"]))
+            rec.results[k] = ClientResult(tensors={}, num_samples=float(result["num_samples"]),
+                                          metrics=dict(reply.content["metrics"]))
             self.restore.pop(k, None)  # the node has its kept state now (a later full download must not reset it)
-        if len(updates) < self.min_replies:
-            raise RoundFailed(f"round {rec.t}: {len(updates)} of {len(rec.participants)} participants sent an "
+        updates = self._secure_updates(trained, by_client) if self.secure else self._updates(trained, by_client)
+        if len(rec.results) < self.min_replies:
+            raise RoundFailed(f"round {rec.t}: {len(rec.results)} of {len(rec.participants)} participants sent an "
                               f"update (failed or dropped: {rec.dropped}), fewer than the minimum {self.min_replies}; "
                               "the state is unchanged")
         new_state = self.method.aggregate(self.state, updates, rec.t, weighting=self.weighting)
         rec.communication = self.method.communication(
-            self.state.specs, self.state.ranks, rec.t, clients=[u.client for u in updates],
+            self.state.specs, self.state.ranks, rec.t, clients=list(rec.results),
             bytes_per_param=4, dense_params=dense_params(self.state))
         self.state = new_state
         return None, MetricRecord({"flower_upload_bytes": rec.flower_upload_bytes,
                                    "flower_download_bytes": rec.flower_download_bytes})
+
+    def _updates(self, clients: list, replies: dict) -> list[ClientUpdate]:
+        """Plain uploads: one ClientUpdate per client that trained."""
+        updates = []
+        for k in clients:
+            reply = replies[k]
+            uploads, dense = models_from_record(reply.content["upload"], str(reply.content["result"]["meta"]))
+            self.record.flower_upload_bytes += nbytes(reply.content["upload"])
+            updates.append(ClientUpdate(k, self.record.results[k].num_samples, uploads[k], dense=dense))
+        return updates
+
+    def _secure_updates(self, clients: list, replies: dict) -> list[ClientUpdate]:
+        """SecAgg+: the server learns only the weighted mean of the uploads of the clients that trained,
+        and aggregates it as ONE update of weight 1 (see :mod:`rolora.flower.secagg`). Clients whose
+        masked upload did not arrive are dropped."""
+        rec = self.record
+        layouts = {str(replies[k].content["result"]["meta"]) + str(replies[k].content["result"]["layout"])
+                   for k in clients}
+        if len(layouts) > 1:
+            raise AggregationError(f"round {rec.t}: the clients' uploads differ in layout; SecAgg+ cannot sum them")
+        if len(clients) < 2:
+            return self._secure_failed(clients, "SecAgg+ needs at least 2 clients")
+        weights = [secure_weight(rec.results[k].num_samples, self.weighting) for k in clients]
+        result = replies[clients[0]].content["result"]
+        out = secure_mean(self._grid, [self.nodes[k] for k in clients], weights, str(result["layout"]),
+                          self.secure, rec.t, self.timeout)
+        rec.flower_upload_bytes += out.received
+        rec.flower_download_bytes += out.sent
+        active = {k for k in clients if self.nodes[k] in out.active}
+        if out.record is None:
+            return self._secure_failed(clients, "SecAgg+ halted (too few nodes answered one of its stages)")
+        for k in clients:
+            if k not in active:
+                rec.dropped.append(k)
+                rec.results.pop(k)
+                self.downloads.forget(self.nodes[k])
+        means, dense = models_from_record(out.record, str(result["meta"]))
+        [(_, mean)] = means.items()
+        first = next(k for k in clients if k in active)  # any active client: its rank is every client's
+        return [ClientUpdate(first, 1.0, mean, dense=dense)]
+
+    def _secure_failed(self, clients: list, why: str) -> list:
+        log.warning("round %d: %s; no update from clients %s", self.record.t, why, clients)
+        for k in clients:
+            self.record.dropped.append(k)
+            self.record.results.pop(k)
+        return []
 
     # ----------------------------------------------------------------------------- evaluation
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -201,5 +256,5 @@ class RoloraStrategy(Strategy):
         return kept, received
 
     def summary(self) -> None:
-        log.info("rolora strategy: method %s, %d clients, fraction %s, weighting %s", self.method.name,
-                 self.clients, self.fraction, self.weighting)
+        log.info("rolora strategy: method %s, %d clients, fraction %s, weighting %s%s", self.method.name,
+                 self.clients, self.fraction, self.weighting, "" if self.secure is None else f", SecAgg+ {self.secure}")

@@ -5,6 +5,8 @@ as an uninterrupted embedded run."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from flwr.app import Context, Error, Message, RecordDict
@@ -30,7 +32,8 @@ class LocalGrid:
     """Flower's Grid as the server loop uses it, over ClientApp nodes in this process.
 
     ``down``: {node id: first round it fails from}; a failing node answers with an error reply, as
-    the SuperLink does for a node that died.
+    the SuperLink does for a node that died. Each node gets its own copy of a message, as over a real
+    transport (SecAgg+'s workflow sends one content object to every node and its mod mutates it).
     """
 
     def __init__(self, clients: int, down: dict[int, int] | None = None) -> None:
@@ -45,6 +48,7 @@ class LocalGrid:
     def send_and_receive(self, messages, *, timeout=None):
         replies = []
         for msg in messages:
+            msg = copy.deepcopy(msg)
             node = msg.metadata.dst_node_id
             t = int(msg.content["config"].get("t", 0)) if "config" in msg.content else 0
             try:
