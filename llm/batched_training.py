@@ -31,6 +31,7 @@ from rolora.federated.seeding import derive_seed
 from rolora.llm import local_training as reference
 from rolora.llm.client_layers import ClientHeads, NotBatchable, Rows, client_adapters, rows_forward
 from rolora.llm.client_streams import ClientBatch, ClientStreams
+from rolora.llm.host_memory import release_freed_memory
 from rolora.llm.model_dropouts import client_dropouts
 from rolora.llm.prepare import RunSetup
 from rolora.llm.tasks import batch, loss
@@ -103,6 +104,7 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float) -> li
             step_rows = [(s, i, int(samples[s][pos])) for s in active for i, pos in enumerate(orders[s][j])]
             sizes = {s: len(orders[s][j]) for s in active}
             streams.begin_step({s: ClientBatch([int(lengths[samples[s][pos]]) for pos in orders[s][j]]) for s in active})
+            release_freed_memory()  # the last step's activations, back to the OS (peak RSS)
             optimizer.zero_grad(set_to_none=True)
             step_loss = torch.zeros(len(starts), dtype=torch.float64)
             finite = torch.ones(len(starts), dtype=torch.bool)

@@ -11,8 +11,8 @@ rows of the batched pass then take their sample's part of their client's mask.
 A step's rows may be split into several passes ("chunks", grouped by length): at a site's first
 call in a step every client draws its whole mask (so each client's draws follow the sequential
 order, site after site); only the entries of real tokens are kept, flattened (positions beyond a
-sample's length are padding, whose mask values never reach a real token), and each chunk gathers
-its rows' entries with one index.
+sample's length are padding, whose mask values never reach a real token), bit-packed (the tables live
+until the step's last pass), and each chunk gathers its rows' entries with one index.
 
 Exact on CPU, where ``F.dropout`` is ``bernoulli_`` on the global generator; CUDA's fused dropout
 draws differently, so there each client gets its own reproducible stream, not the sequential bits.
@@ -51,7 +51,7 @@ class ClientStreams:
                                else [torch.Generator().manual_seed(int(s) % 2**64) for s in seeds])
         self.device = device
         self.batches: dict[int, ClientBatch] = {}
-        self.flat: list[Tensor] = []
+        self.flat: list[tuple[Tensor, int]] = []  # per site: (bit-packed keep table, entries per row)
         self.site = 0
 
     # ----------------------------------------------------------------------------- layout
@@ -87,13 +87,20 @@ class ClientStreams:
         """The chunk's keep-mask at this site (every client's draw made at the site's first call)."""
         site, self.site = self.site, self.site + 1
         if site == len(self.flat):
-            parts = [draw(slot) for slot in self.batches]
-            ones = torch.ones(1, *parts[0].shape[1:], dtype=torch.uint8, device=parts[0].device)
-            self.flat.append(torch.cat(parts + [ones]))
-        flat = self.flat[site]
+            # Every client's draw is packed as soon as it is made: the step's tables are held until its
+            # last pass, so they are kept at one bit per entry (8× less than uint8).
+            packed = []
+            for slot in self.batches:
+                keep = draw(slot)
+                width = keep.shape[1]
+                packed.append(_pack(keep))
+            ones = torch.full((1, packed[0].shape[1]), 255, dtype=torch.uint8, device=packed[0].device)
+            self.flat.append((torch.cat(packed + [ones]), width))
+        flat, width = self.flat[site]
         # index_select over rows of uint8 is a row copy; advanced indexing of bool is per element (slow).
         index = torch.where(index < 0, flat.shape[0] - 1, index).to(flat.device)
-        return flat.index_select(0, index.reshape(-1)).view(*index.shape, *flat.shape[1:])
+        rows = _unpack(flat.index_select(0, index.reshape(-1)), width)
+        return rows.view(*index.shape, rows.shape[1])
 
     def _bernoulli(self, slot: int, shape: tuple[int, ...], p: float) -> Tensor:
         # What F.dropout does on a CPU tensor: empty_like(x).bernoulli_(1 - p) from the (global)
@@ -153,6 +160,22 @@ class ClientStreams:
 
         # The kernels' torch path computes x * keep / (1 - p); this rounds once less (same to 1 ulp).
         return _apply(x, self._gather(draw, self.token_index), p)
+
+
+_BITS = torch.arange(8, dtype=torch.uint8)
+
+
+def _pack(keep: Tensor) -> Tensor:
+    """[N, F] of 0/1 (uint8) -> [N, ⌈F/8⌉] bytes, entry f in bit f % 8 of byte f // 8."""
+    n, f = keep.shape
+    padded = torch.nn.functional.pad(keep, (0, -f % 8))
+    return (padded.view(n, -1, 8) << _BITS.to(keep.device)).sum(-1, dtype=torch.uint8)
+
+
+def _unpack(packed: Tensor, width: int) -> Tensor:
+    """The inverse of :func:`_pack`: [M, ⌈F/8⌉] bytes -> [M, F] of 0/1 (uint8)."""
+    bits = (packed.unsqueeze(-1) >> _BITS.to(packed.device)) & 1
+    return bits.view(packed.shape[0], -1)[:, :width]
 
 
 def _apply(x: Tensor, keep: Tensor, p: float) -> Tensor:

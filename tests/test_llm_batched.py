@@ -161,3 +161,25 @@ def test_a_bf16_base_trains_fp32_tensors_close_to_fp32():
             for n, t in named.items():
                 assert t.dtype == torch.float32 and bool(torch.isfinite(t).all())
                 torch.testing.assert_close(t, x.tensors[layer][n], atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize("width", [1, 7, 8, 12, 384, 385])
+def test_keep_tables_pack_to_bits_and_back(width):
+    from rolora.llm.client_streams import _pack, _unpack
+
+    keep = torch.randint(0, 2, (13, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(width))
+    packed = _pack(keep)
+    assert packed.shape == (13, -(-width // 8)) and packed.dtype == torch.uint8
+    assert torch.equal(_unpack(packed, width), keep)
+    assert torch.equal(_unpack(packed[[3, 0, 3]], width), keep[[3, 0, 3]])
+
+
+def test_freed_host_memory_goes_back_to_the_os_on_glibc():
+    import platform
+
+    from rolora.llm.host_memory import release_freed_memory
+
+    libc, _ = platform.libc_ver()
+    pieces = [torch.ones(256, 1024) for _ in range(64)]  # 64 MiB on the heap (below the mmap threshold: 1 MiB each)
+    del pieces[::2]
+    assert release_freed_memory() is (libc == "glibc")
