@@ -6,8 +6,10 @@
     rolora llm run --config quickstart --methods rolora,fedavg-lora,ffa-lora   # one run per method + table
     rolora llm run --resume RUN_DIR                                            # continue an interrupted run
     rolora llm run --config quickstart --engine flower                         # the same run as a Flower simulation
+    rolora llm sweep clients [--jobs 2] [--only PATTERN] [--dry-run] [--status] # every cell of a sweep spec
     rolora llm export RUN_DIR --out DIR [--client K]                          # PEFT adapter folder
     rolora llm configs                                                         # the shipped example configs
+    rolora llm sweeps                                                          # the shipped sweep specs
 """
 
 from __future__ import annotations
@@ -34,6 +36,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", choices=("embedded", "flower"), default="embedded",
                      help="embedded (one process, default) or flower (a Flower simulation, rolora.flower)")
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run in the run folder(s)")
+    sweep = sub.add_parser("sweep", help="run (or resume) every cell of a sweep spec (docs/sweeps.md)",
+                           description="Run a sweep: methods × grid columns × seeds, with learning-rate "
+                                       "selection on the validation split; re-running resumes it.")
+    sweep.add_argument("spec", help="a sweep spec TOML file, or the name of a shipped one (rolora llm sweeps)")
+    sweep.add_argument("--out", type=Path, help="sweep folder (default runs/sweeps/<spec name>)")
+    sweep.add_argument("--jobs", type=int, default=1, help="cells at once, each in its own process "
+                                                           "with max(1, cores // jobs) threads (default 1)")
+    sweep.add_argument("--only", metavar="PATTERN", help="only cells whose id matches (a glob, or a substring); "
+                                                         "the lr cells their methods need run too")
+    sweep.add_argument("--dry-run", action="store_true", help="list the cells and their overrides; run nothing")
+    sweep.add_argument("--status", action="store_true", help="print a table of the cells and their status")
+    sub.add_parser("sweeps", help="list the shipped sweep specs")
     export = sub.add_parser("export", help="export a run's adapter in PEFT's format",
                             description="Write the global adapter (or client K's) as a PEFT adapter folder.")
     export.add_argument("run_dir", type=Path)
@@ -59,7 +73,8 @@ def _table(results: list[tuple[str, object]]) -> str:
         up = sum(r["upload_bytes"] for r in trained) / max(1, len(trained)) / 1e6
         wall = sum(r["wall_s"] for r in trained)
         acc = h.last("test_accuracy")
-        lines.append(f"| {name} | {rows[-1]['round']} | {h.last('test_loss'):.4f} | "
+        loss = h.last("test_loss")  # None where the run scored only the validation split
+        lines.append(f"| {name} | {rows[-1]['round']} | {'-' if loss is None else f'{loss:.4f}'} | "
                      f"{'-' if acc is None else f'{acc:.4f}'} | {up:.3f} | {wall:.0f} |")
     return "\n".join(lines)
 
@@ -115,6 +130,26 @@ def read_method(run_dir: Path) -> str:
     return read_config(run_dir).federated.method
 
 
+def _sweep(args) -> int:
+    from rolora.llm.sweep import Sweep, dry_run, run_sweep, status_table
+    from rolora.llm.sweep_spec import load_spec
+
+    spec = load_spec(args.spec)
+    if args.dry_run or args.status:
+        sweep = Sweep(spec, args.out)
+        print(dry_run(sweep, args.only) if args.dry_run else status_table(sweep, args.only))
+        return 0
+    sweep = run_sweep(spec, args.out, jobs=args.jobs, only=args.only, echo=lambda line: print(line, flush=True))
+    print(status_table(sweep, args.only))
+    return 1 if any(s == "failed" for s in sweep.status.values()) else 0
+
+
+def _list(folder: Path) -> None:
+    for path in sorted(folder.glob("*.toml")):
+        first = path.read_text().splitlines()[0].lstrip("# ")
+        print(f"{path.stem:28s} {first}")
+
+
 def _export(args) -> int:
     from rolora.llm.export_run import export_run
 
@@ -129,11 +164,13 @@ def _export(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.action == "configs":
-            for path in sorted(CONFIG_DIR.glob("*.toml")):
-                first = path.read_text().splitlines()[0].lstrip("# ")
-                print(f"{path.stem:28s} {first}")
+        if args.action in ("configs", "sweeps"):
+            from rolora.llm.sweep_spec import EXPERIMENTS_DIR
+
+            _list(CONFIG_DIR if args.action == "configs" else EXPERIMENTS_DIR)
             return 0
+        if args.action == "sweep":
+            return _sweep(args)
         if args.action == "run":
             if not args.config and not args.resume:
                 _parser().error("run needs --config FILE (or --resume RUN_DIR)")

@@ -21,6 +21,7 @@ OPTIMIZERS = ("adamw", "sgd", "galore")
 SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = ("float32", "bfloat16", "float16")
 CLIENT_BATCHING = ("auto", "off")
+EVAL_SPLITS = ("val", "test")
 
 
 class ConfigError(ValueError):
@@ -137,6 +138,9 @@ class TrainConfig:
 class RunSettings:
     seed: int = 0
     eval_every: int = 1
+    eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])
+    """Held-out splits scored at each evaluation, logged as val_* / test_*. "val" is skipped when
+    data.val_size = 0; ["val"] alone keeps the test set unseen (choosing a learning rate)."""
     eval_batch_size: int = 64
     checkpoint_every: int = 1
     threads: int = 0
@@ -218,14 +222,19 @@ def from_dict(data: dict, where: str = "config") -> RunConfig:
 
 def find_config(name_or_path: str) -> Path:
     """A config file by path, or by the name of an example that ships in ``rolora/llm/configs``."""
+    return find_toml(name_or_path, CONFIG_DIR, "config", "example")
+
+
+def find_toml(name_or_path: str, folder: Path, what: str, shipped_as: str) -> Path:
+    """A TOML file by path, or by the stem of one in ``folder`` (the package's shipped ones)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = CONFIG_DIR / (name_or_path if name_or_path.endswith(".toml") else f"{name_or_path}.toml")
+    shipped = folder / (name_or_path if name_or_path.endswith(".toml") else f"{name_or_path}.toml")
     if shipped.is_file():
         return shipped
-    names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
-    raise ConfigError(f"config {name_or_path!r}: no such file, and no shipped example of that name ({names})")
+    names = ", ".join(sorted(p.stem for p in folder.glob("*.toml")))
+    raise ConfigError(f"{what} {name_or_path!r}: no such file, and no shipped {shipped_as} of that name ({names})")
 
 
 def parse_value(text: str) -> object:
@@ -325,6 +334,11 @@ def check(c: RunConfig) -> None:
         _fail("data.test_size", f"must be > 0 (a count or a fraction), got {c.data.test_size}")
     if not c.data.dirichlet_alpha > 0:
         _fail("data.dirichlet_alpha", f"must be > 0, got {c.data.dirichlet_alpha}")
+    splits = c.run.eval_splits
+    if not splits or any(s not in EVAL_SPLITS for s in splits) or len(set(splits)) < len(splits):
+        _fail("run.eval_splits", f"must be a non-empty list of distinct names from {EVAL_SPLITS}, got {splits}")
+    if list(splits) == ["val"] and c.data.val_size == 0:
+        _fail("run.eval_splits", "is ['val'] but data.val_size = 0: there is no validation split")
 
 
 def diff(a: RunConfig, b: RunConfig) -> list[str]:

@@ -3,7 +3,8 @@
 ``run(config, run_dir)`` plays ``config.total_rounds`` rounds through the core's round protocol
 (:func:`rolora.federated.round.run_round`): participants sampled per round, each trains locally
 (:mod:`rolora.llm.local_training`), ``method.aggregate`` makes the new state. It evaluates every
-``eval_every`` rounds, checkpoints every ``checkpoint_every`` rounds (and at the end), and writes
+``eval_every`` rounds on the splits of ``run.eval_splits`` (test, and validation where
+``data.val_size`` > 0: ``val_*`` metrics), checkpoints every ``checkpoint_every`` rounds (and at the end), and writes
 the run folder (:mod:`rolora.llm.run_folder`). ``resume=True`` continues from the latest checkpoint
 and gives the same final metrics and adapters, bit for bit on CPU, as an uninterrupted run.
 """
@@ -20,7 +21,7 @@ from rolora.federated import GlobalState
 from rolora.federated.round import RoundFailed, run_round
 from rolora.llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rolora.llm.config import ConfigError, RunConfig, diff
-from rolora.llm.evaluation import evaluate_round
+from rolora.llm.evaluation import eval_sets, evaluate_round
 from rolora.llm.local_training import learning_rate, local_training
 from rolora.llm.prepare import RunSetup, build
 from rolora.llm.run_folder import command_line, plot_curves, read_config, read_metrics, write_metrics, write_start
@@ -72,6 +73,15 @@ def prefixed(prefix: str, scores: dict) -> dict:
     return {f"{prefix}_{k}": float(v) for k, v in scores.items()}
 
 
+def evaluate_splits(setup: RunSetup, state: GlobalState, kept: dict, clients: list, sets: dict | None = None) -> dict:
+    """``val_*`` and ``test_*`` metrics of the round's model on ``sets`` (default: the run's
+    :func:`~rolora.llm.evaluation.eval_sets`)."""
+    scores = {}
+    for name, data in (eval_sets(setup) if sets is None else sets).items():
+        scores.update(prefixed(name, evaluate_round(setup, state, kept, clients, data)))
+    return scores
+
+
 def check_resume(run_dir: Path, config: RunConfig | None) -> RunConfig:
     """The saved config of ``run_dir``; a different ``config`` is refused, naming the keys that differ."""
     saved = read_config(run_dir)
@@ -95,7 +105,8 @@ def config_of_run(config: RunConfig | None, run_dir: Path, resume: bool) -> RunC
     return config
 
 
-def start_state(setup: RunSetup, run_dir: Path, resume: bool, logger: logging.Logger = log) -> tuple:
+def start_state(setup: RunSetup, run_dir: Path, resume: bool, logger: logging.Logger = log,
+                sets: dict | None = None) -> tuple:
     """(state, kept, rows) of the latest checkpoint when resuming, else of round 0: the run folder's
     start files, the initial model's evaluation and the round-0 checkpoint are written."""
     c = setup.config
@@ -108,7 +119,7 @@ def start_state(setup: RunSetup, run_dir: Path, resume: bool, logger: logging.Lo
         logger.info("no checkpoint in %s: starting from round 0", run_dir)
     write_start(run_dir, c, str(setup.device), command_line())
     state = setup.initial_state()
-    rows = [{"round": 0, **prefixed("test", evaluate_round(setup, state, {}, list(range(c.federated.clients))))}]
+    rows = [{"round": 0, **evaluate_splits(setup, state, {}, list(range(c.federated.clients)), sets)}]
     write_metrics(run_dir, rows)
     save_checkpoint(run_dir, state, {}, rows)
     return state, {}, rows
@@ -132,7 +143,8 @@ def _run(config: RunConfig, run_dir: Path, resume: bool, quiet: bool, setup: Run
     method, c = setup.method, config
     total = c.total_rounds
     clients = list(range(c.federated.clients))
-    state, kept, rows = start_state(setup, run_dir, resume)
+    sets = eval_sets(setup)
+    state, kept, rows = start_state(setup, run_dir, resume, sets=sets)
     log.info("method %s, %d clients, %d rounds, model %s (%d adapted layers) on %s", method.name, len(clients),
              total, c.model.name, len(setup.adapters), setup.device)
 
@@ -160,12 +172,12 @@ def _run(config: RunConfig, run_dir: Path, resume: bool, quiet: bool, setup: Run
             if result.dropped:
                 log.warning("round %d: dropped clients %s (non-finite loss)", t, result.dropped)
             if t % c.run.eval_every == 0 or t == total:
-                rows[-1].update(prefixed("test", evaluate_round(setup, state, kept, result.participants)))
+                rows[-1].update(evaluate_splits(setup, state, kept, result.participants, sets))
             write_metrics(run_dir, rows)
             if t % max(1, c.run.checkpoint_every) == 0 or t == total:
                 save_checkpoint(run_dir, state, kept, rows)
             rounds_bar.update(1)
-            rounds_bar.set_postfix({k: f"{rows[-1][k]:.4g}" for k in ("train_loss", "test_loss", "test_accuracy")
+            rounds_bar.set_postfix({k: f"{rows[-1][k]:.4g}" for k in ("train_loss", "val_accuracy", "test_accuracy")
                                     if rows[-1].get(k) is not None})
             log.info("round %d: %s", t, {k: v for k, v in rows[-1].items() if k != "round"})
     finally:

@@ -272,3 +272,25 @@ def test_a_csv_with_sentence_pairs_and_natural_clients(tmp_path):
         run(load_config(None, TINY["roberta"] + COMMON + [f'data.dataset="{path}"', 'data.text_column="premise_typo"',
                                                           'data.label_column="gold"', "data.max_train_samples=0"]),
             tmp_path / "bad", quiet=True)
+
+
+def test_validation_metrics_beside_test_and_lr_selection_runs_never_score_the_test_set(tmp_path):
+    both = run(tiny_config("roberta", "data.val_size=12"), tmp_path / "both", quiet=True)
+    assert all({"val_loss", "val_accuracy", "test_loss", "test_accuracy"} <= set(r) for r in both.rows)
+    assert [r["val_loss"] for r in both.rows] != [r["test_loss"] for r in both.rows]  # two different sets
+    val_only = run(tiny_config("roberta", "data.val_size=12", 'run.eval_splits=["val"]'), tmp_path / "val", quiet=True)
+    assert not any(k.startswith("test_") for r in val_only.rows for k in r)
+    assert [r["val_loss"] for r in val_only.rows] == [r["val_loss"] for r in both.rows]
+    # Without a validation split the default scores the test set alone; asking for val alone is an error.
+    plain = run(tiny_config("roberta", "federated.rounds=1"), tmp_path / "plain", quiet=True)
+    assert not any(k.startswith("val_") for r in plain.rows for k in r)
+    with pytest.raises(ConfigError, match=r"run.eval_splits: is \['val'\] but data.val_size = 0"):
+        tiny_config("roberta", 'run.eval_splits=["val"]')
+    with pytest.raises(ConfigError, match="run.eval_splits: must be a non-empty list"):
+        tiny_config("roberta", 'run.eval_splits=["train"]')
+
+
+def test_personalised_methods_score_the_validation_split_too(tmp_path):
+    history = run(tiny_config("roberta", "data.val_size=12", "federated.method=fedsa-lora", "federated.rounds=1"),
+                  tmp_path / "p", quiet=True)
+    assert all(math.isfinite(r["val_accuracy"]) and math.isfinite(r["test_accuracy"]) for r in history.rows)

@@ -1,0 +1,237 @@
+"""``rolora llm sweep``: spec parsing and its errors, cell expansion, the lr choice on the validation
+split, and real tiny-bert sweeps (interrupted, resumed, skipped when finished, --jobs 2 = --jobs 1)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from rolora.llm.config import ConfigError, load_config, to_toml
+from rolora.llm.sweep import Sweep, dry_run, run_sweep, status_table
+from rolora.llm.sweep_spec import EXPERIMENTS_DIR, load_spec, lr_cells, main_cells, select
+
+TINY = ["model.name=tiny-bert", "model.max_length=24", "data.dataset=rotten_tomatoes", "data.test_size=24",
+        "data.val_size=24", "data.max_train_samples=48", "run.eval_batch_size=24", "federated.clients=3",
+        "federated.rounds=2", "train.local_steps=1", "train.batch_size=4", "lora.rank=2", "lora.alpha=4.0"]
+
+SPEC = """
+    base = "base.toml"
+    seeds = [0, 1]
+    evals = 2
+    [axes.clients]
+    short = "n"
+    2 = ["federated.clients=2"]
+    6 = ["federated.clients=6"]
+    [axes.rank]
+    short = "r"
+    2 = ["lora.rank=2", "lora.alpha=4.0"]
+    4 = ["lora.rank=4", "lora.alpha=8.0"]
+    [[columns]]
+    clients = 2
+    rank = 2
+    [[columns]]
+    clients = 6
+    rank = 2
+    [[columns]]
+    clients = 6
+    rank = 4
+    only_methods = ["rolora"]
+    [[methods]]
+    label = "rolora"
+    method = "rolora"
+    [[methods]]
+    label = "galore"
+    method = "fedavg-full"
+    overrides = ["train.optimizer=galore", "train.galore_rank=2"]
+    only_at = [{clients = 2}]
+    [[methods]]
+    label = "ffa"
+    method = "ffa-lora"
+    lr = 0.05
+    [lr]
+    grid = [1e-3, 3e-3, 1e-2]
+    at = {clients = 2}
+"""
+
+
+def write_spec(folder: Path, text: str, name: str = "exp") -> str:
+    (folder / "base.toml").write_text(to_toml(load_config(None, TINY)))
+    path = folder / f"{name}.toml"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def test_cells_are_methods_times_columns_times_seeds_with_the_restrictions(tmp_path):
+    spec = load_spec(write_spec(tmp_path, SPEC))
+    lr = lr_cells(spec)
+    # ffa has a fixed lr: only rolora and galore are selected, at the n2-r2 column, seed 0, val only.
+    assert [c.id for c in lr] == [f"lr-n2-r2-{m}-lr{x}" for m in ("rolora", "galore") for x in ("0.001", "0.003", "0.01")]
+    assert all('run.eval_splits=["val"]' in c.overrides and c.labels["seed"] == 0 for c in lr)
+    main = main_cells(spec, {"rolora": 0.003, "galore": 0.01})
+    per_seed = ["n2-r2-rolora", "n2-r2-galore", "n2-r2-ffa", "n6-r2-rolora", "n6-r2-ffa", "n6-r4-rolora"]
+    assert [c.id for c in main] == [f"exp-{p}-s{s}" for s in (0, 1) for p in per_seed]
+    cell = main[1]
+    assert cell.labels == {"experiment": "exp", "method": "galore", "seed": 0, "lr": 0.01, "clients": 2, "rank": 2}
+    assert cell.overrides == ("federated.clients=2", "lora.rank=2", "lora.alpha=4.0", 'federated.method="fedavg-full"',
+                              "train.optimizer=galore", "train.galore_rank=2", "train.lr=0.01", "run.seed=0",
+                              "run.eval_every=1")
+    assert main[2].labels["lr"] == 0.05 and "train.lr=0.05" in main[2].overrides
+    assert not any("eval_splits" in o for c in main for o in c.overrides)  # main cells score val and test
+    # Before the choice a selected method's cells have no lr.
+    assert main_cells(spec, {})[0].labels["lr"] is None
+    assert [c.id for c in select(main, "*-n6-*-s1")] == ["exp-n6-r2-rolora-s1", "exp-n6-r2-ffa-s1", "exp-n6-r4-rolora-s1"]
+
+
+def test_evals_sets_eval_every_from_each_cells_rounds(tmp_path):
+    spec = load_spec(write_spec(tmp_path, """
+        base = "base.toml"
+        overrides = ["federated.reference_clients=10", "federated.rounds=3"]
+        evals = 4
+        [axes.clients]
+        short = "n"
+        2 = ["federated.clients=2"]
+        10 = ["federated.clients=10"]
+        [[methods]]
+        label = "rolora"
+        method = "rolora"
+    """))
+    from rolora.llm.sweep_spec import cell_config
+
+    configs = [cell_config(spec, c) for c in main_cells(spec, {})]
+    assert [(c.total_rounds, c.run.eval_every) for c in configs] == [(15, 4), (3, 1)]
+    assert all(c.labels["lr"] == 5e-4 for c in main_cells(spec, {}))  # no lr table: the base's lr
+
+
+@pytest.mark.parametrize("text, message", [
+    ('base = "base.toml"\nmethod = []', "unknown key 'method'"),
+    ('seeds = [0]\n[[methods]]\nlabel = "a"\nmethod = "rolora"', "base: a shipped config"),
+    ('base = "nope.toml"\n[[methods]]\nlabel = "a"\nmethod = "rolora"', "config 'nope.toml'"),
+    ('base = "base.toml"', "methods: at least one"),
+    ('base = "base.toml"\n[[methods]]\nmethod = "rolora"', r"methods\[0\]: label"),
+    ('base = "base.toml"\n[[methods]]\nlabel = "a"\nmethod = "rolora"\noverrides = ["train.lrr=1"]',
+     "cell exp-a-s0: .*unknown key train.lrr"),
+    ('base = "base.toml"\n[[methods]]\nlabel = "a"\nmethod = "rolora"\noverrides = ["lr"]', "'lr' is not section.key=value"),
+    ('base = "base.toml"\n[axes.n]\n2 = ["federated.clients=2"]\n[[columns]]\nn = 3\n[[methods]]\nlabel = "a"\nmethod = "rolora"',
+     r"columns\[0\]: n = 3 is not a value of axes.n"),
+    ('base = "base.toml"\n[axes.n]\n2 = ["federated.clients=2"]\n[[methods]]\nlabel = "a"\nmethod = "rolora"\n'
+     '[lr]\ngrid = [0.1]\nat = {n = 5}', "lr.at {'n': 5} must match exactly one column"),
+    ('base = "base.toml"\n[axes.n]\n2 = ["federated.clients=2"]\n3 = ["federated.clients=3"]\n[[methods]]\nlabel = "a"\n'
+     'method = "rolora"\nonly_at = [{n = 3}]\n[lr]\ngrid = [0.1]\nat = {n = 2}', "'a': does not run at the lr selection column n2"),
+    ('base = "base.toml"\n[[methods]]\nlabel = "a"\nmethod = "rolora"\n[lr]\ngrid = [0.1]\nmetric = "test_accuracy"',
+     "lr.metric: must be a validation metric"),
+    ('base = "base.toml"\n[[methods]]\nlabel = "a"\nmethod = "rolora"\n[[methods]]\nlabel = "a"\nmethod = "ffa-lora"', "a label used twice"),
+    ('base = "base.toml"\n[[methods]]\nlabel = "a"\nmethod = "rolora:ffa_afterr=0.2"', r"methods\[0\].method: 'rolora:ffa_afterr=0.2'"),
+])
+def test_a_bad_spec_names_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_spec(write_spec(tmp_path, text))
+
+
+def test_an_unknown_spec_name_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match="no shipped spec of that name.*clients"):
+        load_spec("no-such-sweep")
+
+
+def test_shipped_specs_expand():
+    for path in sorted(EXPERIMENTS_DIR.glob("*.toml")):
+        sweep = Sweep(load_spec(path.stem), Path("/nonexistent/sweep"))
+        assert sweep.cells and path.read_text().startswith("#"), path
+
+
+def _fake_lr_cell(sweep: Sweep, cell, val_acc: float, val_loss: float, test_acc: float) -> None:
+    """A finished lr cell on disk: its config, a final row, curves.png."""
+    from rolora.llm.sweep_spec import cell_config
+
+    folder = sweep.out / "cells" / cell.id
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(cell_config(sweep.spec, cell).to_dict()))
+    rows = [{"round": 0}, {"round": 2, "val_accuracy": val_acc, "val_loss": val_loss, "test_accuracy": test_acc}]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "curves.png").write_bytes(b"")
+
+
+def test_the_lr_choice_takes_the_best_validation_score_and_never_the_test(tmp_path):
+    spec = load_spec(write_spec(tmp_path, SPEC))
+    sweep = Sweep(spec, tmp_path / "out")
+    assert sweep.lr_choice == {}  # nothing tried yet
+    scores = {"rolora": [(0.70, 0.5, 0.99), (0.80, 0.4, 0.10), (0.80, 0.3, 0.10)],  # tie: the lower val_loss
+              "galore": [(0.60, 0.5, 0.10), (0.90, 0.6, 0.10), (0.85, 0.3, 0.99)]}
+    for cell in sweep.lr:
+        i = spec.lr.grid.index(cell.labels["lr"])
+        _fake_lr_cell(sweep, cell, *scores[cell.labels["method"]][i])
+    sweep.refresh()
+    assert {k: v["chosen"] for k, v in sweep.lr_choice.items()} == {"rolora": 1e-2, "galore": 3e-3}
+    assert sweep.lr_choice["rolora"]["scores"] == {"0.001": 0.70, "0.003": 0.80, "0.01": 0.80}
+    assert sweep.lr_choice["galore"]["selected_at"] == {"clients": 2, "rank": 2, "seed": 0}
+    galore = [c for c in sweep.main if c.labels["method"] == "galore"]
+    assert galore and all(c.labels["lr"] == 3e-3 and "train.lr=0.003" in c.overrides for c in galore)
+    assert "(train.lr: chosen" not in dry_run(sweep)
+    assert "lr rolora: 0.01" in status_table(sweep)
+
+
+def test_a_cell_folder_of_another_config_is_failed_not_overwritten(tmp_path):
+    spec = load_spec(write_spec(tmp_path, SPEC))
+    sweep = Sweep(spec, tmp_path / "out")
+    cell = sweep.lr[0]
+    _fake_lr_cell(sweep, cell, 0.5, 0.5, 0.5)
+    (tmp_path / "base.toml").write_text(to_toml(load_config(None, TINY + ["train.batch_size=2"])))
+    sweep = Sweep(spec, tmp_path / "out")
+    assert sweep.status[cell.id] == "failed"
+    assert "different config (train.batch_size)" in sweep.document()["cells"][0]["error"]
+
+
+TINY_SWEEP = """
+    base = "base.toml"
+    seeds = [0]
+    evals = 2
+    [[methods]]
+    label = "rolora"
+    method = "rolora"
+    [lr]
+    grid = [1e-3, 1e-2]
+"""
+
+
+def _rows(folder: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("wall_s", "tokens_per_s")} for r in rows]
+
+
+@pytest.mark.slow  # ten cell processes (each imports torch and builds tiny-bert): about a minute
+def test_a_sweep_resumes_skips_finished_cells_and_jobs_2_gives_the_same_numbers(tmp_path, monkeypatch):
+    spec = load_spec(write_spec(tmp_path, TINY_SWEEP, "tiny"))
+    out, lines = tmp_path / "one", []
+    # Every cell process dies in round 2 (as if killed): the lr cells are failed, half done.
+    monkeypatch.setenv("ROLORA_TEST_DIE_IN_ROUND", "2")
+    sweep = run_sweep(spec, out, jobs=1, cores=1, echo=lines.append)
+    assert {sweep.status[c.id] for c in sweep.cells} == {"failed"}
+    doc = json.loads((out / "sweep.json").read_text())
+    assert "exit status 137" in doc["cells"][0]["error"] and "round 1:" in doc["cells"][0]["error"]  # run.log's tail
+    assert doc["lr_choice"]["rolora"]["chosen"] is None and doc["lr_choice"]["rolora"]["scores"] == {"0.001": None, "0.01": None}
+    assert "no learning rate chosen" in doc["cells"][-1]["error"]
+    monkeypatch.delenv("ROLORA_TEST_DIE_IN_ROUND")
+    sweep = run_sweep(spec, out, jobs=1, cores=1, echo=lines.append)
+    assert {sweep.status[c.id] for c in sweep.cells} == {"done"}
+    assert "resumed from" in (out / "cells" / "lr-rolora-lr0.001" / "run.log").read_text()
+    doc = json.loads((out / "sweep.json").read_text())
+    assert [c["status"] for c in doc["cells"]] == ["done"] * 3 and not any("error" in c for c in doc["cells"])
+    chosen = doc["lr_choice"]["rolora"]["chosen"]
+    assert chosen in (1e-3, 1e-2) and doc["cells"][-1]["labels"]["lr"] == chosen
+    for cell in doc["cells"]:
+        rows = _rows(out / cell["run_dir"])
+        assert [r["round"] for r in rows] == [0, 1, 2] and all("val_accuracy" in r for r in rows)
+        # lr cells never score the test set; main cells score both.
+        assert any(k.startswith("test_") for r in rows for k in r) == (cell["phase"] == "main")
+    # A finished sweep runs nothing again.
+    stamp = {c["id"]: (out / c["run_dir"] / "metrics.jsonl").stat().st_mtime_ns for c in doc["cells"]}
+    run_sweep(spec, out, jobs=1, cores=1, echo=lines.append)
+    assert {c["id"]: (out / c["run_dir"] / "metrics.jsonl").stat().st_mtime_ns for c in doc["cells"]} == stamp
+    assert "0 cells to run" in lines[-1]
+    # Two at a time (1 thread each, like the runs above): the same numbers, cell by cell.
+    run_sweep(spec, tmp_path / "two", jobs=2, cores=2, echo=lines.append)
+    for cell in doc["cells"]:
+        assert _rows(tmp_path / "two" / cell["run_dir"]) == _rows(out / cell["run_dir"]), cell["id"]
+    assert json.loads((tmp_path / "two" / "sweep.json").read_text())["lr_choice"] == doc["lr_choice"]
