@@ -26,8 +26,8 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.client.mod import secaggplus_mod
 
-from rolora.flower.codec import load_kept, merge, models_from_record, models_record, save_kept
-from rolora.flower.secagg import is_secagg_stage, keep_secret, secret_reply, secure_weight
+from rolora.flower.codec import forget_run, load_kept, merge, models_from_record, models_record, save_kept
+from rolora.flower.secagg import SECRET_ARRAYS, SECRET_INFO, is_secagg_stage, keep_secret, secret_reply, secure_weight
 
 # rolora.llm (transformers, datasets) is imported in the handlers that need a model, not here: a
 # SuperNode's per-message process answering 'hello' or 'kept' then starts in a fraction of the time.
@@ -54,6 +54,8 @@ def query(msg: Message, context: Context) -> Message:
         config_json = str(msg.content["config"]["config"])
         # no model yet: a SuperNode runs each message in a new process, so build only to train
         client, clients = _client_id(context, int(json.loads(config_json)["federated"]["clients"]))
+        if RUN in context.state and str(context.state[RUN]["config"]) != config_json:
+            forget_run(context.state, (SECRET_ARRAYS, SECRET_INFO))  # another run on this node (same Flower run)
         context.state[RUN] = ConfigRecord({"config": config_json, "client": client})
         return Message(RecordDict({"hello": ConfigRecord({"client": client, "clients": clients})}), reply_to=msg)
     if action == "kept":

@@ -124,6 +124,13 @@ def merge(node_state: RecordDict, content: RecordDict) -> GlobalState:
 KEPT_ARRAYS, KEPT_INFO = "rolora.kept", "rolora.kept_info"
 
 
+def forget_run(node_state: RecordDict, keys: tuple[str, ...] = ()) -> None:
+    """Drop what the node holds of a run (global copy, kept state, and ``keys``): another run starts."""
+    for key in (STATE_ARRAYS, STATE_INFO, KEPT_ARRAYS, KEPT_INFO, *keys):
+        if key in node_state:
+            del node_state[key]
+
+
 def save_kept(node_state: RecordDict, client: int | str, kept: ModelTensors | None) -> None:
     tensors, meta = kept_to_flat({client: kept})
     node_state[KEPT_ARRAYS] = to_record(tensors)

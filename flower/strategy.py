@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -75,29 +76,40 @@ class RoloraStrategy(Strategy):
 
     # ----------------------------------------------------------------------------- nodes
     def introduce(self, grid: Grid, config_json: str, timeout: float) -> None:
-        """Wait for every client's node, send it the run's config, learn which client each node is."""
+        """Wait for every client's node, send it the run's config, learn which client each node is.
+
+        A node the SuperLink still lists but that no longer answers (a SuperNode killed since; Flower
+        marks it offline only after two missed heartbeats) is skipped: the node that replaced it
+        claims its client. A node whose ClientApp refuses the run stops it."""
         deadline = time.monotonic() + timeout
-        nodes = list(grid.get_node_ids())
-        while len(nodes) < self.clients and time.monotonic() < deadline:
+        asked: set[int] = set()
+        while len(self.nodes) < self.clients:
+            new = [n for n in grid.get_node_ids() if n not in asked]
+            if new:
+                asked.update(new)
+                self._hello(grid, new, config_json, max(1.0, deadline - time.monotonic()))
+                continue
+            if time.monotonic() >= deadline:
+                missing = sorted(set(range(self.clients)) - set(self.nodes))
+                raise RuntimeError(f"no node answered for clients {missing} within {timeout:.0f} s ({len(asked)} "
+                                   f"nodes asked; federated.clients = {self.clients}): start one SuperNode per client")
             time.sleep(0.5)
-            nodes = list(grid.get_node_ids())
-        if len(nodes) < self.clients:
-            raise RuntimeError(f"{len(nodes)} Flower nodes connected within {timeout:.0f} s, the config has "
-                               f"federated.clients = {self.clients}: start one SuperNode per client")
+
+    def _hello(self, grid: Grid, nodes: list[int], config_json: str, timeout: float) -> None:
         hello = ConfigRecord({"action": "hello", "config": config_json})
         replies = grid.send_and_receive([Message(RecordDict({"config": hello}), dst_node_id=n,
                                                  message_type=MessageType.QUERY) for n in nodes], timeout=timeout)
         for reply in replies:
             if reply.has_error():
+                if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
+                    log.warning("a listed node is unavailable (skipped): %s", reply.error.reason)
+                    continue
                 raise RuntimeError(f"node {reply.metadata.src_node_id} refused the run: {reply.error.reason}")
             client = int(reply.content["hello"]["client"])
             if client in self.nodes:
                 raise RuntimeError(f"two nodes ({self.nodes[client]} and {reply.metadata.src_node_id}) claim "
                                    f"client {client}: give every SuperNode its own partition-id")
             self.nodes[client] = reply.metadata.src_node_id
-        missing = sorted(set(range(self.clients)) - set(self.nodes))
-        if missing:
-            raise RuntimeError(f"no node answered for clients {missing} (their nodes did not reply in time)")
 
     def _message(self, client: int, kind: str, **config) -> tuple[Message, int]:
         node = self.nodes[client]
@@ -132,8 +144,9 @@ class RoloraStrategy(Strategy):
         by_client, node_of = {}, {n: k for k, n in self.nodes.items()}
         for reply in replies:
             k = node_of.get(reply.metadata.src_node_id)
-            if reply.has_error():
-                log.warning("round %d: client %s failed on its node: %s", rec.t, k, reply.error.reason)
+            if reply.has_error():  # a node the SuperLink found unavailable answers as the SuperLink (k None)
+                log.warning("round %d: %s failed: %s", rec.t, "a node" if k is None else f"client {k}",
+                            reply.error.reason)
                 continue
             by_client[k] = reply
         trained = []
