@@ -30,6 +30,7 @@ A spec names a base config and how cells differ from it::
     only_at = [{clients = 3}, {clients = 20}]   # optional: only in columns matching one of these
     lr = 1e-3                         # optional: a fixed learning rate (no lr selection for it)
     lr_at = {clients = 3}             # optional: select its lr in this column instead of lr.at's
+    lr_grid = [1e-4, 3e-4, 1e-3]      # optional: its own selection grid instead of lr.grid
 
     [lr]                              # optional: choose each method's lr on the validation split
     grid = [1e-3, 3e-3, 1e-2]
@@ -60,7 +61,7 @@ EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
 """Sweep specs that ship with the package (``rolora llm sweep NAME`` finds them by name)."""
 
 TOP_KEYS = {"experiment", "base", "overrides", "seeds", "evals", "axes", "columns", "methods", "lr"}
-METHOD_KEYS = {"label", "method", "overrides", "only_at", "lr", "lr_at"}
+METHOD_KEYS = {"label", "method", "overrides", "only_at", "lr", "lr_at", "lr_grid"}
 LR_KEYS = {"grid", "at", "metric"}
 SAFE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -74,6 +75,8 @@ class MethodEntry:
     lr: float | None = None
     lr_at: dict | None = None
     """Where this method's lr is selected, if not at ``lr.at`` (e.g. a centralised column)."""
+    lr_grid: tuple[float, ...] | None = None
+    """This method's own selection grid instead of ``lr.grid`` (full-rank updates want smaller lrs)."""
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,13 @@ def parse_spec(raw: dict, name: str, folder: Path = Path("."), where: str = "spe
     spec = Spec(name=name, experiment=experiment, base=base, overrides=_strings(f"{where}: overrides", raw.get("overrides", [])),
                 seeds=tuple(seeds), evals=evals, columns=columns, methods=methods,
                 lr=_lr(where, raw.get("lr"), axes), raw=raw)
+    for i, m in enumerate(methods):
+        for at in [*m.only_at, m.lr_at or {}]:
+            for key in at:
+                if key not in axes:
+                    _fail(f"{where}: methods[{i}]", f"{key!r} in only_at / lr_at is not an axis ({', '.join(axes) or 'none'})")
+        if not any(spec.runs_at(m, c) for c in columns):
+            _fail(f"{where}: methods[{i}]", f"{m.label!r} runs in no column (check only_at and the columns' only_methods)")
     if spec.lr is not None:
         for m in methods:
             if not spec.selected(m):
@@ -312,8 +322,13 @@ def _methods(where: str, raw) -> tuple[MethodEntry, ...]:
         lr = table.get("lr")
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
             _fail(at, f"lr: must be a number > 0, got {lr!r}")
+        lr_grid = table.get("lr_grid")
+        if lr_grid is not None and (not isinstance(lr_grid, list) or not lr_grid or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in lr_grid)):
+            _fail(at, f"lr_grid: must be a non-empty list of numbers > 0, got {lr_grid!r}")
         out.append(MethodEntry(label, method, _strings(f"{at}.overrides", table.get("overrides", [])),
-                               tuple(only_at), None if lr is None else float(lr), lr_at))
+                               tuple(only_at), None if lr is None else float(lr), lr_at,
+                               None if lr_grid is None else tuple(float(x) for x in lr_grid)))
     _check_method_specs(where, out)
     labels = [m.label for m in out]
     if len(set(labels)) < len(labels):
@@ -393,7 +408,7 @@ def lr_cells(spec: Spec) -> list[Cell]:
         if not spec.selected(method):
             continue
         column = spec.selection_column(method)
-        for lr in spec.lr.grid:
+        for lr in method.lr_grid or spec.lr.grid:
             labels = {"experiment": spec.experiment, "method": method.label, "seed": seed, "lr": lr, **column.labels}
             overrides = _overrides(spec, method, column, lr, seed) + ['run.eval_splits=["val"]']
             cell_id = "-".join(p for p in ("lr", column.id, method.label, f"lr{lr_text(lr)}") if p)
