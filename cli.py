@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "theory": ("rolora.theory.cli", "reproduce the linear-model analysis and its figures (NumPy)"),
     "toy": ("rolora.toy.cli", "the MNIST two-layer federated experiment (the paper's Figure 2)"),
     "llm": ("rolora.llm.cli", "federated fine-tuning of Hugging Face models (BERT/RoBERTa, Llama)"),
+    "report": ("rolora.reports.cli", "docs/reproduction.md: the paper's claims beside ours, from result files"),
 }
 
 # `rolora bench <name>` -> module

@@ -13,7 +13,9 @@ also inside functions; relative imports are resolved; ``from pkg import name`` c
 3. ``federated`` never imports ``toy``, ``llm`` or ``kernels`` (it is the bottom of the torch stack).
 4. No "upward" or sideways import: a subpackage imports only itself and the layers it may build on
    (``toy`` and ``llm``: ``federated``, ``kernels`` and ``optim``; never each other;
-   ``flower``: those and ``llm``, and nothing imports ``flower``; ``optim``, like ``theory``,
+   ``flower``: those and ``llm``, and nothing imports ``flower``; ``reports`` (``rolora report``, the
+   reproduction report read from result files): ``theory``, ``toy``, ``llm``, ``federated`` and
+   ``optim``, and nothing imports ``reports``; ``optim``, like ``theory``,
    ``kernels`` and ``federated``, builds on nothing of ours, and imports only torch, numpy and the
    standard library). Every folder of the package with an
    ``__init__.py`` must have a layer here, so a new subpackage gets one on purpose. Never the top-level
@@ -53,6 +55,7 @@ MAY_BUILD_ON = {
     "toy": {"federated", "kernels", "optim"},
     "llm": {"federated", "kernels", "optim"},
     "flower": {"federated", "kernels", "optim", "llm"},
+    "reports": {"theory", "toy", "llm", "federated", "optim"},
 }
 SUBPACKAGES = tuple(MAY_BUILD_ON)
 KERNELS_THIRD_PARTY = {"torch", "triton", "numpy"}

@@ -1,0 +1,54 @@
+"""``rolora report``: regenerate ``docs/reproduction.md`` (the paper's claims beside ours) and its data.
+
+    rolora report [--sweeps DIR] [--theory-dir DIR] [--out FILE] [--data DIR] [--toy-csv FILE] [--from-csv]
+
+Without ``--from-csv``: extract every source (sweep folders, ``rolora theory``'s folder, the memory
+counts) into CSVs in the data folder (default: the output's name without ``.md``, i.e.
+``docs/reproduction/``), then render. With it: render from the CSVs already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rolora.federated.serial import atomic_file
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rolora report", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--sweeps", type=Path, default=Path("runs/sweeps"),
+                   help="a folder of `rolora llm sweep` folders (or one sweep folder)")
+    p.add_argument("--theory-dir", type=Path, default=Path("out/theory"), help="`rolora theory --out` folder")
+    p.add_argument("--out", type=Path, default=Path("docs/reproduction.md"), help="the markdown file to write")
+    p.add_argument("--data", type=Path, default=None, help="CSV and figure folder (default: OUT without .md)")
+    p.add_argument("--toy-csv", type=Path, default=Path("docs/toy-mnist-galore.csv"), help="the toy's results")
+    p.add_argument("--from-csv", action="store_true", help="do not extract: render from the CSVs in --data")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    data = args.data or args.out.with_suffix("")
+    if args.from_csv:
+        if not data.is_dir():
+            print(f"rolora report: error: --from-csv needs the CSVs in {data}, which does not exist", file=sys.stderr)
+            return 2
+    else:
+        from rolora.reports.extract import extract
+
+        written = extract(args.sweeps, args.theory_dir, data)
+        print(f"extracted {len(written)} CSVs into {data}")
+    from rolora.reports.document import render
+
+    text = render(data, args.out, args.toy_csv)
+    with atomic_file(args.out) as tmp:
+        tmp.write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The language-model part of the report: one section per sweep, claim by claim.
+
+Each section: the paper's claim and numbers, our table (mean ± std over finished seeds, with what is
+unfinished), the pairwise outcomes of the claim's winner against its baselines, and the verdict by
+:data:`rolora.reports.verdicts.RULE`. The client-count sweep also puts the paper's Table 1 averages
+beside ours and judges its two halves (ties at the fewest clients, RoLoRA ahead at the most).
+"""
+
+from __future__ import annotations
+
+from rolora.reports import verdicts as v
+from rolora.reports.claims import ClaimRow
+from rolora.reports.lm_results import SweepResults
+from rolora.reports.markdown import table
+from rolora.reports.paper import CLAIMS, STANDARD, TABLE1_AVG, SweepClaim
+
+SWEEP_COMMAND = "rolora llm sweep {name}"
+IN_KIND_WHY = ("our setting is a stand-in (MiniLM-L6 on Rotten Tomatoes / TREC, not RoBERTa-Large on GLUE), so "
+               "at best the paper's pattern, not its numbers, can be reproduced")
+
+
+def not_run(name: str) -> str:
+    return (f"**Not run yet.** No `{name}` sweep was found. Run `{SWEEP_COMMAND.format(name=name)}`, then "
+            "`rolora report` (see [Commands](#commands)).")
+
+
+def paper_value(sweep: SweepResults, setting: str, method: str) -> float | None:
+    axes = sweep.axes[setting]
+    return TABLE1_AVG.get((axes.get("clients"), axes.get("rank")), {}).get(method)
+
+
+def results_table(sweep: SweepResults, with_paper: bool) -> str:
+    """Rows: methods; per setting, ours (and the paper's GLUE average where it has one)."""
+    settings = sweep.settings()
+    headers = ["method"]
+    for s in settings:
+        headers += ([f"{s}: paper"] if with_paper else []) + [f"{s}: ours"]
+    rows = []
+    for m in sweep.methods():
+        row = [m]
+        for s in settings:
+            if with_paper:
+                p = paper_value(sweep, s, m)
+                row.append("–" if p is None else f"{p:.2f}")
+            group = sweep.groups[s].get(m)
+            text = "–" if group is None else group.accuracy().text()
+            if group is not None and group.missing_text():
+                text += f"; not finished: {group.missing_text()}"
+            row.append(text)
+        rows.append(row)
+    return table(headers, rows)
+
+
+def winner_of(sweep: SweepResults, claim: SweepClaim) -> str | None:
+    if claim.winner:
+        return claim.winner
+    others = [m for m in sweep.methods() if m not in STANDARD]
+    return others[0] if others else None
+
+
+def pairs_at(sweep: SweepResults, setting: str, winner: str, against: tuple[str, ...]) -> list[v.Pair]:
+    results = sweep.accuracies(setting)
+    baselines = list(against) or [m for m in sweep.methods() if m != winner]
+    return v.beats_all(winner, results, baselines)
+
+
+def outcome_lines(sweep: SweepResults, winner: str, against: tuple[str, ...]) -> list[str]:
+    return [f"- {s}: {winner} against " + "; ".join(p.text() for p in pairs_at(sweep, s, winner, against) or [])
+            for s in sweep.settings() if pairs_at(sweep, s, winner, against)]
+
+
+def _extreme(sweep: SweepResults, pick) -> list[str]:
+    """Settings with RoLoRA at the fewest (pick=min) or most (pick=max) clients, one per other axis value
+    (a reference column without RoLoRA, e.g. the one-client centralised run, is not one of them)."""
+    with_clients = [s for s in sweep.settings() if "clients" in sweep.axes[s] and "rolora" in sweep.groups[s]]
+    if not with_clients:
+        return []
+    n = pick(sweep.axes[s]["clients"] for s in with_clients)
+    return [s for s in with_clients if sweep.axes[s]["clients"] == n]
+
+
+def _pairs_text(pairs: list[v.Pair]) -> str:
+    return "; ".join(p.text() for p in pairs) or "no finished pair"
+
+
+def _ours(sweep: SweepResults, setting: str) -> str:
+    acc = sweep.accuracies(setting)
+    return f"{setting}: " + " / ".join(f"{m} {acc[m].text().split(' (')[0]}" for m in sweep.methods() if m in acc and acc[m].n)
+
+
+def _paper(sweep: SweepResults, setting: str) -> str:
+    """The paper's GLUE averages at this setting's client count and rank, or '–'."""
+    values = [(m, paper_value(sweep, setting, m)) for m in sweep.methods()]
+    return " / ".join(f"{m} {p:.2f}" for m, p in values if p is not None) or "–"
+
+
+def degradation_lines(sweep: SweepResults) -> list[str]:
+    """Each method's change from the fewest to the most clients, at each other-axis value (points)."""
+    few, most = _extreme(sweep, min), _extreme(sweep, max)
+    lines = []
+    for a in few:
+        for b in most:
+            others_a = {k: x for k, x in sweep.axes[a].items() if k != "clients"}
+            others_b = {k: x for k, x in sweep.axes[b].items() if k != "clients"}
+            if a == b or others_a != others_b:
+                continue
+            acc_a, acc_b = sweep.accuracies(a), sweep.accuracies(b)
+            changes = [f"{m} {100 * (acc_b[m].mean - acc_a[m].mean):+.1f}" for m in sweep.methods()
+                       if acc_a.get(m) and acc_b.get(m) and acc_a[m].n and acc_b[m].n]
+            if changes:
+                lines.append(f"- {a} → {b} (mean accuracy, points): " + ", ".join(changes))
+    return lines
+
+
+def clients_verdicts(sweep: SweepResults, claim: SweepClaim, summary: list[ClaimRow]) -> list[str]:
+    """The two halves of the client-count claim, each by the rule."""
+    lines = []
+    few = _extreme(sweep, min)
+    for s in few:
+        pairs = pairs_at(sweep, s, "rolora", claim.against)
+        verdict = v.tie_verdict(pairs)
+        summary.append(ClaimRow(f"Table 1: ties at the fewest clients ({s})", _paper(sweep, s), _ours(sweep, s), verdict))
+        lines.append(f"- **Ties at the fewest clients ({s})**: **{verdict}** — {_pairs_text(pairs)}.")
+    for s in _extreme(sweep, max):
+        if s in few:
+            continue
+        pairs = pairs_at(sweep, s, "rolora", claim.against)
+        verdict = v.win_verdict(pairs)
+        summary.append(ClaimRow(f"Table 1: RoLoRA ahead at the most clients ({s})", _paper(sweep, s), _ours(sweep, s),
+                                verdict))
+        lines.append(f"- **RoLoRA ahead at the most clients ({s})**: **{verdict}** — {_pairs_text(pairs)}.")
+    return lines
+
+
+def sweep_section(claim: SweepClaim, sweep: SweepResults | None, summary: list[ClaimRow], level: str = "###") -> str:
+    out = [f"{level} {claim.title} (`{claim.sweep}` sweep)", "",
+           f"**Paper's claim.** {claim.claim}", "", f"**Paper's numbers.** {claim.paper_numbers}", ""]
+    if sweep is None or not sweep.groups:
+        summary.append(ClaimRow(claim.title, claim.short, "–", v.NOT_RUN))
+        return "\n".join(out + [not_run(claim.sweep), ""])
+    out += ["**Ours** (final test accuracy %, mean ± sample std over finished seeds):", "",
+            results_table(sweep, with_paper=claim.sweep == "clients"), ""]
+    winner = winner_of(sweep, claim)
+    if winner is None:
+        summary.append(ClaimRow(claim.title, claim.short, "the variant was not run", v.NOT_RUN))
+        return "\n".join(out + ["No method other than the standard ones was run: the claim's variant is missing.", ""])
+    out += [f"Outcomes of {winner} by the rule ([verdict rule](#how-verdicts-are-computed)):", ""]
+    out += outcome_lines(sweep, winner, claim.against) or ["- no setting has a finished pair yet"]
+    out.append("")
+    if claim.sweep in ("clients", "clients-trec"):
+        drops = degradation_lines(sweep)
+        if drops:
+            out += ["Change as clients grow (the paper: the baselines fall, RoLoRA holds):", ""] + drops + [""]
+    if claim.sweep == "clients":
+        out += ["**Verdicts.**", ""] + clients_verdicts(sweep, claim, summary)
+    else:
+        pairs = [p for s in sweep.settings() for p in pairs_at(sweep, s, winner, claim.against)]
+        verdict = v.win_verdict(pairs)
+        counts = {o: sum(p.outcome == o for p in pairs) for o in (v.AHEAD, v.BEHIND)}
+        summary.append(ClaimRow(claim.title, claim.short, f"{winner} ahead in {counts[v.AHEAD]} of {len(pairs)} pairs, "
+                                f"behind in {counts[v.BEHIND]}", verdict))
+        out.append(f"**Verdict: {verdict}** (over every setting of the sweep).")
+    out += ["", f"Why at best *in kind*: {IN_KIND_WHY}.", ""]
+    return "\n".join(out)
+
+
+def lm_sections(sweeps: dict[str, SweepResults], summary: list[ClaimRow]) -> str:
+    """Every sweep the paper's claims need, in the paper's order (a missing one says how to run it)."""
+    summary.append(ClaimRow("Table 1's own numbers (RoBERTa-Large, GLUE)", "RoLoRA 85.81 avg at 50 clients, r4",
+                            "no RoBERTa-Large weights or GLUE data here; MiniLM-L6 on Rotten Tomatoes / TREC stands in",
+                            v.NOT_TESTABLE))
+    return "\n".join(sweep_section(c, sweeps.get(c.sweep), summary) for c in CLAIMS)

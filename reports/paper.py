@@ -1,0 +1,89 @@
+"""What the paper claims, with its own numbers, as data (source: ``shared/reference/rolora-paper.md``).
+
+These are the only typed numbers in the report: they are the paper's, quoted beside ours. Its LM
+numbers are RoBERTa-Large on GLUE (averages over SST-2, QNLI, MNLI, QQP, RTE unless said), accuracy %.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PAPER = "RoLoRA (arXiv 2502.01755, NeurIPS 2025)"
+LORA_BASELINES = ("fedavg-lora", "ffa-lora", "flexlora")
+FULL_RANK = ("galore-fedavg", "fedavg-full-adam")
+
+TABLE1_AVG: dict[tuple[int, int], dict[str, float]] = {
+    # (clients, rank) -> method -> GLUE average accuracy %
+    (3, 4): {"fedavg-lora": 88.20, "ffa-lora": 87.48, "rolora": 88.28},
+    (20, 4): {"fedavg-lora": 78.90, "rolora": 87.03},
+    (50, 4): {"fedavg-lora": 70.72, "ffa-lora": 76.48, "flexlora": 54.67, "rolora": 85.81},
+    (50, 8): {"fedavg-lora": 64.03, "ffa-lora": 72.46, "rolora": 86.27},
+}
+TABLE1_50 = {  # Table 1 per task, 50 clients, rank 4
+    "fedavg-lora": {"SST-2": 93.00, "QNLI": 78.13, "MNLI": 52.64, "QQP": 77.60, "RTE": 52.23},
+    "ffa-lora": {"SST-2": 93.23, "QNLI": 85.05, "MNLI": 69.97, "QQP": 78.44, "RTE": 55.72},
+    "flexlora": {"SST-2": 54.08, "QNLI": 55.40, "MNLI": 39.14, "QQP": 72.00, "RTE": 52.71},
+    "rolora": {"SST-2": 94.80, "QNLI": 90.00, "MNLI": 82.98, "QQP": 85.71, "RTE": 75.57},
+}
+PAPER_QNLI_SAMPLES = 500 * 3 * 20 * 32
+"""QNLI at 3 clients: 500 rounds × 3 clients × 20 local steps × batch 32 (§5's protocol)."""
+PAPER_SETTING = ("RoBERTa-Large (355 M) on five GLUE tasks, LoRA rank 4 (8 also) on query and value, "
+                 "batch 32, 20 local steps, IID split, full participation, rounds ∝ 1/N (QNLI: 500 at 3 clients, "
+                 "30 at 50)")
+
+
+@dataclass(frozen=True)
+class SweepClaim:
+    """One LM experiment of the paper and how its sweep is judged.
+
+    ``winner``: the method the paper says wins (None: the sweep's one method label outside
+    ``STANDARD``, e.g. a handover variant); ``against``: the baselines it is judged against (empty:
+    every other method in the sweep).
+    """
+
+    sweep: str
+    title: str
+    claim: str
+    paper_numbers: str
+    short: str = ""
+    """The paper's number in a few words, for the report's opening table."""
+    winner: str | None = "rolora"
+    against: tuple[str, ...] = ()
+
+
+STANDARD = ("rolora", "fedavg-lora", "ffa-lora", "flexlora", "galore-fedavg", "fedavg-full-adam", "centralised")
+
+CLAIMS: tuple[SweepClaim, ...] = (
+    SweepClaim("clients", "Number of clients (Table 1)",
+               "All methods tie at 3 clients; FedAvg-LoRA, FFA-LoRA and FlexLoRA degrade as clients grow "
+               "(and as the rank shrinks), RoLoRA holds.",
+               "GLUE average: 3 clients r4 LoRA 88.20 / FFA 87.48 / RoLoRA 88.28; 20 clients r4 LoRA 78.90 / "
+               "RoLoRA 87.03; 50 clients r4 LoRA 70.72 / FFA 76.48 / FlexLoRA 54.67 / RoLoRA 85.81; "
+               "50 clients r8 LoRA 64.03 / FFA 72.46 / RoLoRA 86.27.",
+               short="ties at 3 clients; RoLoRA 85.81 vs ≤ 76.48 at 50", against=LORA_BASELINES),
+    SweepClaim("clients-trec", "Number of clients, a second task (TREC)",
+               "The same ordering on another task: RoLoRA holds as clients grow, the LoRA baselines degrade.",
+               "The paper's second to fifth tasks (QNLI, MNLI, QQP, RTE) at 50 clients: RoLoRA 90.00 / 82.98 / "
+               "85.71 / 75.57 against FFA-LoRA 85.05 / 69.97 / 78.44 / 55.72.",
+               short="RoLoRA ahead on every task at 50 clients", against=LORA_BASELINES),
+    SweepClaim("fewer-params", "Fewer fine-tuned parameters",
+               "With LoRA on the last few layers only (or value only), FFA-LoRA degrades sharply, RoLoRA holds.",
+               "Qualitative in our source (the numbers were not reachable).", short="FFA-LoRA degrades, RoLoRA holds",
+               against=("ffa-lora", "fedavg-lora")),
+    SweepClaim("local-steps", "Local steps per round",
+               "RoLoRA stays ahead of FFA-LoRA from 1 to 20 local steps (MNLI, 50 clients).",
+               "FFA-LoRA 72.52 → 69.97, RoLoRA 84.39 → 82.98 (1 → 20 steps).",
+               short="RoLoRA 84.39 / 82.98 vs FFA 72.52 / 69.97", against=("ffa-lora", "fedavg-lora")),
+    SweepClaim("handover", "RoLoRA first, then FFA-LoRA (ablation)",
+               "RoLoRA for the first 20 % of rounds, then FFA-LoRA, already beats pure FFA-LoRA: learning A "
+               "matters early.", "Qualitative in our source.", short="handover beats pure FFA-LoRA", winner=None,
+               against=("ffa-lora",)),
+    SweepClaim("heterogeneity", "Dirichlet non-IID clients",
+               "RoLoRA beats FedAvg-LoRA on label-skewed clients.",
+               "MNLI, Dir(0.5) 10 clients: LoRA 81.19 vs RoLoRA 82.60; Dir(1.0) 15 clients: 74.54 vs 81.55.",
+               short="RoLoRA 82.60 / 81.55 vs LoRA 81.19 / 74.54", against=("fedavg-lora", "ffa-lora")),
+    SweepClaim("decoder", "A decoder model (Llama-2-7B in the paper)",
+               "RoLoRA beats FedAvg-LoRA and FFA-LoRA on a decoder at 50 clients.",
+               "Llama-2-7B commonsense average, 50 clients, rank 8: FedAvg-LoRA ≈33.1, FFA-LoRA ≈17.9, "
+               "RoLoRA ≈42.9.", short="RoLoRA ≈42.9 vs LoRA ≈33.1 / FFA ≈17.9", against=("fedavg-lora", "ffa-lora")),
+)

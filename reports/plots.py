@@ -1,0 +1,63 @@
+"""The report's figures (matplotlib, Agg): accuracy vs round and accuracy vs bytes uploaded.
+
+Each figure has one panel per setting and one line per method: the mean over finished seeds with a
+±1 std band (no band where only one seed finished). A figure with no finished cell is not written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rolora.federated.serial import atomic_file
+from rolora.reports.lm_curves import mean_curve, seed_curves
+from rolora.reports.lm_results import METHOD_ORDER, method_order
+
+
+def _panels(rows, sweep: str, settings: list[str] | None):
+    curves = seed_curves(rows, sweep)
+    names = sorted({s for s, _ in curves}) if settings is None else [s for s in settings if any(k[0] == s for k in curves)]
+    return curves, names
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+    return path
+
+
+def accuracy_figure(rows: list[dict[str, str]], sweep: str, settings: list[str], path: Path,
+                    x: str = "round", title: str = "") -> Path | None:
+    """Test accuracy against ``x`` ('round', or 'upload': cumulative upload per client, log scale)."""
+    curves, names = _panels(rows, sweep, settings)
+    if not names:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(names), figsize=(max(6.0, 4.2 * len(names)), 3.6), squeeze=False)
+    for ax, setting in zip(axes[0], names):
+        for method in sorted({m for s, m in curves if s == setting}, key=method_order):
+            c = mean_curve(curves[(setting, method)])
+            xs = c.rounds if x == "round" else c.upload_per_client / 2**20
+            keep = xs > 0 if x == "upload" else xs >= 0
+            n = int(c.n.max())
+            color = f"C{METHOD_ORDER.index(method)}" if method in METHOD_ORDER else None  # same colour in every panel
+            line, = ax.plot(xs[keep], 100 * c.accuracy[keep], marker=".", color=color, label=f"{method} (n={n})")
+            if n > 1:
+                ax.fill_between(xs[keep], 100 * (c.accuracy - c.std)[keep], 100 * (c.accuracy + c.std)[keep],
+                                color=line.get_color(), alpha=0.2)
+        ax.set_title(setting)
+        ax.set_xlabel("round" if x == "round" else "uploaded per client (MiB, log)")
+        if x == "upload":
+            ax.set_xscale("log")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = _save(fig, Path(path))
+    plt.close(fig)
+    return out

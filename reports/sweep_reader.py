@@ -1,0 +1,142 @@
+"""A ``rolora llm sweep`` folder as flat rows: one per sweep, per cell, per evaluated round, per lr choice.
+
+The folder (``runs/sweeps/<name>/``, not committed) holds ``sweep.json`` (cells with their labels,
+status and ``run_dir``) and one ordinary run folder per cell (``config.json``, ``metrics.jsonl``,
+``versions.json``). Sweeps are read as they are: a pending cell has no metrics, a partial one has some
+rounds, a failed one may have any; each row keeps the cell's status so the report decides what counts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+SWEEP_FIELDS = ("sweep", "folder", "cells", "done", "partial", "pending", "failed", "setup", "spec")
+CELL_FIELDS = ("sweep", "cell", "experiment", "method", "seed", "lr", "phase", "status", "setting", "axes",
+               "rounds_logged", "final_round", "final_test_accuracy", "final_test_loss", "wall_s",
+               "upload_bytes", "train_samples", "device")
+CURVE_FIELDS = ("sweep", "cell", "method", "seed", "phase", "status", "setting", "round", "test_accuracy",
+                "test_loss", "upload_per_client")
+LR_FIELDS = ("sweep", "method", "metric", "chosen", "grid", "scores")
+NOT_AXES = {"experiment", "method", "seed", "lr"}
+SETUP_KEYS = ("model.name", "model.max_length", "model.dtype", "data.dataset", "data.partition", "data.test_size",
+              "lora.rank", "lora.targets", "lora.dropout", "train.optimizer", "train.local_steps", "train.batch_size",
+              "federated.clients")
+"""Config keys whose values (over a sweep's main cells) describe its setting in the report."""
+SHORT = {"clients": "n", "rank": "r"}
+
+
+def find_sweeps(root: Path) -> list[Path]:
+    """Sweep folders under ``root`` (or ``root`` itself when it holds a sweep.json), by name."""
+    root = Path(root)
+    if (root / "sweep.json").exists():
+        return [root]
+    return sorted(p.parent for p in root.glob("*/sweep.json")) if root.is_dir() else []
+
+
+def setting_label(axes: dict[str, Any]) -> str:
+    """'n20-r4' for {clients: 20, rank: 4}; other axes as key=value (sorted), joined by '-'."""
+    parts = [f"{SHORT[k]}{axes[k]}" for k in SHORT if k in axes]
+    parts += [f"{k}={axes[k]}" for k in sorted(axes) if k not in SHORT]
+    return "-".join(parts) or "default"
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's rows; a missing file or a torn last line (a run killed mid-write) is skipped."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def setup_text(configs: list[dict[str, Any]]) -> str:
+    """'model.name minilm; lora.rank 4 / 8; ...': each SETUP_KEYS value (or values) over the configs."""
+    parts = []
+    for key in SETUP_KEYS:
+        section, name = key.split(".")
+        values = []
+        for c in configs:
+            value = c.get(section, {}).get(name)
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if value not in (None, [], "") and value not in values:
+                values.append(value)
+        if values:
+            parts.append(f"{key} " + " / ".join(str(x) for x in sorted(values, key=str)))
+    return "; ".join(parts)
+
+
+def _device(run_dir: Path) -> str:
+    path = run_dir / "versions.json"
+    if not path.exists():
+        return ""
+    v = json.loads(path.read_text())
+    if v.get("gpu"):
+        return str(v["gpu"])
+    threads = v.get("threads")
+    if threads:
+        return f"{v.get('device', '?')}, {threads} thread{'s' if threads != 1 else ''}"
+    return str(v.get("device") or "")
+
+
+def cell_rows(sweep: str, folder: Path, cell: dict[str, Any]) -> tuple[dict, list[dict], dict]:
+    """(one row of the cell's result, its evaluated rounds as curve rows, its config)."""
+    labels = cell.get("labels", {})
+    axes = {k: v for k, v in labels.items() if k not in NOT_AXES}
+    run_dir = folder / cell.get("run_dir", f"cells/{cell['id']}")
+    metrics = read_metrics(run_dir)
+    common = dict(sweep=sweep, cell=cell["id"], method=labels.get("method", ""), seed=labels.get("seed", ""),
+                  phase=cell.get("phase", "main"), status=cell.get("status", "pending"), setting=setting_label(axes))
+    config = _config(run_dir)
+    steps, batch = config.get("train", {}).get("local_steps", 0), config.get("train", {}).get("batch_size", 0)
+    curve, uploaded = [], 0.0
+    for row in metrics:
+        if row.get("upload_bytes") is not None:
+            uploaded += row["upload_bytes"] / max(1, row.get("participants") or 1)
+        if row.get("test_accuracy") is not None:
+            curve.append(dict(common, round=row["round"], test_accuracy=row["test_accuracy"],
+                              test_loss=row.get("test_loss"), upload_per_client=uploaded))
+    last = curve[-1] if curve else {}
+    result = dict(common, experiment=labels.get("experiment", sweep), lr=labels.get("lr", ""),
+                  axes=json.dumps(axes, sort_keys=True),
+                  rounds_logged=max((r["round"] for r in metrics), default=0),
+                  final_round=last.get("round"), final_test_accuracy=last.get("test_accuracy"),
+                  final_test_loss=last.get("test_loss"),
+                  wall_s=sum(r.get("wall_s") or 0.0 for r in metrics),
+                  upload_bytes=sum(r.get("upload_bytes") or 0 for r in metrics),
+                  train_samples=sum((r.get("participants") or 0) * steps * batch for r in metrics),
+                  device=_device(run_dir))
+    return result, curve, config
+
+
+def read_sweep(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the sweep's row, its cells' rows, their curve rows, its lr choices) from one sweep folder."""
+    folder = Path(folder)
+    meta = json.loads((folder / "sweep.json").read_text())
+    name = meta.get("name") or folder.name
+    cells, curves, configs = [], [], []
+    for cell in meta.get("cells", []):
+        row, curve, config = cell_rows(name, folder, cell)
+        cells.append(row)
+        curves += curve
+        if cell.get("phase", "main") == "main" and config:
+            configs.append(config)
+    counts = {s: sum(c["status"] == s for c in cells) for s in ("done", "partial", "pending", "failed")}
+    sweep = dict(sweep=name, folder=str(folder), cells=len(cells), **counts, setup=setup_text(configs),
+                 spec=json.dumps(meta.get("spec"), sort_keys=True))
+    lrs = [dict(sweep=name, method=m, metric=c.get("metric"), chosen=c.get("chosen"),
+                grid=json.dumps(c.get("grid")), scores=json.dumps(c.get("scores"), sort_keys=True))
+           for m, c in sorted((meta.get("lr_choice") or {}).items())]
+    return sweep, cells, curves, lrs

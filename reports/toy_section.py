@@ -1,0 +1,83 @@
+"""The MNIST toy part of the report (the paper's Figure 2, and issue 17 on the toy), from its CSV.
+
+Source: ``docs/toy-mnist-galore.csv`` (committed by ``rolora toy``: one row per split, method,
+seed and round). Final accuracy = the last round's, per seed; verdicts by the pairwise rule.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from rolora.reports import verdicts as v
+from rolora.reports.claims import ClaimRow
+from rolora.reports.csv_files import number, read_rows
+from rolora.reports.galore_section import SHORT_SUPPORT
+from rolora.reports.markdown import mib, table
+from rolora.reports.seeds import OverSeeds, over_seeds
+
+PAPER_THREE = ("rolora", "fedavg-lora", "ffa-lora")
+SPLIT_ORDER = ("5x2", "10x1")
+WHY_IN_KIND = ("the model, rank 16, 5 local epochs and the label-disjoint splits are the paper's, but each client "
+               "keeps 10 % of its images and the open choices (init, SGD at lr 0.05, batch 64, 40 rounds) are ours")
+
+
+def final_accuracies(rows: list[dict[str, str]]) -> dict[str, dict[str, OverSeeds]]:
+    """{split: {method: final test accuracy over seeds}}: each seed's last round."""
+    last: dict[tuple[str, str, str], tuple[int, float]] = {}
+    for r in rows:
+        key, t = (r["split"], r["method"], r["seed"]), int(number(r["round"]))
+        if key not in last or t > last[key][0]:
+            last[key] = (t, number(r["test_acc"]))
+    out: dict = defaultdict(lambda: defaultdict(list))
+    for (split, method, seed), (_, acc) in sorted(last.items(), key=lambda kv: (kv[0][0], kv[0][1], int(kv[0][2]))):
+        out[split][method].append(acc)
+    return {s: {m: over_seeds(a) for m, a in ms.items()} for s, ms in out.items()}
+
+
+def _toy_upload(memory_rows: list[dict[str, str]], method: str) -> str:
+    base = method.split(":")[0]
+    for r in memory_rows:
+        if r["setting"].startswith("toy") and r["method"] == base:
+            return mib(max(number(r["upload_round1"]), number(r["upload_round2"])))
+    return "–"
+
+
+def toy_section(toy_csv, memory_rows: list[dict[str, str]], summary: list[ClaimRow]) -> str:
+    out = ["## MNIST toy (the paper's Figure 2)", "",
+           "**Paper.** f(x) = ReLU(x A B) W_out with W_out fixed and only A, B trained (rank 16, 5 local epochs), "
+           "label-disjoint clients (5 × 2 labels and 10 × 1 label): RoLoRA best, FFA-LoRA plateaus lowest "
+           "(a figure; our source has no numbers for it).", ""]
+    rows = read_rows(toy_csv)
+    if not rows:
+        summary.append(ClaimRow("Fig. 2 (MNIST toy)", "RoLoRA best, FFA-LoRA lowest", "–", v.NOT_RUN))
+        return "\n".join(out + [f"**Not run yet.** `{toy_csv}` is missing: run `rolora toy --split 5x2,10x1`.", ""])
+    finals = final_accuracies(rows)
+    splits = sorted(finals, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s))
+    methods = sorted({m for s in splits for m in finals[s]}, key=lambda m: (m not in PAPER_THREE, m))
+    body = [[m, _toy_upload(memory_rows, m)] + [finals[s][m].text() if m in finals[s] else "–" for s in splits]
+            for m in methods]
+    out += [f"**Ours** (final test accuracy % after the last round, mean ± sample std (n − 1) over seeds; with two "
+            f"seeds that is √2 × the population std the README quotes; source `{toy_csv}`):", "",
+            table(["method", "upload MiB / client / round"] + [f"{s}" for s in splits], body, "lr" + "l" * len(splits)), ""]
+    out += ["**Verdicts** (by the [rule](#how-verdicts-are-computed); in kind because " + WHY_IN_KIND + "):", ""]
+    for s in splits:
+        r = finals[s]
+        best = v.beats_all("rolora", r, ["fedavg-lora", "ffa-lora"])
+        lowest = [v.compare(m, r.get(m), "ffa-lora", r.get("ffa-lora")) for m in ("rolora", "fedavg-lora") if m in r]
+        ours = " / ".join(f"{m} {r[m].text(digits=1).split(' (')[0]}" for m in PAPER_THREE if m in r)
+        summary.append(ClaimRow(f"Fig. 2, {s}: RoLoRA best", "ordering (figure)", ours, v.win_verdict(best)))
+        summary.append(ClaimRow(f"Fig. 2, {s}: FFA-LoRA lowest", "ordering (figure)", ours, v.win_verdict(lowest)))
+        out.append(f"- {s}, RoLoRA best of the three: **{v.win_verdict(best)}** — "
+                   + "; ".join(p.text() for p in best) + ".")
+        out.append(f"- {s}, FFA-LoRA lowest: **{v.win_verdict(lowest)}** — "
+                   + "; ".join(f"{p.x} against {p.text()}" for p in lowest) + ".")
+    full = [m for m in methods if m.startswith("fedavg-full")]
+    if full:
+        headers = ["full-rank method"] + [f"{s}: vs {b}" for s in splits for b in PAPER_THREE]
+        body = [[f] + [SHORT_SUPPORT[v.compare(f, finals[s].get(f), b, finals[s].get(b)).outcome]
+                       + v.compare(f, finals[s].get(f), b, finals[s].get(b)).detail() for s in splits for b in PAPER_THREE]
+                for f in full]
+        out += ["", "**Issue 17 on the toy**: which claim each full-rank run supports against each LoRA method "
+                "(*critique*: the full-rank method is ahead; *RoLoRA*: behind; *neither*: within spread):", "",
+                table(headers, body), ""]
+    return "\n".join(out + [""])

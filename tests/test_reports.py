@@ -1,0 +1,315 @@
+"""``rolora report``: tables, means, stds and verdicts from fake sweep folders; the CSV round trip;
+the slope helper on synthetic power laws.
+
+No training runs here: each test writes a small sweep folder in the format ``rolora llm sweep``
+produces (``sweep.json`` + one run folder per cell with ``metrics.jsonl``), with accuracies chosen
+by the test, and checks what the report makes of them against numbers computed here from the same
+inputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rolora.reports import verdicts as v
+from rolora.reports.cli import main
+from rolora.reports.seeds import over_seeds
+from rolora.reports.slopes import curve_slopes, per_seed_slopes, round_average, running_min, slope
+
+UPLOAD = {"rolora": 1000, "fedavg-lora": 2000, "ffa-lora": 1000, "flexlora": 2000, "galore-fedavg": 90000}
+
+
+def _cell(folder: Path, cid: str, method: str, seed: int, axes: dict, status: str, final: float | None,
+          rounds: int = 3, phase: str = "main", clients: int = 3) -> dict:
+    """One cell: a run folder whose accuracy climbs linearly to ``final`` at the last logged round."""
+    run = folder / "cells" / cid
+    run.mkdir(parents=True)
+    logged = {"done": rounds, "partial": rounds - 1, "pending": 0, "failed": 1}[status]
+    rows = [{"round": 0, "test_loss": 0.7, "test_accuracy": 0.5}] if status != "pending" else []
+    for t in range(1, logged + 1):
+        acc = 0.5 + (final - 0.5) * t / rounds
+        rows.append({"round": t, "train_loss": 0.6, "participants": clients, "upload_bytes": UPLOAD.get(method, 500) * clients,
+                     "download_bytes": 0, "wall_s": 2.0, "tokens": 10, "test_loss": 1 - acc, "test_accuracy": acc})
+    config = {"model": {"name": "minilm"}, "lora": {"rank": axes.get("rank", 4)}, "federated": {"clients": clients},
+              "train": {"local_steps": 2, "batch_size": 8}}
+    (run / "config.json").write_text(json.dumps(config))
+    if rows:
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (run / "versions.json").write_text(json.dumps({"device": "cpu"}))
+    labels = {"experiment": folder.name, "method": method, "seed": seed, "lr": 1e-3, **axes}
+    return {"id": cid, "labels": labels, "overrides": [], "run_dir": f"cells/{cid}", "status": status, "phase": phase}
+
+
+def make_sweep(root: Path, name: str, cells: list[tuple]) -> Path:
+    """cells: (method, seed, axes, status, final accuracy); writes root/name/ with sweep.json."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    meta = [_cell(folder, f"c{i}", m, s, axes, st, acc, clients=axes.get("clients", 3))
+            for i, (m, s, axes, st, acc) in enumerate(cells)]
+    (folder / "sweep.json").write_text(json.dumps({
+        "name": name, "spec": {"grid": "fake"}, "cells": meta,
+        "lr_choice": {"rolora": {"grid": [1e-3], "metric": "val_accuracy", "scores": {"0.001": 0.7},
+                                 "chosen": 1e-3, "selected_at": "2026-11-26"}}}))
+    return folder
+
+
+def make_toy_csv(path: Path, finals: dict[tuple[str, str], list[float]]) -> Path:
+    """A toy CSV with two rounds per (split, method, seed); the last round's accuracy is given."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["method", "split", "seed", "round", "test_acc"])
+        for (split, method), accs in finals.items():
+            for seed, acc in enumerate(accs):
+                w.writerow([method, split, seed, 0, 0.1])
+                w.writerow([method, split, seed, 1, acc])
+    return path
+
+
+N3, N50 = {"clients": 3, "rank": 4}, {"clients": 50, "rank": 4}
+TIE = {"rolora": [0.80, 0.81, 0.79], "fedavg-lora": [0.80, 0.79, 0.81], "ffa-lora": [0.805, 0.795, 0.80]}
+WIN = {"rolora": [0.85, 0.86, 0.84], "fedavg-lora": [0.70, 0.72, 0.71], "ffa-lora": [0.75, 0.76, 0.74]}
+
+
+def clients_cells(at_50: dict[str, list[float]]) -> list[tuple]:
+    cells = [(m, s, N3, "done", a) for m, accs in TIE.items() for s, a in enumerate(accs)]
+    cells += [(m, s, N50, "done", a) for m, accs in at_50.items() for s, a in enumerate(accs)]
+    cells += [("rolora", 3, N50, "pending", None), ("ffa-lora", 3, N50, "partial", 0.9)]
+    return cells
+
+
+def report(tmp_path: Path, sweeps: Path, theory: Path | None = None, toy: Path | None = None,
+           extra: list[str] = ()) -> str:
+    out = tmp_path / "docs" / "reproduction.md"
+    argv = ["--sweeps", str(sweeps), "--theory-dir", str(theory or tmp_path / "no-theory"), "--out", str(out),
+            "--toy-csv", str(toy or tmp_path / "no-toy.csv"), *extra]
+    assert main(argv) == 0
+    return out.read_text()
+
+
+def section(text: str, title: str) -> str:
+    start = text.index(title)
+    end = text.find("\n### ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def row_of(text: str, method: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(f"| {method} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def expected(values: list[float]) -> str:
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.stdev(values):.1f} (n={len(values)})"
+
+
+# ------------------------------------------------------------------------------------- seeds, rule
+def test_one_seed_has_no_std_and_says_so():
+    assert over_seeds([0.5]).std is None
+    assert over_seeds([0.5]).text() == "50.0 (n=1, no std)"
+    assert over_seeds([0.5, 0.7]).text() == expected([0.5, 0.7])
+    assert over_seeds([]).text() == "–"
+
+
+@pytest.mark.parametrize("x, y, outcome", [
+    ([0.9, 0.92], [0.7, 0.72], v.AHEAD), ([0.7, 0.72], [0.9, 0.92], v.BEHIND),
+    ([0.80, 0.82], [0.81, 0.83], v.WITHIN), ([0.9], [0.7, 0.72], v.NO_SPREAD),
+])
+def test_pairwise_rule(x, y, outcome):
+    assert v.compare("x", over_seeds(x), "y", over_seeds(y)).outcome == outcome
+
+
+def test_claim_verdicts_follow_the_stated_rule():
+    a, b = over_seeds([0.9, 0.92]), over_seeds([0.7, 0.72])
+    ahead, behind, within = v.compare("x", a, "y", b), v.compare("x", b, "y", a), v.compare("x", a, "y", a)
+    assert v.win_verdict([ahead, ahead]) == v.IN_KIND
+    assert v.win_verdict([ahead], own_setting=True) == v.REPRODUCED
+    assert v.win_verdict([ahead, within]) == v.INCONCLUSIVE
+    assert v.win_verdict([ahead, behind]) == v.NOT_REPRODUCED
+    assert v.win_verdict([]) == v.NOT_RUN
+    assert v.tie_verdict([within, within]) == v.IN_KIND
+    assert v.tie_verdict([within, ahead]) == v.NOT_REPRODUCED
+
+
+# ------------------------------------------------------------------------------------- LM sweeps
+def test_client_count_table_means_stds_unfinished_cells_and_verdicts(tmp_path):
+    sweeps = tmp_path / "sweeps"
+    make_sweep(sweeps, "clients", clients_cells(WIN))
+    text = report(tmp_path, sweeps)
+    part = section(text, "### Number of clients (Table 1)")
+    header = row_of(part, "method")
+    assert header == ["method", "n3-r4: paper", "n3-r4: ours", "n50-r4: paper", "n50-r4: ours"]
+    rolora, ffa = row_of(part, "rolora"), row_of(part, "ffa-lora")
+    assert rolora[1] == "88.28" and rolora[3] == "85.81"  # the paper's Table 1 averages beside ours
+    assert rolora[2] == expected(TIE["rolora"])
+    assert rolora[4] == expected(WIN["rolora"]) + "; not finished: 1 pending"
+    assert ffa[4] == expected(WIN["ffa-lora"]) + "; not finished: 1 partial"
+    assert "| flexlora |" not in part  # a method that was not run gets no row
+    assert "**Ties at the fewest clients (n3-r4)**: **reproduced in kind**" in part
+    assert "**RoLoRA ahead at the most clients (n50-r4)**: **reproduced in kind**" in part
+    opening = row_of(text, "Table 1: RoLoRA ahead at the most clients (n50-r4)")  # the opening table agrees
+    assert opening[1] == "rolora 85.81 / fedavg-lora 70.72 / ffa-lora 76.48" and opening[3] == "**reproduced in kind**"
+    gap = 100 * (statistics.fmean(WIN["rolora"]) - statistics.fmean(WIN["fedavg-lora"]))
+    assert f"fedavg-lora: ahead ({gap:+.1f} pts" in part
+    assert "| clients | 20 | 18 | 1 | 1 | 0 |" in text
+    # what ran, from the cells' configs; samples per done cell = rounds × clients × steps × batch
+    samples = statistics.median([3 * 3 * 2 * 8] * 9 + [3 * 50 * 2 * 8] * 9)
+    assert (f"- `clients`: model.name minilm; lora.rank 4; train.local_steps 2; train.batch_size 8; "
+            f"federated.clients 3 / 50; samples {samples:,.0f}") in text
+
+
+def test_a_reference_column_without_rolora_is_not_the_fewest_clients(tmp_path):
+    cells = clients_cells(WIN) + [("centralised", s, {"clients": 1, "rank": 4}, "done", 0.9 + s / 100) for s in range(2)]
+    make_sweep(tmp_path / "sweeps", "clients", cells)
+    part = section(report(tmp_path, tmp_path / "sweeps"), "### Number of clients (Table 1)")
+    assert row_of(part, "method")[1:3] == ["n1-r4: paper", "n1-r4: ours"]
+    assert row_of(part, "centralised")[2] == expected([0.90, 0.91])
+    assert "**Ties at the fewest clients (n3-r4)**: **reproduced in kind**" in part
+    assert "- n3-r4 → n50-r4 (mean accuracy, points): rolora +5.0, fedavg-lora -9.0, ffa-lora -5.0" in part
+
+
+def test_a_baseline_ahead_is_not_reproduced_and_one_seed_is_inconclusive(tmp_path):
+    lost = dict(WIN, **{"fedavg-lora": [0.90, 0.91, 0.92]})
+    make_sweep(tmp_path / "a", "clients", clients_cells(lost))
+    part = section(report(tmp_path / "ra", tmp_path / "a"), "### Number of clients (Table 1)")
+    assert "**RoLoRA ahead at the most clients (n50-r4)**: **not reproduced**" in part
+    one = {m: accs[:1] for m, accs in WIN.items()}
+    make_sweep(tmp_path / "b", "clients", clients_cells(one))
+    part = section(report(tmp_path / "rb", tmp_path / "b"), "### Number of clients (Table 1)")
+    assert row_of(part, "rolora")[4].startswith(f"{100 * WIN['rolora'][0]:.1f} (n=1, no std)")
+    assert "**RoLoRA ahead at the most clients (n50-r4)**: **inconclusive**" in part
+
+
+def test_lr_phase_cells_are_cost_not_results(tmp_path):
+    sweeps = tmp_path / "sweeps"
+    folder = make_sweep(sweeps, "clients", clients_cells(WIN))
+    meta = json.loads((folder / "sweep.json").read_text())
+    extra = _cell(folder, "lr0", "fedavg-lora", 0, N50, "done", 0.99, phase="lr")
+    meta["cells"].append(extra)
+    (folder / "sweep.json").write_text(json.dumps(meta))
+    part = section(report(tmp_path, sweeps), "### Number of clients (Table 1)")
+    assert row_of(part, "fedavg-lora")[4] == expected(WIN["fedavg-lora"])
+
+
+def test_missing_sweeps_say_not_run_with_the_command(tmp_path):
+    sweeps = tmp_path / "sweeps"
+    make_sweep(sweeps, "clients", clients_cells(WIN))
+    text = report(tmp_path, sweeps)
+    for name in ("clients-trec", "fewer-params", "local-steps", "handover", "heterogeneity", "decoder"):
+        assert f"No `{name}` sweep was found. Run `rolora llm sweep {name}`" in text
+    assert "No `clients` sweep was found" not in text
+    empty = report(tmp_path / "empty", tmp_path / "nothing-here")
+    assert "No `clients` sweep was found" in empty
+    assert "No language-model sweep has run yet" in empty
+
+
+def test_galore_comparison_says_which_claim_each_result_supports(tmp_path):
+    at_20 = {"clients": 20, "rank": 4}
+    cells = [(m, s, at_20, "done", a) for m, accs in
+             {"rolora": [0.80, 0.81], "ffa-lora": [0.70, 0.71], "galore-fedavg": [0.90, 0.91]}.items()
+             for s, a in enumerate(accs)]
+    make_sweep(tmp_path / "sweeps", "clients", cells)
+    text = report(tmp_path, tmp_path / "sweeps")
+    part = section(text, "### GaLore-FedAvg")
+    assert "galore-fedavg vs rolora: supports the critique (+10.0 pts" in part
+    assert "galore-fedavg vs ffa-lora: supports the critique" in part
+    # equal bytes: galore uploads 90× RoLoRA per round, so within RoLoRA's whole-run upload it has only round 0
+    assert row_of(part, "galore-fedavg")[3].startswith("50.0 ± 0.0 (n=2), round 0")
+    assert (tmp_path / "docs" / "reproduction" / "galore-accuracy-vs-upload.png").exists()
+    assert (tmp_path / "docs" / "reproduction" / "clients-accuracy-vs-round.png").exists()
+
+
+# ------------------------------------------------------------------------------------- round trip
+def test_from_csv_gives_the_same_markdown_without_any_source(tmp_path):
+    sweeps = tmp_path / "sweeps"
+    make_sweep(sweeps, "clients", clients_cells(WIN))
+    theory = tmp_path / "theory"
+    theory.mkdir()
+    write_rate_csv(theory, min_power=-0.8, mean_power=-0.5)
+    toy = make_toy_csv(tmp_path / "toy.csv", {("5x2", "rolora"): [0.8, 0.82], ("5x2", "ffa-lora"): [0.5, 0.52]})
+    first = report(tmp_path, sweeps, theory, toy)
+    assert expected(WIN["rolora"]) in first
+    import shutil
+
+    shutil.rmtree(sweeps)
+    shutil.rmtree(theory)
+    again = report(tmp_path, sweeps, theory, toy, extra=["--from-csv"])
+    assert again == first
+
+
+def test_from_csv_without_the_csvs_fails(tmp_path, capsys):
+    assert main(["--from-csv", "--out", str(tmp_path / "x.md")]) == 2
+    assert "--from-csv needs the CSVs" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- theory, toy
+def write_rate_csv(folder: Path, min_power: float, mean_power: float) -> None:
+    with open(folder / "fig5_nonconvex_rate.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["T", "seed", "eta", "min_grad_sq", "mean_grad_sq", "final_grad_sq"])
+        for T in (32, 64, 128, 256):
+            for s in range(2):
+                w.writerow([T, s, 0.1, (1 + s) * T**min_power, (2 + s) * T**mean_power, T**-0.6])
+
+
+def test_theory_section_shows_both_slopes_and_judges_the_average(tmp_path):
+    theory = tmp_path / "theory"
+    theory.mkdir()
+    write_rate_csv(theory, min_power=-0.9, mean_power=-0.5)
+    part = section(report(tmp_path, tmp_path / "none", theory), "### The non-convex")
+    assert row_of(part, "running minimum min_{t≤T} ‖∇F‖²")[1:] == ["-0.90", "-0.90, -0.90"]
+    assert row_of(part, "round average (1/(T+1)) Σ_t ‖∇F‖²")[1:] == ["-0.50", "-0.50, -0.50"]
+    assert "**Verdict: reproduced**" in part
+    write_rate_csv(theory, min_power=-0.9, mean_power=-0.3)  # the average decays too slowly
+    part = section(report(tmp_path / "slow", tmp_path / "none", theory), "### The non-convex")
+    assert "**Verdict: not reproduced**" in part
+
+
+def test_theory_not_run_says_how(tmp_path):
+    text = report(tmp_path, tmp_path / "none")
+    assert section(text, "### Theorem 4.5").count("**Not run yet.** Run `rolora theory`") == 1
+
+
+def test_toy_verdicts_from_its_csv(tmp_path):
+    toy = make_toy_csv(tmp_path / "toy.csv", {
+        ("5x2", "rolora"): [0.80, 0.82], ("5x2", "fedavg-lora"): [0.70, 0.71], ("5x2", "ffa-lora"): [0.50, 0.52],
+        ("10x1", "rolora"): [0.70, 0.72], ("10x1", "fedavg-lora"): [0.30, 0.33], ("10x1", "ffa-lora"): [0.50, 0.51],
+    })
+    text = report(tmp_path, tmp_path / "none", toy=toy)
+    assert row_of(text, "rolora")[2:] == [expected([0.80, 0.82]), expected([0.70, 0.72])]
+    assert "- 5x2, FFA-LoRA lowest: **reproduced in kind**" in text
+    assert "- 10x1, FFA-LoRA lowest: **not reproduced**" in text
+    assert "- 10x1, RoLoRA best of the three: **reproduced in kind**" in text
+
+
+# ------------------------------------------------------------------------------------- slopes
+HORIZONS = (32, 64, 128, 256, 512, 1024)
+
+
+@pytest.mark.parametrize("power", [-0.5, -1.0, -0.25])
+def test_slope_of_an_exact_power_law(power):
+    values = {T: [3.0 * T**power, 5.0 * T**power] for T in HORIZONS}
+    assert slope(values) == pytest.approx(power, abs=1e-9)
+    assert per_seed_slopes(values) == pytest.approx([power, power], abs=1e-9)
+
+
+def test_running_min_and_round_average_of_synthetic_curves():
+    """A curve sitting at T^-1/2 with one lucky round at T^-1: the minimum falls as T^-1, the average
+    as T^-1/2 (the level), which is the point of reporting both."""
+    rng = np.random.default_rng(0)
+    curves = {}
+    for T in HORIZONS:
+        seeds = []
+        for _ in range(3):
+            c = np.full(T + 1, T**-0.5)
+            c[rng.integers(1, T + 1)] = T**-1.0
+            seeds.append(c)
+        curves[T] = seeds
+    slopes = curve_slopes(curves)
+    assert slopes["min"] == pytest.approx(-1.0, abs=1e-9)
+    assert slopes["mean"] == pytest.approx(-0.5, abs=0.01)
+    assert running_min([3.0, 1.0, 2.0]) == 1.0 and round_average([3.0, 1.0, 2.0]) == 2.0
