@@ -86,7 +86,7 @@ def choose_lr(spec: Spec, cells: list[Cell], status: dict[str, str], out: Path) 
                 sign = -1 if spec.lr.larger_is_better else 1
                 loss = final_value(rows, "val_loss")
                 ranked.append((sign * value, math.inf if loss is None else loss, c.labels["lr"]))
-        choice[label] = {"grid": list(spec.lr.grid), "metric": spec.lr.metric, "scores": scores,
+        choice[label] = {"grid": list(mine[0].method.lr_grid or spec.lr.grid), "metric": spec.lr.metric, "scores": scores,
                          "chosen": min(ranked)[2] if ranked else None,
                          "selected_at": {**mine[0].column.labels, "seed": spec.lr.seed}}
     return choice
@@ -220,7 +220,7 @@ class _Runner:
         log = open(folder / "sweep.log", "a")  # noqa: SIM115 - closed when the process ends
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
         proc = subprocess.Popen(_command(sweep.spec, cell, folder, resume, self.threads), stdout=log,
-                                stderr=subprocess.STDOUT, env=env)
+                                stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
         return proc, started, log
 
     def _finish(self, cell: Cell, proc, started: float, log) -> None:
@@ -244,6 +244,38 @@ class _Runner:
                   + (f"\n        {error.strip().splitlines()[-1]}" if error else ""))
 
 
+def _die_with_parent() -> None:
+    """In a cell process (Linux): SIGTERM when the sweep process dies, however it dies, so a killed
+    sweep never leaves cells running that a re-run would start a second time."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class _TermAsExit:
+    """SIGTERM raises SystemExit while the sweep runs, so its clean-up (stop cells, write
+    sweep.json, drop the lock) runs as on Ctrl-C."""
+
+    def __enter__(self):
+        import signal
+
+        try:
+            self.previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        except ValueError:  # not the main thread: leave signals alone
+            self.previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
 def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -254,7 +286,7 @@ def run_sweep(spec: Spec, out: Path | None = None, jobs: int = 1, only: str | No
     if jobs < 1:
         raise ConfigError(f"--jobs must be ≥ 1, got {jobs}")
     sweep = Sweep(spec, out)
-    with _lock(sweep.out):
+    with _TermAsExit(), _lock(sweep.out):
         sweep.write()
         wanted_main = select(sweep.main, only)
         methods = {c.labels["method"] for c in wanted_main}
@@ -264,13 +296,16 @@ def run_sweep(spec: Spec, out: Path | None = None, jobs: int = 1, only: str | No
         runner.total = len(todo)
         echo(f"[sweep] {spec.name}: {len(todo)} cells to run ({len(sweep.cells) - len(todo)} done or not selected), "
              f"{jobs} at a time with {runner.threads} thread(s) each -> {sweep.out}")
-        runner.run(lr_needed)
-        wanted_ids = {c.id for c in wanted_main}
-        runner.run([c for c in sweep.main if c.id in wanted_ids and c.labels["lr"] is not None])
-        for c in sweep.main:
-            if c.id in wanted_ids and c.labels["lr"] is None:
-                sweep.record(c, f"no learning rate chosen for {c.labels['method']!r}: its lr cells failed")
-        sweep.write()
+        try:
+            runner.run(lr_needed)
+            wanted_ids = {c.id for c in wanted_main}
+            runner.run([c for c in sweep.main if c.id in wanted_ids and c.labels["lr"] is not None])
+            for c in sweep.main:
+                if c.id in wanted_ids and c.labels["lr"] is None:
+                    sweep.record(c, f"no learning rate chosen for {c.labels['method']!r}: its lr cells failed")
+        finally:  # also when interrupted: sweep.json says where every cell stands
+            sweep.refresh()
+            sweep.write()
     return sweep
 
 

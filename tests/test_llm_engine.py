@@ -290,7 +290,9 @@ def test_validation_metrics_beside_test_and_lr_selection_runs_never_score_the_te
         tiny_config("roberta", 'run.eval_splits=["train"]')
 
 
-def test_personalised_methods_score_the_validation_split_too(tmp_path):
-    history = run(tiny_config("roberta", "data.val_size=12", "federated.method=fedsa-lora", "federated.rounds=1"),
+@pytest.mark.parametrize("family", ["roberta", "llama"])
+def test_personalised_methods_score_the_validation_split_too(tmp_path, family):
+    # llama: generation-classification, so the validation prompts are encoded like the test ones.
+    history = run(tiny_config(family, "data.val_size=12", "federated.method=fedsa-lora", "federated.rounds=1"),
                   tmp_path / "p", quiet=True)
     assert all(math.isfinite(r["val_accuracy"]) and math.isfinite(r["test_accuracy"]) for r in history.rows)

@@ -123,6 +123,10 @@ def test_evals_sets_eval_every_from_each_cells_rounds(tmp_path):
     ('base = "base.toml"\n[[methods]]\nlabel = "a"\nmethod = "rolora"\n[lr]\ngrid = [0.1]\nmetric = "test_accuracy"',
      "lr.metric: must be a validation metric"),
     ('base = "base.toml"\n[[methods]]\nlabel = "a"\nmethod = "rolora"\n[[methods]]\nlabel = "a"\nmethod = "ffa-lora"', "a label used twice"),
+    ('base = "base.toml"\n[axes.n]\n2 = ["federated.clients=2"]\n[[methods]]\nlabel = "a"\nmethod = "rolora"\n'
+     'only_at = [{clients = 2}]', r"methods\[0\]: 'clients' in only_at / lr_at is not an axis \(n\)"),
+    ('base = "base.toml"\n[axes.n]\n2 = ["federated.clients=2"]\n[[methods]]\nlabel = "a"\nmethod = "rolora"\n'
+     'only_at = [{n = 3}]', "'a' runs in no column"),
     ('base = "base.toml"\n[[methods]]\nlabel = "a"\nmethod = "rolora:ffa_afterr=0.2"', r"methods\[0\].method: 'rolora:ffa_afterr=0.2'"),
 ])
 def test_a_bad_spec_names_the_key(tmp_path, text, message):
