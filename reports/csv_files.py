@@ -30,10 +30,10 @@ def _cell(value: Any) -> str:
 def write_rows(path: Path, fields: Sequence[str], rows: Iterable[dict[str, Any]]) -> Path:
     """Write ``rows`` under ``fields`` (extra keys are an error, missing ones empty), atomically."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="raise", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="raise", restval="", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _cell(row.get(k)) for k in fields} if set(row) <= set(fields) else row)
+        writer.writerow({k: _cell(value) for k, value in row.items()})
     with atomic_file(path) as tmp:
         tmp.write_text(buf.getvalue())
     return path

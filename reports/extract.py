@@ -1,46 +1,55 @@
 """Step 1 of the report: every source becomes a CSV under the data folder (``docs/reproduction/``).
 
-The CSVs are committed, so ``rolora report --from-csv`` can rebuild the report from them alone. Each
-file is rewritten whole from its source (an absent source gives a header-only file, which the report
-shows as "not run yet"); the toy results are already committed CSVs and are read where they are.
+The CSVs are committed, so ``rolora report --from-csv`` can rebuild the report from them alone, and
+a new extraction only replaces what its sources cover: the rows of each sweep found (a sweep whose
+folder is absent here keeps its committed rows), the theory rows when ``out/theory`` holds a run
+(else the committed ones stay), and the memory counts (recomputed, they are the same everywhere).
+The toy results are already committed CSVs and are read where they are.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from rolora.reports.csv_files import write_rows
+from rolora.reports.csv_files import read_rows, write_rows
 from rolora.reports.memory_data import MEMORY_FIELDS, memory_rows
 from rolora.reports.sweep_reader import CELL_FIELDS, CURVE_FIELDS, LR_FIELDS, SWEEP_FIELDS, find_sweeps, read_sweep
 from rolora.reports.theory_data import (COMPARISON_FIELDS, FLOOR_FIELDS, RATE_FIELDS, THEOREM_FIELDS,
-                                        theory_rows)
+                                        has_theory, theory_rows)
 
-FILES = {  # name in the data folder -> columns
-    "lm-sweeps.csv": SWEEP_FIELDS,
-    "lm-cells.csv": CELL_FIELDS,
-    "lm-curves.csv": CURVE_FIELDS,
-    "lm-lr-choice.csv": LR_FIELDS,
-    "theory-theorem.csv": THEOREM_FIELDS,
-    "theory-ffa-floor.csv": FLOOR_FIELDS,
-    "theory-comparison.csv": COMPARISON_FIELDS,
-    "theory-nonconvex-rate.csv": RATE_FIELDS,
-    "memory.csv": MEMORY_FIELDS,
-}
+LM_FILES = {"lm-sweeps.csv": SWEEP_FIELDS, "lm-cells.csv": CELL_FIELDS, "lm-curves.csv": CURVE_FIELDS,
+            "lm-lr-choice.csv": LR_FIELDS}
+THEORY_FILES = {"theory-theorem.csv": ("theorem", THEOREM_FIELDS), "theory-ffa-floor.csv": ("ffa_floor", FLOOR_FIELDS),
+                "theory-comparison.csv": ("comparison", COMPARISON_FIELDS),
+                "theory-nonconvex-rate.csv": ("nonconvex_rate", RATE_FIELDS)}
+MEMORY_FILE = "memory.csv"
+
+
+def extract_sweeps(sweeps_root: Path, data_dir: Path) -> list[Path]:
+    """Replace the rows of every sweep found under ``sweeps_root``; keep the other sweeps' rows."""
+    found: dict[str, list[list[dict]]] = {}
+    for folder in find_sweeps(sweeps_root):
+        sweep, cells, curves, lrs = read_sweep(folder)
+        found[sweep["sweep"]] = [[sweep], cells, curves, lrs]
+    written = []
+    for i, (name, fields) in enumerate(LM_FILES.items()):
+        kept = [r for r in read_rows(data_dir / name) if r["sweep"] not in found]
+        new = [r for parts in found.values() for r in parts[i]]
+        rows = sorted(kept + new, key=lambda r: r["sweep"])  # stable: each sweep's rows keep their order
+        written.append(write_rows(data_dir / name, fields, rows))
+    return written
+
+
+def extract_theory(theory_dir: Path, data_dir: Path) -> list[Path]:
+    """Rewrite the theory CSVs from ``theory_dir`` when it holds a ``rolora theory`` run (else keep them)."""
+    if not has_theory(theory_dir):
+        return []
+    rows = theory_rows(theory_dir)
+    return [write_rows(data_dir / name, fields, rows[key]) for name, (key, fields) in THEORY_FILES.items()]
 
 
 def extract(sweeps_root: Path, theory_dir: Path, data_dir: Path) -> list[Path]:
-    """Write every CSV of :data:`FILES` into ``data_dir``; returns the paths written."""
-    rows: dict[str, list] = {name: [] for name in FILES}
-    for folder in find_sweeps(sweeps_root):
-        sweep, cells, curves, lrs = read_sweep(folder)
-        rows["lm-sweeps.csv"].append(sweep)
-        rows["lm-cells.csv"] += cells
-        rows["lm-curves.csv"] += curves
-        rows["lm-lr-choice.csv"] += lrs
-    theory = theory_rows(theory_dir)
-    rows["theory-theorem.csv"] = theory["theorem"]
-    rows["theory-ffa-floor.csv"] = theory["ffa_floor"]
-    rows["theory-comparison.csv"] = theory["comparison"]
-    rows["theory-nonconvex-rate.csv"] = theory["nonconvex_rate"]
-    rows["memory.csv"] = memory_rows()
-    return [write_rows(Path(data_dir) / name, FILES[name], rows[name]) for name in FILES]
+    """Every source into ``data_dir``; returns the paths written."""
+    data_dir = Path(data_dir)
+    written = extract_sweeps(Path(sweeps_root), data_dir) + extract_theory(Path(theory_dir), data_dir)
+    return written + [write_rows(data_dir / MEMORY_FILE, MEMORY_FIELDS, memory_rows())]

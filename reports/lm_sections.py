@@ -85,7 +85,7 @@ def _pairs_text(pairs: list[v.Pair]) -> str:
 
 def _ours(sweep: SweepResults, setting: str) -> str:
     acc = sweep.accuracies(setting)
-    return f"{setting}: " + " / ".join(f"{m} {acc[m].text().split(' (')[0]}" for m in sweep.methods() if m in acc and acc[m].n)
+    return f"{setting}: " + " / ".join(f"{m} {acc[m].short()}" for m in sweep.methods() if m in acc and acc[m].n)
 
 
 def _paper(sweep: SweepResults, setting: str) -> str:

@@ -31,6 +31,13 @@ class OverSeeds:
         """Sample standard deviation (n − 1); None below two seeds."""
         return statistics.stdev(self.values) if self.n >= 2 else None
 
+    def short(self, scale: float = 100.0, digits: int = 1) -> str:
+        """'83.0 ± 0.5', '74.2 (1 seed)' or '–': :meth:`text` without the seed count."""
+        if not self.values:
+            return "–"
+        mean = f"{self.mean * scale:.{digits}f}"
+        return f"{mean} (1 seed)" if self.std is None else f"{mean} ± {self.std * scale:.{digits}f}"
+
     def text(self, scale: float = 100.0, digits: int = 1) -> str:
         """'83.0 ± 0.5 (n=2)', '74.2 (n=1, no std)', or '–' with no seeds (values × ``scale``)."""
         if not self.values:

@@ -25,6 +25,11 @@ def _keyed(summary: dict[str, dict[str, Any]], key: str, fields: tuple[str, ...]
     return [{key: name, **{f: v.get(f) for f in fields if f != key}} for name, v in summary.items()]
 
 
+def has_theory(theory_dir: Path) -> bool:
+    """Whether ``theory_dir`` holds a finished ``rolora theory`` run (its summary.json)."""
+    return (Path(theory_dir) / "summary.json").exists()
+
+
 def theory_rows(theory_dir: Path) -> dict[str, list[dict[str, Any]]]:
     """{"theorem", "ffa_floor", "comparison", "nonconvex_rate"} -> rows; empty lists where not run."""
     theory_dir = Path(theory_dir)

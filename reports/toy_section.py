@@ -64,7 +64,7 @@ def toy_section(toy_csv, memory_rows: list[dict[str, str]], summary: list[ClaimR
         r = finals[s]
         best = v.beats_all("rolora", r, ["fedavg-lora", "ffa-lora"])
         lowest = [v.compare(m, r.get(m), "ffa-lora", r.get("ffa-lora")) for m in ("rolora", "fedavg-lora") if m in r]
-        ours = " / ".join(f"{m} {r[m].text(digits=1).split(' (')[0]}" for m in PAPER_THREE if m in r)
+        ours = " / ".join(f"{m} {r[m].short()}" for m in PAPER_THREE if m in r)
         summary.append(ClaimRow(f"Fig. 2, {s}: RoLoRA best", "ordering (figure)", ours, v.win_verdict(best)))
         summary.append(ClaimRow(f"Fig. 2, {s}: FFA-LoRA lowest", "ordering (figure)", ours, v.win_verdict(lowest)))
         out.append(f"- {s}, RoLoRA best of the three: **{v.win_verdict(best)}** — "

@@ -93,9 +93,10 @@ def report(tmp_path: Path, sweeps: Path, theory: Path | None = None, toy: Path |
 
 
 def section(text: str, title: str) -> str:
+    """From the heading ``title`` to the next heading of level 2 or 3."""
     start = text.index(title)
-    end = text.find("\n### ", start + 1)
-    return text[start:end if end > 0 else None]
+    ends = [e for e in (text.find("\n### ", start + 1), text.find("\n## ", start + 1)) if e > 0]
+    return text[start:min(ends) if ends else None]
 
 
 def row_of(text: str, method: str) -> list[str]:
@@ -241,6 +242,23 @@ def test_from_csv_gives_the_same_markdown_without_any_source(tmp_path):
     assert again == first
 
 
+def test_a_new_extraction_keeps_the_rows_of_sources_absent_here(tmp_path):
+    """Run folders are not committed: extracting sweep B on another machine keeps sweep A's committed
+    rows, and a missing out/theory keeps the committed theory rows."""
+    make_sweep(tmp_path / "a", "clients", clients_cells(WIN))
+    make_sweep(tmp_path / "b", "local-steps", [(m, s, {"local_steps": 1}, "done", a) for m, accs in WIN.items()
+                                                for s, a in enumerate(accs)])
+    theory = tmp_path / "theory"
+    theory.mkdir()
+    write_rate_csv(theory, min_power=-0.9, mean_power=-0.5)
+    first = report(tmp_path, tmp_path / "a", theory)
+    second = report(tmp_path, tmp_path / "b", tmp_path / "no-theory-here")
+    assert section(first, "### Number of clients (Table 1)") == section(second, "### Number of clients (Table 1)")
+    assert section(first, "### The non-convex") == section(second, "### The non-convex")
+    assert "No `local-steps` sweep was found" in first and "No `local-steps` sweep was found" not in second
+    assert row_of(section(second, "### Local steps"), "rolora")[1] == expected(WIN["rolora"])
+
+
 def test_from_csv_without_the_csvs_fails(tmp_path, capsys):
     assert main(["--from-csv", "--out", str(tmp_path / "x.md")]) == 2
     assert "--from-csv needs the CSVs" in capsys.readouterr().err
@@ -248,6 +266,8 @@ def test_from_csv_without_the_csvs_fails(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------- theory, toy
 def write_rate_csv(folder: Path, min_power: float, mean_power: float) -> None:
+    """A `rolora theory` folder holding only the non-convex experiment's CSV (and its summary.json)."""
+    (folder / "summary.json").write_text(json.dumps({"results": {}}))
     with open(folder / "fig5_nonconvex_rate.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["T", "seed", "eta", "min_grad_sq", "mean_grad_sq", "final_grad_sq"])
