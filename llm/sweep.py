@@ -280,6 +280,15 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def cells_to_run(sweep: Sweep, only: str | None) -> tuple[list[Cell], list[Cell]]:
+    """(lr cells, main cells) that ``only`` selects: the matching main cells, and the lr cells
+    that match or that the selected main cells' methods need."""
+    wanted_main = select(sweep.main, only)
+    methods = {c.labels["method"] for c in wanted_main}
+    matching_lr = {c.id for c in select(sweep.lr, only)}
+    return [c for c in sweep.lr if c.labels["method"] in methods or c.id in matching_lr], wanted_main
+
+
 def run_sweep(spec: Spec, out: Path | None = None, jobs: int = 1, only: str | None = None,
               cores: int | None = None, echo: Callable[[str], None] = print) -> Sweep:
     """Run the cells of ``spec`` (those matching ``only``, plus the lr cells their methods need)."""
@@ -288,9 +297,7 @@ def run_sweep(spec: Spec, out: Path | None = None, jobs: int = 1, only: str | No
     sweep = Sweep(spec, out)
     with _TermAsExit(), _lock(sweep.out):
         sweep.write()
-        wanted_main = select(sweep.main, only)
-        methods = {c.labels["method"] for c in wanted_main}
-        lr_needed = [c for c in sweep.lr if c.labels["method"] in methods or c in select(sweep.lr, only)]
+        lr_needed, wanted_main = cells_to_run(sweep, only)
         runner = _Runner(sweep, jobs, cores or available_cores(), echo)
         todo = [c for c in lr_needed + wanted_main if sweep.status[c.id] != "done"]
         runner.total = len(todo)

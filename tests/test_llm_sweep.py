@@ -85,6 +85,18 @@ def test_cells_are_methods_times_columns_times_seeds_with_the_restrictions(tmp_p
     assert [c.id for c in select(main, "*-n6-*-s1")] == ["exp-n6-r2-rolora-s1", "exp-n6-r2-ffa-s1", "exp-n6-r4-rolora-s1"]
 
 
+def test_only_runs_the_matching_cells_and_the_lr_cells_their_methods_need(tmp_path):
+    from rolora.llm.sweep import cells_to_run
+
+    sweep = Sweep(load_spec(write_spec(tmp_path, SPEC)), tmp_path / "out")
+    lr, main = cells_to_run(sweep, "*-n6-r4-*")
+    assert [c.id for c in main] == ["exp-n6-r4-rolora-s0", "exp-n6-r4-rolora-s1"]
+    assert [c.id for c in lr] == ["lr-n2-r2-rolora-lr0.001", "lr-n2-r2-rolora-lr0.003", "lr-n2-r2-rolora-lr0.01"]
+    lr, main = cells_to_run(sweep, "lr-n2-r2-galore-lr0.01")
+    assert [c.id for c in lr] == ["lr-n2-r2-galore-lr0.01"] and main == []
+    assert len(cells_to_run(sweep, "s1")[1]) == 6 and len(cells_to_run(sweep, "ffa")[0]) == 0  # ffa: fixed lr
+
+
 def test_evals_sets_eval_every_from_each_cells_rounds(tmp_path):
     spec = load_spec(write_spec(tmp_path, """
         base = "base.toml"
