@@ -62,6 +62,9 @@ class DataConfig:
     test_size: float = 0.1
     """Held-out test set: a count (≥ 1) or a fraction (< 1) of the data."""
     val_size: float = 0.0
+    split_seed: int = -1
+    """Seed of the train / validation / test split (-1: ``run.seed``). Fix it (e.g. 0) to keep one test
+    set across seeds, so seeds vary only the initialisation and sampling (the shipped sweeps do)."""
     max_train_samples: int = 0
     """Use at most this many training samples before partitioning (0: all)."""
     partition: str = "iid"
@@ -158,6 +161,11 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def split_seed(self) -> int:
+        """The seed of the train / validation / test split."""
+        return self.run.seed if self.data.split_seed < 0 else self.data.split_seed
 
     @property
     def total_rounds(self) -> int:

@@ -103,7 +103,7 @@ def validation_set(setup: RunSetup) -> Encoded:
 
     c = setup.config
     _, val_ds, _ = split(load_data(c), test_size=_size(c.data.test_size), val_size=_size(c.data.val_size),
-                         seed=c.run.seed)
+                         seed=c.split_seed)
     options = {}
     if c.model.task == "generation-classification":
         options = {k: v for k, v in (("template", c.data.template), ("label_words", list(c.data.label_words))) if v}

@@ -95,7 +95,7 @@ def prepare_data(config: RunConfig):
     c = config
     data = load_data(c)
     train_ds, _, test_ds = split(data, test_size=_size(c.data.test_size), val_size=_size(c.data.val_size),
-                                 seed=c.run.seed)
+                                 seed=c.split_seed)
     if c.data.max_train_samples and len(train_ds) > c.data.max_train_samples:
         keep = np.sort(np.random.default_rng([c.run.seed, 11]).permutation(len(train_ds))[: c.data.max_train_samples])
         train_ds = train_ds.subset(keep)

@@ -247,3 +247,17 @@ def test_split_is_disjoint_complete_seeded_and_the_test_set_ignores_val_size():
         split(ds, 60, 40, seed=0)
     with pytest.raises(ValueError, match="test_size as a fraction"):
         split(ds, 1.5, 0, seed=0)
+
+
+def test_split_seed_keeps_one_test_set_across_run_seeds():
+    from rolora.llm.config import load_config
+    from rolora.llm.prepare import prepare_data
+
+    def test_texts(*overrides):
+        config = load_config(None, ["data.dataset=rotten_tomatoes", "data.test_size=50", "data.val_size=20",
+                                    "data.max_train_samples=60", *overrides])
+        return prepare_data(config)[1].texts
+
+    fixed = [test_texts(f"run.seed={s}", "data.split_seed=0") for s in (0, 1)]
+    assert fixed[0] == fixed[1] == test_texts("run.seed=0")  # split_seed -1 (default) follows run.seed
+    assert test_texts("run.seed=1") != fixed[0]
