@@ -69,8 +69,8 @@ def intro(cells: list[dict[str, str]], sweeps: list[dict[str, str]]) -> str:
                   "lrrrrrll"), "",
             f"Total training time: {hours(cost_seconds(cells))}. For scale: the paper's QNLI run at 3 clients "
             f"trains on {PAPER_QNLI_SAMPLES:,} samples (500 rounds × 3 clients × 20 steps × batch 32).", ""]
-    out += ["**What each sweep ran** (main cells; values over the cells' `config.json`; samples = training "
-            "samples per cell, median over finished cells):", ""]
+    out += ["**What each sweep ran** (the values found in its cells' `config.json`; samples = training samples "
+            "of a finished main cell, the median over them):", ""]
     for s in sweeps:
         samples = [number(c["train_samples"]) for c in cells
                    if c["sweep"] == s["sweep"] and c["phase"] == "main" and c["status"] == "done"]

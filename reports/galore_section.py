@@ -14,6 +14,7 @@ from rolora.reports.claims import ClaimRow
 from rolora.reports.csv_files import number
 from rolora.reports.lm_curves import accuracy_within, seed_curves
 from rolora.reports.lm_results import SweepResults
+from rolora.reports.lm_sections import cell_text
 from rolora.reports.markdown import mib, table
 from rolora.reports.paper import FULL_RANK, LORA_BASELINES
 from rolora.reports.seeds import over_seeds
@@ -89,8 +90,7 @@ def galore_section(sweep: SweepResults | None, curve_rows: list[dict[str, str]],
             for m in sweep.methods():
                 if m not in sweep.groups[s]:
                     continue
-                g = sweep.groups[s][m]
-                rows.append([m, g.accuracy().text() + (f"; not finished: {g.missing_text()}" if g.missing_text() else ""),
+                rows.append([m, cell_text(sweep.groups[s][m]),
                              mib(_per_round_upload(curves, s, m)), _budget_row(curves, s, m, budget)])
             out += [f"**{s}**" + ("" if budget is None else f" (RoLoRA's whole run uploads {mib(budget)} MiB per client)"),
                     "", table(["method", "final test accuracy %", "upload MiB / client / round",
@@ -101,8 +101,10 @@ def galore_section(sweep: SweepResults | None, curve_rows: list[dict[str, str]],
             lines = [support(p) for p in pairs]
             for p in pairs:
                 if p.y == "rolora":
+                    done = p.outcome != v.MISSING
                     summary.append(ClaimRow(f"{CLAIM}, {s}: {p.x} vs rolora", "critique: full-rank beats LoRA methods",
-                                            f"{p.outcome}{p.detail()}", SUPPORTS[p.outcome]))
+                                            f"{p.outcome}{p.detail()}" if done else "nothing finished yet",
+                                            SUPPORTS[p.outcome] if done else v.NOT_RUN))
             out += [f"- {line}" for line in lines] + [""]
         if figure_link:
             out += [f"![accuracy vs upload per client, issue 17]({figure_link})", ""]

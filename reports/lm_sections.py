@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from rolora.reports import verdicts as v
 from rolora.reports.claims import ClaimRow
-from rolora.reports.lm_results import SweepResults
+from rolora.reports.lm_results import Group, SweepResults
 from rolora.reports.markdown import table
 from rolora.reports.paper import CLAIMS, STANDARD, TABLE1_AVG, SweepClaim
 
@@ -42,13 +42,19 @@ def results_table(sweep: SweepResults, with_paper: bool) -> str:
             if with_paper:
                 p = paper_value(sweep, s, m)
                 row.append("–" if p is None else f"{p:.2f}")
-            group = sweep.groups[s].get(m)
-            text = "–" if group is None else group.accuracy().text()
-            if group is not None and group.missing_text():
-                text += f"; not finished: {group.missing_text()}"
-            row.append(text)
+            row.append(cell_text(sweep.groups[s].get(m)))
         rows.append(row)
     return table(headers, rows)
+
+
+def cell_text(group: Group | None) -> str:
+    """'85.0 ± 1.0 (n=3); 1 pending', '– (3 pending)', or '–' where the method was not in the column."""
+    if group is None:
+        return "–"
+    missing = group.missing_text()
+    if not group.seeds:
+        return f"– ({missing})" if missing else "–"
+    return group.accuracy().text() + (f"; {missing}" if missing else "")
 
 
 def winner_of(sweep: SweepResults, claim: SweepClaim) -> str | None:
@@ -85,7 +91,8 @@ def _pairs_text(pairs: list[v.Pair]) -> str:
 
 def _ours(sweep: SweepResults, setting: str) -> str:
     acc = sweep.accuracies(setting)
-    return f"{setting}: " + " / ".join(f"{m} {acc[m].short()}" for m in sweep.methods() if m in acc and acc[m].n)
+    finished = [f"{m} {acc[m].short()}" for m in sweep.methods() if m in acc and acc[m].n]
+    return f"{setting}: " + " / ".join(finished) if finished else f"{setting}: nothing finished yet"
 
 
 def _paper(sweep: SweepResults, setting: str) -> str:

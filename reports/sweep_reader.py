@@ -131,7 +131,7 @@ def read_sweep(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list
         row, curve, config = cell_rows(name, folder, cell)
         cells.append(row)
         curves += curve
-        if cell.get("phase", "main") == "main" and config:
+        if config:  # lr cells differ from main cells only in lr, seed and evaluation: same setting
             configs.append(config)
     counts = {s: sum(c["status"] == s for c in cells) for s in ("done", "partial", "pending", "failed")}
     sweep = dict(sweep=name, folder=str(folder), cells=len(cells), **counts, setup=setup_text(configs),

@@ -12,6 +12,7 @@ from rolora.reports import verdicts as v
 from rolora.reports.claims import ClaimRow
 from rolora.reports.csv_files import number, read_rows
 from rolora.reports.galore_section import SHORT_SUPPORT
+from rolora.reports.lm_curves import accuracy_within
 from rolora.reports.markdown import mib, table
 from rolora.reports.seeds import OverSeeds, over_seeds
 
@@ -34,12 +35,28 @@ def final_accuracies(rows: list[dict[str, str]]) -> dict[str, dict[str, OverSeed
     return {s: {m: over_seeds(a) for m, a in ms.items()} for s, ms in out.items()}
 
 
-def _toy_upload(memory_rows: list[dict[str, str]], method: str) -> str:
+def toy_upload(memory_rows: list[dict[str, str]], method: str) -> float | None:
+    """Upload bytes per client and round of a toy method (the larger of its two phases), from memory.csv."""
     base = method.split(":")[0]
     for r in memory_rows:
         if r["setting"].startswith("toy") and r["method"] == base:
-            return mib(max(number(r["upload_round1"]), number(r["upload_round2"])))
-    return "–"
+            return max(number(r["upload_round1"]), number(r["upload_round2"]))
+    return None
+
+
+def at_rolora_bytes(rows: list[dict[str, str]], split: str, method: str, per_round: dict[str, float | None]) -> str:
+    """Accuracy once the method has uploaded no more than RoLoRA's whole run (per client): 'acc (round t)'."""
+    curves: dict[str, list[tuple]] = defaultdict(list)
+    for r in rows:
+        if r["split"] == split and r["method"] in (method, "rolora"):
+            curves[(r["method"], r["seed"])].append((int(number(r["round"])), number(r["test_acc"])))
+    rolora_rounds = [max(t for t, _ in c) for (m, _), c in curves.items() if m == "rolora"]
+    if not rolora_rounds or per_round.get(method) is None or per_round.get("rolora") is None:
+        return "–"
+    budget = min(rolora_rounds) * per_round["rolora"]
+    mine = {seed: [(t, a, t * per_round[method]) for t, a in sorted(c)] for (m, seed), c in curves.items() if m == method}
+    accs, rounds = accuracy_within(mine, budget)
+    return f"{over_seeds(accs).short()}, round {max(rounds)}" if accs else "–"
 
 
 def toy_section(toy_csv, memory_rows: list[dict[str, str]], summary: list[ClaimRow]) -> str:
@@ -54,11 +71,16 @@ def toy_section(toy_csv, memory_rows: list[dict[str, str]], summary: list[ClaimR
     finals = final_accuracies(rows)
     splits = sorted(finals, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s))
     methods = sorted({m for s in splits for m in finals[s]}, key=lambda m: (m not in PAPER_THREE, m))
-    body = [[m, _toy_upload(memory_rows, m)] + [finals[s][m].text() if m in finals[s] else "–" for s in splits]
-            for m in methods]
+    per_round = {m: toy_upload(memory_rows, m) for m in methods}
+    body = [[m, mib(per_round[m])] + [finals[s][m].text() if m in finals[s] else "–" for s in splits]
+            + [at_rolora_bytes(rows, s, m, per_round) for s in splits] for m in methods]
     out += [f"**Ours** (final test accuracy % after the last round, mean ± sample std (n − 1) over seeds; with two "
             f"seeds that is √2 × the population std the README quotes; source `{toy_csv}`):", "",
-            table(["method", "upload MiB / client / round"] + [f"{s}" for s in splits], body, "lr" + "l" * len(splits)), ""]
+            table(["method", "upload MiB / client / round"] + [f"{s}" for s in splits]
+                  + [f"{s}, once ≤ RoLoRA's whole-run upload" for s in splits], body, "lr" + "l" * 2 * len(splits)), "",
+            "The last columns hold each method to RoLoRA's whole-run upload per client: a method that sends more "
+            "per round is scored at the last round it can afford (round 0, the untrained model, when a single "
+            "round costs more than RoLoRA's whole run).", ""]
     out += ["**Verdicts** (by the [rule](#how-verdicts-are-computed); in kind because " + WHY_IN_KIND + "):", ""]
     for s in splits:
         r = finals[s]

@@ -147,8 +147,8 @@ def test_client_count_table_means_stds_unfinished_cells_and_verdicts(tmp_path):
     rolora, ffa = row_of(part, "rolora"), row_of(part, "ffa-lora")
     assert rolora[1] == "88.28" and rolora[3] == "85.81"  # the paper's Table 1 averages beside ours
     assert rolora[2] == expected(TIE["rolora"])
-    assert rolora[4] == expected(WIN["rolora"]) + "; not finished: 1 pending"
-    assert ffa[4] == expected(WIN["ffa-lora"]) + "; not finished: 1 partial"
+    assert rolora[4] == expected(WIN["rolora"]) + "; 1 pending"
+    assert ffa[4] == expected(WIN["ffa-lora"]) + "; 1 partial"
     assert "| flexlora |" not in part  # a method that was not run gets no row
     assert "**Ties at the fewest clients (n3-r4)**: **reproduced in kind**" in part
     assert "**RoLoRA ahead at the most clients (n50-r4)**: **reproduced in kind**" in part
@@ -165,10 +165,12 @@ def test_client_count_table_means_stds_unfinished_cells_and_verdicts(tmp_path):
 
 def test_a_reference_column_without_rolora_is_not_the_fewest_clients(tmp_path):
     cells = clients_cells(WIN) + [("centralised", s, {"clients": 1, "rank": 4}, "done", 0.9 + s / 100) for s in range(2)]
+    cells += [("flexlora", s, N50, "pending", None) for s in range(2)]
     make_sweep(tmp_path / "sweeps", "clients", cells)
     part = section(report(tmp_path, tmp_path / "sweeps"), "### Number of clients (Table 1)")
     assert row_of(part, "method")[1:3] == ["n1-r4: paper", "n1-r4: ours"]
     assert row_of(part, "centralised")[2] == expected([0.90, 0.91])
+    assert row_of(part, "flexlora")[1:] == ["–", "–", "–", "–", "54.67", "– (2 pending)"]
     assert "**Ties at the fewest clients (n3-r4)**: **reproduced in kind**" in part
     assert "- n3-r4 → n50-r4 (mean accuracy, points): rolora +5.0, fedavg-lora -9.0, ffa-lora -5.0" in part
 
@@ -300,7 +302,10 @@ def test_toy_verdicts_from_its_csv(tmp_path):
         ("10x1", "rolora"): [0.70, 0.72], ("10x1", "fedavg-lora"): [0.30, 0.33], ("10x1", "ffa-lora"): [0.50, 0.51],
     })
     text = report(tmp_path, tmp_path / "none", toy=toy)
-    assert row_of(text, "rolora")[2:] == [expected([0.80, 0.82]), expected([0.70, 0.72])]
+    assert row_of(text, "rolora")[2:4] == [expected([0.80, 0.82]), expected([0.70, 0.72])]
+    # at RoLoRA's whole-run upload (1 round of one factor) FedAvg-LoRA, sending both factors, has only round 0
+    assert row_of(text, "fedavg-lora")[4] == "10.0 ± 0.0, round 0"
+    assert row_of(text, "rolora")[4] == f"{100 * statistics.fmean([0.80, 0.82]):.1f} ± {100 * statistics.stdev([0.80, 0.82]):.1f}, round 1"
     assert "- 5x2, FFA-LoRA lowest: **reproduced in kind**" in text
     assert "- 10x1, FFA-LoRA lowest: **not reproduced**" in text
     assert "- 10x1, RoLoRA best of the three: **reproduced in kind**" in text
