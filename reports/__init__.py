@@ -8,13 +8,15 @@ The report is built in two steps so that it can be rebuilt without the run folde
 2. *render* (``document``): those CSVs (and the committed toy CSV ``docs/toy-mnist-galore.csv``)
    become ``docs/reproduction.md`` and its figures. ``rolora report --from-csv`` runs this step alone.
 
-Modules, one job each: ``csv_files`` (atomic CSV in and out), ``seeds`` (mean ± std over seeds),
-``verdicts`` (the stated rule that turns numbers into a verdict), ``slopes`` (rate statistics and
-log-log slopes), ``paper`` (the paper's numbers and claims), ``sweep_reader`` (sweep folder → rows),
-``theory_data`` and ``memory_data`` (their sources → rows), ``extract`` (all sources → CSVs),
-``markdown`` (table formatting), ``plots`` (figures), ``lm_sections``, ``theory_section``,
-``toy_section`` (one part of the report each), ``document`` (the whole file), ``cli``.
-Builds on ``theory``, ``llm`` (and through it ``federated``, ``optim``); nothing imports ``reports``.
+Modules, one job each. Data: ``csv_files`` (atomic CSV in and out), ``sweep_reader`` (a sweep folder
+→ rows), ``theory_data`` and ``memory_data`` (their sources → rows), ``extract`` (all sources → the
+CSVs). Numbers: ``seeds`` (mean ± std over seeds), ``verdicts`` (the stated rule that turns numbers
+into a verdict), ``slopes`` (rate statistics and log-log slopes), ``lm_results`` and ``lm_curves``
+(LM rows grouped per setting and method, curves averaged over seeds), ``paper`` (the paper's numbers
+and claims, the only typed numbers). Text: ``markdown``, ``claims`` (the opening table),
+``theory_section``, ``toy_section``, ``lm_sections``, ``galore_section`` (one part each), ``plots``,
+``document`` (the whole file), ``cli``.
+Builds on ``theory``, ``llm`` and ``federated``'s public modules; nothing imports ``reports``.
 """
 
 if __name__ != "rolora.reports":  # e.g. `import reports` from the repository root: no second copy

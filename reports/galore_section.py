@@ -68,6 +68,26 @@ def memory_table(memory_rows: list[dict[str, str]]) -> str:
                   "tensors + grads + state MiB", "upload / client / round MiB"], rows, "lllrrrr")
 
 
+def setting_part(sweep: SweepResults, s: str, curves, summary: list[ClaimRow]) -> list[str]:
+    """One client count: accuracy, bytes, accuracy at RoLoRA's bytes, and what each pair supports."""
+    budget = _whole_run_upload(curves, s, "rolora")
+    rows = [[m, cell_text(sweep.groups[s][m]), mib(_per_round_upload(curves, s, m)), _budget_row(curves, s, m, budget)]
+            for m in sweep.methods() if m in sweep.groups[s]]
+    out = [f"**{s}**" + ("" if budget is None else f" (RoLoRA's whole run uploads {mib(budget)} MiB per client)"), "",
+           table(["method", "final test accuracy %", "upload MiB / client / round",
+                  "accuracy % once ≤ RoLoRA's whole-run upload (round)"], rows, "llrl"), ""]
+    results = sweep.accuracies(s)
+    pairs = [v.compare(f, results.get(f), b, results.get(b))
+             for f in FULL_RANK if f in results for b in ("rolora", *LORA_BASELINES) if b in results]
+    for p in pairs:
+        if p.y == "rolora":
+            done = p.outcome != v.MISSING
+            summary.append(ClaimRow(f"{CLAIM}, {s}: {p.x} vs rolora", "critique: full-rank beats LoRA methods",
+                                    f"{p.outcome}{p.detail()}" if done else "nothing finished yet",
+                                    SUPPORTS[p.outcome] if done else v.NOT_RUN))
+    return out + [f"- {support(p)}" for p in pairs] + [""]
+
+
 def galore_section(sweep: SweepResults | None, curve_rows: list[dict[str, str]], memory_rows: list[dict[str, str]],
                    figure_link: str | None, summary: list[ClaimRow]) -> str:
     out = ["### GaLore-FedAvg and full-rank FedAvg beside the LoRA methods (issue 17)", "",
@@ -85,31 +105,12 @@ def galore_section(sweep: SweepResults | None, curve_rows: list[dict[str, str]],
     else:
         curves = seed_curves(curve_rows, sweep.name)
         for s in settings:
-            budget = _whole_run_upload(curves, s, "rolora")
-            rows = []
-            for m in sweep.methods():
-                if m not in sweep.groups[s]:
-                    continue
-                rows.append([m, cell_text(sweep.groups[s][m]),
-                             mib(_per_round_upload(curves, s, m)), _budget_row(curves, s, m, budget)])
-            out += [f"**{s}**" + ("" if budget is None else f" (RoLoRA's whole run uploads {mib(budget)} MiB per client)"),
-                    "", table(["method", "final test accuracy %", "upload MiB / client / round",
-                               "accuracy % once ≤ RoLoRA's whole-run upload (round)"], rows, "llrl"), ""]
-            results = sweep.accuracies(s)
-            pairs = [v.compare(f, results.get(f), b, results.get(b))
-                     for f in FULL_RANK if f in results for b in ("rolora", *LORA_BASELINES) if b in results]
-            lines = [support(p) for p in pairs]
-            for p in pairs:
-                if p.y == "rolora":
-                    done = p.outcome != v.MISSING
-                    summary.append(ClaimRow(f"{CLAIM}, {s}: {p.x} vs rolora", "critique: full-rank beats LoRA methods",
-                                            f"{p.outcome}{p.detail()}" if done else "nothing finished yet",
-                                            SUPPORTS[p.outcome] if done else v.NOT_RUN))
-            out += [f"- {line}" for line in lines] + [""]
+            out += setting_part(sweep, s, curves, summary)
         if figure_link:
             out += [f"![accuracy vs upload per client, issue 17]({figure_link})", ""]
     out += ["**Client memory and bytes** (counted by `rolora bench memory`'s functions: fp32, frozen base, "
-            "activations and the head excluded; MiniLM at the sweep's LoRA rank 4, GaLore rank 4):", "",
+            "activations and the head excluded; MiniLM at the sweep's LoRA rank 4, GaLore rank 4; the toy's "
+            "layer for the toy's runs above):", "",
             memory_table(memory_rows), "",
             "A full-rank client, GaLore or not, holds the dense W and its gradient; GaLore shrinks only the "
             "optimiser state. Its upload is the dense matrix every round whatever the optimiser.", ""]

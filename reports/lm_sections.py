@@ -71,8 +71,9 @@ def pairs_at(sweep: SweepResults, setting: str, winner: str, against: tuple[str,
 
 
 def outcome_lines(sweep: SweepResults, winner: str, against: tuple[str, ...]) -> list[str]:
-    return [f"- {s}: {winner} against " + "; ".join(p.text() for p in pairs_at(sweep, s, winner, against) or [])
-            for s in sweep.settings() if pairs_at(sweep, s, winner, against)]
+    """One line per setting that has at least one finished pair."""
+    by_setting = {s: pairs_at(sweep, s, winner, against) for s in sweep.settings()}
+    return [f"- {s}: {winner} against " + "; ".join(p.text() for p in pairs) for s, pairs in by_setting.items() if pairs]
 
 
 def _extreme(sweep: SweepResults, pick) -> list[str]:

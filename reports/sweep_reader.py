@@ -25,6 +25,7 @@ SETUP_KEYS = ("model.name", "model.max_length", "model.dtype", "data.dataset", "
               "federated.clients")
 """Config keys whose values (over a sweep's main cells) describe its setting in the report."""
 SHORT = {"clients": "n", "rank": "r"}
+"""Axis letters when the spec names none (the sweep's own ``[axes.X] short`` wins)."""
 
 
 def find_sweeps(root: Path) -> list[Path]:
@@ -35,11 +36,22 @@ def find_sweeps(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.glob("*/sweep.json")) if root.is_dir() else []
 
 
-def setting_label(axes: dict[str, Any]) -> str:
-    """'n20-r4' for {clients: 20, rank: 4}; other axes as key=value (sorted), joined by '-'."""
-    parts = [f"{SHORT[k]}{axes[k]}" for k in SHORT if k in axes]
-    parts += [f"{k}={axes[k]}" for k in sorted(axes) if k not in SHORT]
+def setting_label(axes: dict[str, Any], shorts: dict[str, str] | None = None) -> str:
+    """The column id the sweep uses: 'n20-r4' for {clients: 20, rank: 4} with letters n and r (lettered
+    axes in letter order, then the others); an axis without a letter is key=value, one whose letter is
+    "" its bare value."""
+    shorts = {**(shorts or {}), **{k: v for k, v in SHORT.items() if k not in (shorts or {})}}  # spec order first
+    order = list(shorts)
+    parts = []
+    for k in sorted(axes, key=lambda k: (order.index(k) if k in shorts else len(order), k)):
+        parts.append(f"{k}={axes[k]}" if k not in shorts else f"{shorts[k]}{axes[k]}")
     return "-".join(parts) or "default"
+
+
+def axis_letters(spec: Any) -> dict[str, str]:
+    """{axis: letter} from a sweep.json spec's ``axes`` (each axis' ``short``), in the spec's order."""
+    axes = spec.get("axes", {}) if isinstance(spec, dict) else {}
+    return {name: str(a["short"]) for name, a in axes.items() if isinstance(a, dict) and "short" in a}
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -91,14 +103,15 @@ def _device(run_dir: Path) -> str:
     return str(v.get("device") or "")
 
 
-def cell_rows(sweep: str, folder: Path, cell: dict[str, Any]) -> tuple[dict, list[dict], dict]:
+def cell_rows(sweep: str, folder: Path, cell: dict[str, Any], shorts: dict[str, str] | None = None
+              ) -> tuple[dict, list[dict], dict]:
     """(one row of the cell's result, its evaluated rounds as curve rows, its config)."""
     labels = cell.get("labels", {})
     axes = {k: v for k, v in labels.items() if k not in NOT_AXES}
     run_dir = folder / cell.get("run_dir", f"cells/{cell['id']}")
     metrics = read_metrics(run_dir)
     common = dict(sweep=sweep, cell=cell["id"], method=labels.get("method", ""), seed=labels.get("seed", ""),
-                  phase=cell.get("phase", "main"), status=cell.get("status", "pending"), setting=setting_label(axes))
+                  phase=cell.get("phase", "main"), status=cell.get("status", "pending"), setting=setting_label(axes, shorts))
     config = _config(run_dir)
     steps, batch = config.get("train", {}).get("local_steps", 0), config.get("train", {}).get("batch_size", 0)
     curve, uploaded = [], 0.0
@@ -128,7 +141,7 @@ def read_sweep(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list
     name = meta.get("name") or folder.name
     cells, curves, configs = [], [], []
     for cell in meta.get("cells", []):
-        row, curve, config = cell_rows(name, folder, cell)
+        row, curve, config = cell_rows(name, folder, cell, axis_letters(meta.get("spec")))
         cells.append(row)
         curves += curve
         if config:  # lr cells differ from main cells only in lr, seed and evaluation: same setting

@@ -226,6 +226,15 @@ def test_galore_comparison_says_which_claim_each_result_supports(tmp_path):
     assert (tmp_path / "docs" / "reproduction" / "clients-accuracy-vs-round.png").exists()
 
 
+def test_columns_are_named_as_the_sweep_names_them():
+    from rolora.reports.sweep_reader import setting_label
+
+    assert setting_label({"rank": 4, "clients": 20}) == "n20-r4"
+    assert setting_label({"clients": 50, "local_steps": 1}, {"local_steps": "k", "clients": "n"}) == "k1-n50"
+    assert setting_label({"alpha": 0.5, "clients": 3}, {"alpha": ""}) == "0.5-n3"
+    assert setting_label({"partition": "iid"}) == "partition=iid"
+
+
 # ------------------------------------------------------------------------------------- round trip
 def test_from_csv_gives_the_same_markdown_without_any_source(tmp_path):
     sweeps = tmp_path / "sweeps"
