@@ -59,6 +59,24 @@ def at_rolora_bytes(rows: list[dict[str, str]], split: str, method: str, per_rou
     return f"{over_seeds(accs).short()}, round {max(rounds)}" if accs else "–"
 
 
+def toy_commands(rows: list[dict[str, str]]) -> list[str]:
+    """The ``rolora toy`` commands that produce these rows: one per seed and set of splits (defaults
+    otherwise; the CSV's other columns are the defaults of ``rolora toy``)."""
+    splits_of: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for r in rows:
+        splits_of[(r["seed"], r["method"])].add(r["split"])
+    groups: dict[tuple[str, tuple[str, ...]], list[str]] = defaultdict(list)
+    for (seed, method), splits in splits_of.items():
+        key = tuple(sorted(splits, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s)))
+        groups[(seed, key)].append(method)
+    return [f"rolora toy --split {','.join(splits)} --seed {seed} --methods {','.join(sorted(methods, key=_paper_first))}"
+            for (seed, splits), methods in sorted(groups.items(), key=lambda kv: (int(kv[0][0]), -len(kv[0][1])))]
+
+
+def _paper_first(method: str) -> tuple:
+    return (PAPER_THREE.index(method) if method in PAPER_THREE else len(PAPER_THREE), method)
+
+
 def toy_section(toy_csv, memory_rows: list[dict[str, str]], summary: list[ClaimRow]) -> str:
     out = ["## MNIST toy (the paper's Figure 2)", "",
            "**Paper.** f(x) = ReLU(x A B) W_out with W_out fixed and only A, B trained (rank 16, 5 local epochs), "

@@ -318,6 +318,8 @@ def test_toy_verdicts_from_its_csv(tmp_path):
     assert "- 5x2, FFA-LoRA lowest: **reproduced in kind**" in text
     assert "- 10x1, FFA-LoRA lowest: **not reproduced**" in text
     assert "- 10x1, RoLoRA best of the three: **reproduced in kind**" in text
+    assert "rolora toy --split 5x2,10x1 --seed 0 --methods rolora,fedavg-lora,ffa-lora\n" in text
+    assert "rolora toy --split 5x2,10x1 --seed 1 --methods rolora,fedavg-lora,ffa-lora\n" in text
 
 
 # ------------------------------------------------------------------------------------- slopes
