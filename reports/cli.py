@@ -17,14 +17,17 @@ from rolora.federated.serial import atomic_file
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rolora report", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="rolora report", description="Regenerate docs/reproduction.md (the paper's "
+                                "claims beside ours, with verdicts) and its CSVs and figures from the result files.")
     p.add_argument("--sweeps", type=Path, default=Path("runs/sweeps"),
-                   help="a folder of `rolora llm sweep` folders (or one sweep folder)")
-    p.add_argument("--theory-dir", type=Path, default=Path("out/theory"), help="`rolora theory --out` folder")
-    p.add_argument("--out", type=Path, default=Path("docs/reproduction.md"), help="the markdown file to write")
+                   help="a folder of `rolora llm sweep` folders, or one sweep folder (default: runs/sweeps)")
+    p.add_argument("--theory-dir", type=Path, default=Path("out/theory"),
+                   help="`rolora theory --out` folder (default: out/theory)")
+    p.add_argument("--out", type=Path, default=Path("docs/reproduction.md"),
+                   help="the markdown file to write (default: docs/reproduction.md)")
     p.add_argument("--data", type=Path, default=None, help="CSV and figure folder (default: OUT without .md)")
-    p.add_argument("--toy-csv", type=Path, default=Path("docs/toy-mnist-galore.csv"), help="the toy's results")
+    p.add_argument("--toy-csv", type=Path, default=Path("docs/toy-mnist-galore.csv"),
+                   help="the toy's results (default: docs/toy-mnist-galore.csv)")
     p.add_argument("--from-csv", action="store_true", help="do not extract: render from the CSVs in --data")
     return p
 

@@ -75,9 +75,9 @@ def rate_part(rows: list[dict[str, str]], summary: list[ClaimRow]) -> str:
     out = ["### The non-convex O(1/√T) rate", "",
            "**Paper.** Under smoothness RoLoRA converges at O(1/√T) in the squared gradient norm, like FedAvg. "
            "Our notes on the paper (`shared/reference/rolora-paper.md`; its full text was only partly "
-           "reachable) record the bound on min_{t≤T} ‖∇F‖². The argument behind such a bound controls the "
-           "round average (1/T) Σ_t ‖∇F(x_t)‖² (a telescoped descent inequality), and the minimum inherits it "
-           "because min ≤ average.", ""]
+           "reachable) record the bound on min_{t≤T} ‖∇F‖². Proofs of this kind (FedAvg's included) bound "
+           "the round average (1/T) Σ_t E‖∇F(x_t)‖² through a telescoped descent inequality, and the minimum "
+           "inherits the bound because min ≤ average: the average is the statistic the argument controls.", ""]
     if not rows:
         summary.append(ClaimRow(RATE, "O(1/√T): slope ≤ −0.5", "–", v.NOT_RUN))
         return "\n".join(out + [NOT_RUN, ""])
