@@ -1,6 +1,7 @@
 """``rolora report``: regenerate ``docs/reproduction.md`` (the paper's claims beside ours) and its data.
 
-    rolora report [--sweeps DIR] [--theory-dir DIR] [--out FILE] [--data DIR] [--toy-csv FILE] [--from-csv]
+    rolora report [--sweeps DIR] [--theory-dir DIR] [--out FILE] [--data DIR] [--toy-csv FILE]
+                  [--from-csv | --drop-absent]
 
 Without ``--from-csv``: extract every source (sweep folders, ``rolora theory``'s folder, the memory
 counts) into CSVs in the data folder (default: the output's name without ``.md``, i.e.
@@ -29,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--toy-csv", type=Path, default=Path("docs/toy-mnist-galore.csv"),
                    help="the toy's results (default: docs/toy-mnist-galore.csv)")
     p.add_argument("--from-csv", action="store_true", help="do not extract: render from the CSVs in --data")
+    p.add_argument("--drop-absent", action="store_true",
+                   help="drop the committed rows of sweeps not found under --sweeps (default: keep them)")
     return p
 
 
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from rolora.reports.extract import extract
 
-        written = extract(args.sweeps, args.theory_dir, data)
+        written = extract(args.sweeps, args.theory_dir, data, keep_absent=not args.drop_absent)
         print(f"extracted {len(written)} CSVs into {data}")
     from rolora.reports.document import render
 

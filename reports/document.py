@@ -45,7 +45,7 @@ def commands(toy_csv: Path) -> str:
         "```", "",
         "`rolora report --sweeps DIR --theory-dir DIR --out FILE --toy-csv FILE` point it elsewhere. An extraction "
         "replaces the rows of the sweeps it finds and keeps the committed rows of the others (and the committed "
-        "theory rows when `out/theory` is absent). The tables are never typed: rerun the sources, then the report.",
+        "theory rows when `out/theory` is absent); `--drop-absent` drops the rows of sweeps not found. The tables are never typed: rerun the sources, then the report.",
         ""])
 
 

@@ -25,15 +25,16 @@ THEORY_FILES = {"theory-theorem.csv": ("theorem", THEOREM_FIELDS), "theory-ffa-f
 MEMORY_FILE = "memory.csv"
 
 
-def extract_sweeps(sweeps_root: Path, data_dir: Path) -> list[Path]:
-    """Replace the rows of every sweep found under ``sweeps_root``; keep the other sweeps' rows."""
+def extract_sweeps(sweeps_root: Path, data_dir: Path, keep_absent: bool = True) -> list[Path]:
+    """Replace the rows of every sweep found under ``sweeps_root``; keep the other sweeps' rows (or,
+    with ``keep_absent=False``, drop them: a sweep whose folder was deleted leaves the report)."""
     found: dict[str, list[list[dict]]] = {}
     for folder in find_sweeps(sweeps_root):
         sweep, cells, curves, lrs = read_sweep(folder)
         found[sweep["sweep"]] = [[sweep], cells, curves, lrs]
     written = []
     for i, (name, fields) in enumerate(LM_FILES.items()):
-        kept = [r for r in read_rows(data_dir / name) if r["sweep"] not in found]
+        kept = [r for r in read_rows(data_dir / name) if r["sweep"] not in found] if keep_absent else []
         new = [r for parts in found.values() for r in parts[i]]
         rows = sorted(kept + new, key=lambda r: r["sweep"])  # stable: each sweep's rows keep their order
         written.append(write_rows(data_dir / name, fields, rows))
@@ -48,8 +49,8 @@ def extract_theory(theory_dir: Path, data_dir: Path) -> list[Path]:
     return [write_rows(data_dir / name, fields, rows[key]) for name, (key, fields) in THEORY_FILES.items()]
 
 
-def extract(sweeps_root: Path, theory_dir: Path, data_dir: Path) -> list[Path]:
+def extract(sweeps_root: Path, theory_dir: Path, data_dir: Path, keep_absent: bool = True) -> list[Path]:
     """Every source into ``data_dir``; returns the paths written."""
     data_dir = Path(data_dir)
-    written = extract_sweeps(Path(sweeps_root), data_dir) + extract_theory(Path(theory_dir), data_dir)
+    written = extract_sweeps(Path(sweeps_root), data_dir, keep_absent) + extract_theory(Path(theory_dir), data_dir)
     return written + [write_rows(data_dir / MEMORY_FILE, MEMORY_FIELDS, memory_rows())]

@@ -152,7 +152,7 @@ def test_client_count_table_means_stds_unfinished_cells_and_verdicts(tmp_path):
     assert "| flexlora |" not in part  # a method that was not run gets no row
     assert "**Ties at the fewest clients (n3-r4)**: **reproduced in kind**" in part
     assert "**RoLoRA ahead at the most clients (n50-r4)**: **reproduced in kind**" in part
-    opening = row_of(text, "Table 1: RoLoRA ahead at the most clients (n50-r4)")  # the opening table agrees
+    opening = row_of(text, "Number of clients (Table 1): RoLoRA ahead at the most clients (n50-r4)")  # the opening table agrees
     assert opening[1] == "rolora 85.81 / fedavg-lora 70.72 / ffa-lora 76.48" and opening[3] == "**reproduced in kind**"
     gap = 100 * (statistics.fmean(WIN["rolora"]) - statistics.fmean(WIN["fedavg-lora"]))
     assert f"fedavg-lora: ahead ({gap:+.1f} pts" in part
@@ -208,6 +208,24 @@ def test_missing_sweeps_say_not_run_with_the_command(tmp_path):
     empty = report(tmp_path / "empty", tmp_path / "nothing-here")
     assert "No `clients` sweep was found" in empty
     assert "No language-model sweep has run yet" in empty
+
+
+def test_handover_is_judged_on_its_variant_against_ffa_lora(tmp_path):
+    at = {"clients": 50, "rank": 4}
+    accs = {"ffa-lora": [0.70, 0.71], "rolora": [0.80, 0.81], "rolora-then-ffa-0.2": [0.78, 0.79],
+            "rolora-then-ffa-0.5": [0.60, 0.61]}
+    make_sweep(tmp_path / "sweeps", "handover", [(m, s, at, "done", a) for m, v in accs.items() for s, a in enumerate(v)])
+    part = section(report(tmp_path, tmp_path / "sweeps"), "### RoLoRA first, then FFA-LoRA")
+    assert "- n50-r4: rolora-then-ffa-0.2 against ffa-lora: ahead (+8.0 pts" in part
+    assert "**Verdict: reproduced in kind**" in part
+
+
+def test_the_trec_client_sweep_is_judged_in_two_halves(tmp_path):
+    make_sweep(tmp_path / "sweeps", "clients-trec", clients_cells(WIN))
+    text = report(tmp_path, tmp_path / "sweeps")
+    assert "**RoLoRA ahead at the most clients (n50-r4)**: **reproduced in kind**" in section(text, "### Number of clients, a second")
+    assert row_of(text, "Number of clients, a second task (TREC): ties at the fewest clients (n3-r4)")[3] == \
+        "**reproduced in kind**"
 
 
 def test_galore_comparison_says_which_claim_each_result_supports(tmp_path):
@@ -268,6 +286,8 @@ def test_a_new_extraction_keeps_the_rows_of_sources_absent_here(tmp_path):
     assert section(first, "### The non-convex") == section(second, "### The non-convex")
     assert "No `local-steps` sweep was found" in first and "No `local-steps` sweep was found" not in second
     assert row_of(section(second, "### Local steps"), "rolora")[1] == expected(WIN["rolora"])
+    third = report(tmp_path, tmp_path / "b", extra=["--drop-absent"])
+    assert "No `clients` sweep was found" in third and "No `local-steps` sweep was found" not in third
 
 
 def test_from_csv_without_the_csvs_fails(tmp_path, capsys):
