@@ -218,3 +218,33 @@ def test_secagg_through_the_cli_on_the_flower_simulation(tmp_path, monkeypatch):
     error = _max_diff(_checkpoint_state(out, 1), embedded.state)
     assert error <= SecAggSettings().error_bound([16, 16, 16]) + 1e-6
     assert os.environ.get("ROLORA_FLOWER_SECAGG") is None
+
+
+class UnmaskFails(LocalGrid):
+    """Node ``node`` fails SecAgg+'s last stage (unmask), after its masked upload arrived."""
+
+    def __init__(self, clients: int, node: int) -> None:
+        super().__init__(clients)
+        self.node, self.failed = node, 0
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        kept = [m for m in messages if not (m.metadata.dst_node_id == self.node and _stage(m) == "unmask")]
+        self.failed += len(messages) - len(kept)
+        return super().send_and_receive(kept, timeout=timeout)  # no reply from it: as a dead node
+
+
+def _stage(msg) -> str | None:
+    configs = msg.content.get("secaggplus_configs") if hasattr(msg.content, "get") else None
+    return None if configs is None else str(configs.get("stage"))
+
+
+def test_a_node_lost_after_masking_is_unmasked_from_the_others_shares(tmp_path):
+    """SecAgg+'s dropout recovery: the lost node's masked upload still counts (its mask is rebuilt from
+    the other two's shares, threshold 2 of 3): nobody is dropped and the state is the plain one."""
+    config = load_config(None, TINY + ["federated.method=fedavg-lora", "federated.rounds=1"])
+    grid = UnmaskFails(3, node=102)
+    secure = serve(grid, config, tmp_path / "sec", quiet=True, secagg=SecAggSettings())
+    plain = serve(LocalGrid(3), config, tmp_path / "plain", quiet=True)
+    assert grid.failed == 1 and secure.rows[1]["dropped"] == []
+    assert _max_diff(secure.state, plain.state) <= SecAggSettings().error_bound([16, 16, 16]) + 1e-6
