@@ -11,7 +11,9 @@ round protocol: participants, ``method.aggregate``, the round's bytes as Flower 
 checkpoints, resume, the minimum of replies, reusing :mod:`rolora.llm`'s run folder), ``codec``
 (states and client results as ArrayRecords plus JSON metadata, never pickles; per-node download of
 only what changed), ``setups`` (one model per process), ``simulation`` (``rolora llm run --engine
-flower``), ``app/pyproject.toml`` (``flwr run``). The README's Flower section lists the deployment
+flower``), ``secagg`` (uploads through Flower's SecAgg+ for the methods whose rule is a weighted
+mean), ``bench`` (``python -m rolora.flower.bench``: the engines compared, bytes per method),
+``app/pyproject.toml`` (``flwr run``). The README's Flower section lists the deployment
 commands (SuperLink, SuperNodes, TLS, node authentication).
 """
 
