@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from rolora.reports import verdicts as v
+from rolora.theory import experiments as ex
 from rolora.reports.claims import ClaimRow
 from rolora.reports.csv_files import number
 from rolora.reports.markdown import table
@@ -39,7 +40,9 @@ def theorem_part(rows: list[dict[str, str]], summary: list[ClaimRow]) -> str:
     verdict = v.REPRODUCED if holds else v.NOT_REPRODUCED
     worst = max(number(r["worst_ratio_over_bound"]) for r in rows)
     summary.append(ClaimRow(THEOREM, "sin θ ratio ≤ ρ every round", f"largest ratio / ρ = {worst:.4f}", verdict))
-    out += ["**Ours** (`rolora theory`, d = 100, N = 10 clients, m = 10⁵ samples each, η‖b*‖² = 0.5; worst = "
+    cfg = ex.theorem_grid(quick=False)["config"]
+    out += [f"**Ours** (`rolora theory`, d = {cfg.d}, N = {cfg.n_clients} clients, m = {cfg.m:,} samples each, "
+            f"η‖b*‖² = {ex.ETA_SCALE}; worst = "
             "the largest measured per-round ratio over rounds and seeds):", "",
             table(["start", "δ0", "bound ρ", "worst ratio", "worst / ρ", "mean rate", "rounds to 1e-6",
                    "rounds to 1e-6 by the bound"], body, "lrrrrrrr"), "",
@@ -63,7 +66,8 @@ def floor_part(rows: list[dict[str, str]], summary: list[ClaimRow]) -> str:
     span = ", ".join(f"{number(r['min_ratio']):.6f}–{number(r['max_ratio']):.6f}" for r in large) or "–"
     summary.append(ClaimRow(FLOOR, "loss / (‖b*‖²δ0²) = 1 + c̃", f"ratio {span} at m = 10⁵",
                             v.REPRODUCED if ok else v.NOT_REPRODUCED))
-    out += ["**Ours**: FFA-LoRA's final loss / (‖b*‖²δ0²) over δ0 ∈ [0.05, 0.95] and seeds:", "",
+    deltas = ex.ffa_grid(quick=False)["deltas"]
+    out += [f"**Ours**: FFA-LoRA's final loss / (‖b*‖²δ0²) over δ0 ∈ [{min(deltas)}, {max(deltas)}] and seeds:", "",
             table(["regime", "min", "median", "max"], body, "lrrr"), "",
             f"**Verdict: {v.REPRODUCED if ok else v.NOT_REPRODUCED}** (the rule: the ratio is 1 within "
             f"{FLOOR_TOLERANCE:g} at m = 10⁵ samples per client). With few noisy samples the ratio is above 1, "

@@ -320,6 +320,22 @@ def test_theory_section_shows_both_slopes_and_judges_the_average(tmp_path):
     assert "**Verdict: not reproduced**" in part
 
 
+@pytest.mark.parametrize("worst, floor, theorem_verdict, floor_verdict", [
+    (0.9, 1.00001, "reproduced", "reproduced"), (1.02, 1.01, "not reproduced", "not reproduced")])
+def test_theorem_and_floor_verdicts_from_the_summary(tmp_path, worst, floor, theorem_verdict, floor_verdict):
+    theory = tmp_path / "theory"
+    theory.mkdir()
+    theorem = {"delta0": 0.9, "bound_rate": 0.95, "worst_measured_ratio": 0.95 * worst, "worst_ratio_over_bound": worst,
+               "bound_holds_every_round": worst <= 1, "mean_measured_rate": 0.5, "rounds_to_1e6_measured": 20.0,
+               "rounds_to_1e6_bound": 275.0}
+    ffa = {"min_ratio": 1.0, "median_ratio": 1.0, "max_ratio": floor}
+    (theory / "summary.json").write_text(json.dumps({"results": {"theorem": {"0.9": theorem}, "ffa_floor": {"m=1e5": ffa}}}))
+    text = report(tmp_path, tmp_path / "none", theory)
+    assert f"**Verdict: {theorem_verdict}**" in section(text, "### Theorem 4.5")
+    assert f"**Verdict: {floor_verdict}**" in section(text, "### Proposition 4.6")
+    assert row_of(text, "Thm 4.5: linear contraction")[2] == f"largest ratio / ρ = {worst:.4f}"
+
+
 def test_theory_not_run_says_how(tmp_path):
     text = report(tmp_path, tmp_path / "none")
     assert section(text, "### Theorem 4.5").count("**Not run yet.** Run `rolora theory`") == 1
