@@ -10,7 +10,9 @@ reference beside it, and what the parity tests compare with), computed different
   almost nothing is computed on padding and activation memory stays bounded;
 - loss: Σ_rows loss_r / B_k(r), whose gradient for client k's tensors is the gradient of client k's
   mean loss (no tensor is shared by two clients: the base is frozen);
-- dropout: every mask as the client would have drawn it alone (:mod:`rolora.llm.client_streams`);
+- dropout: every mask as the client would have drawn it alone (:mod:`rolora.llm.client_streams`), or
+  with ``train.dropout_masks = "fast"`` drawn per pass (:mod:`rolora.llm.pass_masks`: same
+  distribution, not the one-by-one bits);
 - gradient clipping per client (its own norm), then ONE AdamW/SGD over every client's tensors:
   these optimisers are elementwise, so this is exactly one optimiser per client;
 - a client whose loss turns non-finite is dropped (its tensors stop training; ``None`` result),
@@ -33,6 +35,7 @@ from rolora.llm.client_layers import ClientHeads, NotBatchable, Rows, client_ada
 from rolora.llm.client_streams import ClientBatch, ClientStreams
 from rolora.llm.host_memory import release_freed_memory
 from rolora.llm.model_dropouts import client_dropouts
+from rolora.llm.pass_masks import PassMasks
 from rolora.llm.prepare import RunSetup
 from rolora.llm.tasks import batch, loss
 
@@ -75,7 +78,10 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float) -> li
     seed, task = c.run.seed, c.model.task
     clients = [s.client for s in starts]
     rows = Rows()
-    streams = ClientStreams([derive_seed(seed, "dropout", t, k) for k in clients], setup.device)
+    if c.train.dropout_masks == "fast":
+        streams = PassMasks(derive_seed(seed, "dropout-passes", t, *clients), setup.device)
+    else:
+        streams = ClientStreams([derive_seed(seed, "dropout", t, k) for k in clients], setup.device)
     layers = client_adapters(setup.adapters, [s.tensors for s in starts], starts[0].trainable, setup.method,
                              c.lora.alpha, rows, streams)
     heads = ClientHeads(model, [s.dense for s in starts], rows) if setup.train_head else None

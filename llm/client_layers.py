@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from rolora.federated import LayerTensors, Method, ModelTensors
 from rolora.llm.adapters import check_head, check_layers, head_parameters
 from rolora.llm.client_streams import ClientStreams
+from rolora.llm.pass_masks import PassMasks
 from rolora.llm.federated_linear import FederatedLinear, uses_fused_path
 
 
@@ -58,7 +59,7 @@ class ClientAdapters:
     """One adapted layer's tensors for every client slot, and its row-wise forward."""
 
     def __init__(self, module: FederatedLinear, tensors: list[LayerTensors], trainable: frozenset[str],
-                 method: Method, alpha: float, rows: Rows, streams: ClientStreams) -> None:
+                 method: Method, alpha: float, rows: Rows, streams: ClientStreams | PassMasks) -> None:
         for one in tensors:
             module.check(one, trainable, method, alpha)
         w = module.weight
@@ -163,7 +164,7 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def client_adapters(adapters: dict[str, FederatedLinear], starts_tensors: list[ModelTensors], trainable,
-                    method: Method, alpha: float, rows: Rows, streams: ClientStreams) -> dict[str, ClientAdapters]:
+                    method: Method, alpha: float, rows: Rows, streams: ClientStreams | PassMasks) -> dict[str, ClientAdapters]:
     """Every adapted layer's :class:`ClientAdapters` (each client's tensors checked first)."""
     for tensors in starts_tensors:
         check_layers(adapters, tensors)

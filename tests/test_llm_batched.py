@@ -183,3 +183,35 @@ def test_freed_host_memory_goes_back_to_the_os_on_glibc():
     pieces = [torch.ones(256, 1024) for _ in range(64)]  # 64 MiB on the heap (below the mmap threshold: 1 MiB each)
     del pieces[::2]
     assert release_freed_memory() is (libc == "glibc")
+
+
+def test_fast_masks_keep_each_entry_independently_with_the_stated_probability():
+    from rolora.llm.pass_masks import keep_mask
+
+    for p in (0.1, 0.37):
+        keep, q = keep_mask((1000, 3, 333), p, torch.Generator().manual_seed(1), "cpu")
+        assert keep.shape == (1000, 3, 333) and keep.dtype == torch.bool
+        assert abs(q - (1 - p)) <= 2 ** -17
+        n = keep.numel()
+        assert abs(keep.float().mean().item() - q) < 5 * (q * (1 - q) / n) ** 0.5  # 5 sigma
+        # neighbours (three entries share a 64-bit word) are uncorrelated
+        flat = keep.reshape(-1).float()
+        corr = torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1].item()
+        assert abs(corr) < 5 / n ** 0.5
+    again = keep_mask((7, 11), 0.1, torch.Generator().manual_seed(1), "cpu")[0]
+    assert torch.equal(again, keep_mask((7, 11), 0.1, torch.Generator().manual_seed(1), "cpu")[0])
+    assert keep_mask((5000,), 0.0, torch.Generator().manual_seed(2), "cpu")[0].all()
+    with pytest.raises(ValueError, match="dropout probability"):
+        keep_mask((3,), 1.0, torch.Generator(), "cpu")
+
+
+def test_fast_masks_are_seeded_and_change_only_what_dropout_touches(setup):
+    s = _for(setup, "fedavg-lora", dropout_masks="fast")
+    first, again = _rounds(s, batched_training)[0], _rounds(s, batched_training)[0]
+    exact = _rounds(_for(setup, "fedavg-lora"), batched_training)[0]
+    for a, b, e in zip(first[0], again[0], exact[0]):
+        _assert_close(a.tensors, b.tensors, f"fast masks, client {a.client}, run twice")
+        differs = any(not torch.allclose(a.tensors[n][f], e.tensors[n][f], atol=ATOL) for n in a.tensors
+                      for f in a.tensors[n])
+        assert differs, "fast masks should not replay the exact (one-by-one) bits"
+    assert all(torch.isfinite(x).all() for named in first[2].layers.values() for x in named.values())
