@@ -385,3 +385,49 @@ def test_running_min_and_round_average_of_synthetic_curves():
     assert slopes["min"] == pytest.approx(-1.0, abs=1e-9)
     assert slopes["mean"] == pytest.approx(-0.5, abs=0.01)
     assert running_min([3.0, 1.0, 2.0]) == 1.0 and round_average([3.0, 1.0, 2.0]) == 2.0
+
+
+# ------------------------------------------------------------------------------------- a real sweep
+TINY_BERT = ["model.name=tiny-bert", "model.max_length=24", "data.dataset=rotten_tomatoes", "data.test_size=24",
+             "data.val_size=24", "data.max_train_samples=48", "run.eval_batch_size=24", "federated.rounds=2",
+             "train.local_steps=1", "train.batch_size=4", "lora.rank=2", "lora.alpha=4.0"]
+REAL_SPEC = """
+experiment = "clients"
+base = "base.toml"
+seeds = [0]
+[axes.clients]
+short = "n"
+3 = ["federated.clients=3"]
+[[methods]]
+label = "rolora"
+method = "rolora"
+lr = 0.01
+[[methods]]
+label = "ffa-lora"
+method = "ffa-lora"
+lr = 0.01
+"""
+
+
+@pytest.mark.slow
+def test_a_real_tiny_sweep_reads_as_its_metrics_say(tmp_path):
+    """Two tiny-bert cells run by `rolora llm sweep`'s own code: the report's numbers are the runs'."""
+    from rolora.llm.config import load_config, to_toml
+    from rolora.llm.sweep import run_sweep
+    from rolora.llm.sweep_spec import load_spec
+
+    (tmp_path / "base.toml").write_text(to_toml(load_config(None, TINY_BERT)))
+    (tmp_path / "clients.toml").write_text(REAL_SPEC)
+    out = tmp_path / "sweeps" / "clients"
+    sweep = run_sweep(load_spec(str(tmp_path / "clients.toml")), out, jobs=1, cores=1, echo=lambda line: None)
+    assert {sweep.status[c.id] for c in sweep.cells} == {"done"}
+    text = report(tmp_path, tmp_path / "sweeps")
+    doc = json.loads((out / "sweep.json").read_text())
+    for cell in doc["cells"]:
+        rows = [json.loads(line) for line in (out / cell["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+        final = [r["test_accuracy"] for r in rows if "test_accuracy" in r][-1]
+        got = row_of(section(text, "### Number of clients (Table 1)"), cell["labels"]["method"])
+        assert got[2] == f"{100 * final:.1f} (n=1, no std)"
+    assert "| clients | 2 | 2 | 0 | 0 | 0 |" in text
+    assert "- `clients`: model.name tiny-bert;" in text
+
