@@ -11,7 +11,7 @@ from collections import defaultdict
 from rolora.reports import verdicts as v
 from rolora.reports.claims import ClaimRow
 from rolora.reports.csv_files import number, read_rows
-from rolora.reports.galore_section import SHORT_SUPPORT
+from rolora.reports.galore_section import SHORT_SUPPORT, SUPPORTS
 from rolora.reports.lm_curves import accuracy_within
 from rolora.reports.markdown import mib, table
 from rolora.reports.seeds import OverSeeds, over_seeds
@@ -117,6 +117,12 @@ def toy_section(toy_csv, memory_rows: list[dict[str, str]], summary: list[ClaimR
         body = [[f] + [SHORT_SUPPORT[v.compare(f, finals[s].get(f), b, finals[s].get(b)).outcome]
                        + v.compare(f, finals[s].get(f), b, finals[s].get(b)).detail() for s in splits for b in PAPER_THREE]
                 for f in full]
+        for f in full:  # the opening table: each full-rank run judged against RoLoRA on every split
+            pairs = {sp: v.compare(f, finals[sp].get(f), "rolora", finals[sp].get("rolora")) for sp in splits}
+            if all(p.outcome not in (v.NO_SPREAD, v.MISSING) for p in pairs.values()):
+                summary.append(ClaimRow(f"Issue 17 (toy): {f} vs rolora", "critique: full-rank beats LoRA methods",
+                                        "; ".join(f"{sp} {p.outcome}{p.detail()}" for sp, p in pairs.items()),
+                                        "; ".join(f"{sp}: {SUPPORTS[p.outcome]}" for sp, p in pairs.items())))
         out += ["", "**Issue 17 on the toy**: which claim each full-rank run supports against each LoRA method "
                 "(*critique*: the full-rank method is ahead; *RoLoRA*: behind; *neither*: within spread):", "",
                 table(headers, body), ""]

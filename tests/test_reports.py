@@ -345,6 +345,7 @@ def test_toy_verdicts_from_its_csv(tmp_path):
     toy = make_toy_csv(tmp_path / "toy.csv", {
         ("5x2", "rolora"): [0.80, 0.82], ("5x2", "fedavg-lora"): [0.70, 0.71], ("5x2", "ffa-lora"): [0.50, 0.52],
         ("10x1", "rolora"): [0.70, 0.72], ("10x1", "fedavg-lora"): [0.30, 0.33], ("10x1", "ffa-lora"): [0.50, 0.51],
+        ("5x2", "fedavg-full"): [0.90, 0.91], ("10x1", "fedavg-full"): [0.60, 0.61],
     })
     text = report(tmp_path, tmp_path / "none", toy=toy)
     assert row_of(text, "rolora")[2:4] == [expected([0.80, 0.82]), expected([0.70, 0.72])]
@@ -354,8 +355,10 @@ def test_toy_verdicts_from_its_csv(tmp_path):
     assert "- 5x2, FFA-LoRA lowest: **reproduced in kind**" in text
     assert "- 10x1, FFA-LoRA lowest: **not reproduced**" in text
     assert "- 10x1, RoLoRA best of the three: **reproduced in kind**" in text
-    assert "rolora toy --split 5x2,10x1 --seed 0 --methods rolora,fedavg-lora,ffa-lora\n" in text
-    assert "rolora toy --split 5x2,10x1 --seed 1 --methods rolora,fedavg-lora,ffa-lora\n" in text
+    assert row_of(text, "Issue 17 (toy): fedavg-full vs rolora")[3] == \
+        "**5x2: supports the critique; 10x1: supports RoLoRA's claim**"
+    assert "rolora toy --split 5x2,10x1 --seed 0 --methods rolora,fedavg-lora,ffa-lora,fedavg-full\n" in text
+    assert "rolora toy --split 5x2,10x1 --seed 1 --methods rolora,fedavg-lora,ffa-lora,fedavg-full\n" in text
 
 
 # ------------------------------------------------------------------------------------- slopes
