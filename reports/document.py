@@ -15,7 +15,7 @@ from rolora.reports.csv_files import number, read_rows
 from rolora.reports.galore_section import FIGURE as GALORE_FIGURE
 from rolora.reports.galore_section import galore_section, galore_settings
 from rolora.reports.lm_results import cost_seconds, devices, group_cells
-from rolora.reports.lm_sections import lm_sections
+from rolora.reports.lm_sections import CLIENT_SWEEPS, lm_sections
 from rolora.reports.markdown import hours, table
 from rolora.reports.paper import CLAIMS, PAPER, PAPER_QNLI_SAMPLES, PAPER_SETTING
 from rolora.reports.plots import accuracy_figure
@@ -23,7 +23,7 @@ from rolora.reports.theory_section import theory_section
 from rolora.reports.toy_section import toy_commands, toy_section
 from rolora.reports.verdicts import RULE
 
-CLIENTS_FIGURE = "clients-accuracy-vs-round.png"
+ROUND_FIGURE = "-accuracy-vs-round.png"
 
 
 def commands(toy_csv: Path) -> str:
@@ -100,8 +100,11 @@ def render(data_dir: Path, out_path: Path, toy_csv: Path) -> str:
     sweeps = group_cells(cells)
     clients = sweeps.get("clients")
     rel = Path(os.path.relpath(data_dir, Path(out_path).parent)).as_posix()
-    figure = accuracy_figure(curves, "clients", clients.settings() if clients else [], data_dir / CLIENTS_FIGURE,
-                             title="clients sweep: accuracy vs round (mean ± std over seeds)")
+    figures = {}  # sweep -> link of its accuracy-vs-round figure (the client-count sweeps)
+    for name in CLIENT_SWEEPS:
+        if name in sweeps and accuracy_figure(curves, name, sweeps[name].settings(), data_dir / f"{name}{ROUND_FIGURE}",
+                                              title=f"{name} sweep: accuracy vs round (mean ± std over seeds)"):
+            figures[name] = f"{rel}/{name}{ROUND_FIGURE}"
     bytes_figure = accuracy_figure(curves, "clients", galore_settings(clients) if clients else [],
                                    data_dir / GALORE_FIGURE, x="upload",
                                    title="accuracy vs upload per client (mean ± std over seeds)")
@@ -109,7 +112,7 @@ def render(data_dir: Path, out_path: Path, toy_csv: Path) -> str:
     theory = theory_section(read_rows(data_dir / "theory-theorem.csv"), read_rows(data_dir / "theory-ffa-floor.csv"),
                             read_rows(data_dir / "theory-nonconvex-rate.csv"), summary)
     toy = toy_section(toy_csv, memory, summary)
-    lm = lm_sections(sweeps, summary)
+    lm = lm_sections(sweeps, summary, figures)
     galore = galore_section(clients, curves, memory, f"{rel}/{GALORE_FIGURE}" if bytes_figure else None, summary)
     parts = [
         intro(cells, read_rows(data_dir / "lm-sweeps.csv"), rel),
@@ -119,7 +122,6 @@ def render(data_dir: Path, out_path: Path, toy_csv: Path) -> str:
         toy,
         "## Language models (Section 5)", "",
         lr_choices(read_rows(data_dir / "lm-lr-choice.csv")),
-        *([f"![client-count sweep, accuracy vs round]({rel}/{CLIENTS_FIGURE})", ""] if figure else []),
         lm, galore,
         commands(Path(toy_csv)),
     ]

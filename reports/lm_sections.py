@@ -148,14 +148,17 @@ def clients_verdicts(sweep: SweepResults, claim: SweepClaim, summary: list[Claim
     return lines
 
 
-def sweep_section(claim: SweepClaim, sweep: SweepResults | None, summary: list[ClaimRow], level: str = "###") -> str:
-    out = [f"{level} {claim.title} (`{claim.sweep}` sweep)", "",
+def sweep_section(claim: SweepClaim, sweep: SweepResults | None, summary: list[ClaimRow],
+                  figure: str | None = None) -> str:
+    out = [f"### {claim.title} (`{claim.sweep}` sweep)", "",
            f"**Paper's claim.** {claim.claim}", "", f"**Paper's numbers.** {claim.paper_numbers}", ""]
     if sweep is None or not sweep.groups:
         summary.append(ClaimRow(claim.title, claim.short, "–", v.NOT_RUN))
         return "\n".join(out + [not_run(claim.sweep), ""])
     out += ["**Ours** (final test accuracy %, mean ± sample std over finished seeds):", "",
             results_table(sweep, with_paper=claim.sweep == "clients"), ""]
+    if figure:
+        out += [f"![{claim.sweep} sweep: test accuracy vs round]({figure})", ""]
     winner = winner_of(sweep, claim)
     if winner is None:
         summary.append(ClaimRow(claim.title, claim.short, "the variant was not run", v.NOT_RUN))
@@ -181,7 +184,7 @@ def sweep_section(claim: SweepClaim, sweep: SweepResults | None, summary: list[C
     return "\n".join(out)
 
 
-def lm_sections(sweeps: dict[str, SweepResults], summary: list[ClaimRow]) -> str:
+def lm_sections(sweeps: dict[str, SweepResults], summary: list[ClaimRow], figures: dict[str, str]) -> str:
     """Every sweep the paper's claims need, in the paper's order (a missing one says how to run it)."""
     summary.append(ClaimRow("Table 1's own numbers (RoBERTa-Large, GLUE)", "RoLoRA 85.81 avg at 50 clients, r4",
                             "no RoBERTa-Large weights or GLUE data here; MiniLM-L6 on Rotten Tomatoes / TREC stands in",
@@ -189,4 +192,4 @@ def lm_sections(sweeps: dict[str, SweepResults], summary: list[ClaimRow]) -> str
     summary.append(ClaimRow("Llama-2-7B numbers (commonsense, 50 clients)", "RoLoRA ≈42.9 vs LoRA ≈33.1 / FFA ≈17.9",
                             "no 7B model or those benchmarks on a 2-core CPU; SmolLM2-135M on TREC stands in",
                             v.NOT_TESTABLE))
-    return "\n".join(sweep_section(c, sweeps.get(c.sweep), summary) for c in CLAIMS)
+    return "\n".join(sweep_section(c, sweeps.get(c.sweep), summary, figures.get(c.sweep)) for c in CLAIMS)

@@ -242,6 +242,8 @@ def test_galore_comparison_says_which_claim_each_result_supports(tmp_path):
     assert row_of(part, "galore-fedavg")[3].startswith("50.0 ± 0.0 (n=2), round 0")
     assert (tmp_path / "docs" / "reproduction" / "galore-accuracy-vs-upload.png").exists()
     assert (tmp_path / "docs" / "reproduction" / "clients-accuracy-vs-round.png").exists()
+    assert "![clients sweep: test accuracy vs round](reproduction/clients-accuracy-vs-round.png)" in text
+    assert "![accuracy vs upload per client, issue 17](reproduction/galore-accuracy-vs-upload.png)" in text
 
 
 def test_columns_are_named_as_the_sweep_names_them():
