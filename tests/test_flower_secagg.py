@@ -248,3 +248,23 @@ def test_a_node_lost_after_masking_is_unmasked_from_the_others_shares(tmp_path):
     plain = serve(LocalGrid(3), config, tmp_path / "plain", quiet=True)
     assert grid.failed == 1 and secure.rows[1]["dropped"] == []
     assert _max_diff(secure.state, plain.state) <= SecAggSettings().error_bound([16, 16, 16]) + 1e-6
+
+
+def test_the_app_config_turns_secagg_on_with_the_pyproject_defaults(monkeypatch):
+    """``flwr run flower/app --run-config 'secagg=true'``: the app's defaults (pyproject) plus the
+    override reach ``serve`` as Flower's default SecAgg+ settings; ``secagg=false`` passes None."""
+    import tomllib
+    from pathlib import Path
+
+    from flwr.app import Context, RecordDict
+
+    from rolora.flower import server_app
+
+    app_config = tomllib.loads((Path(server_app.__file__).parent / "app" / "pyproject.toml").read_text())
+    defaults = app_config["tool"]["flwr"]["app"]["config"]
+    seen = []
+    monkeypatch.setattr(server_app, "serve", lambda grid, config, out, **kw: seen.append(kw["secagg"]))
+    for secagg in (True, False):
+        run_config = {**defaults, "config": "tiny-roberta", "secagg": secagg}
+        server_app.main(None, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
+    assert seen == [SecAggSettings(), None]
