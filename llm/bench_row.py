@@ -9,8 +9,8 @@ PEFT's Kaiming A, B = 0) and head, AdamW, then FedAvg of A, B and the head by
   ``set_peft_model_state_dict``, tokenise its sentences, ``DataCollatorWithPadding``, a fresh
   AdamW, the steps (``peft-bf16``: under ``torch.autocast(bfloat16)``),
   ``get_peft_model_state_dict``;
-- ``ours-seq``, ``ours-batched`` (fp32) and ``ours-fast`` (client-batched, bf16 frozen base):
-  ``rolora.llm`` with ``train.client_batching`` off / auto.
+- ``ours-seq``, ``ours-batched`` (fp32) and ``ours-fast`` (client-batched, bf16 frozen base, each
+  pass drawing its own dropout masks): ``rolora.llm`` with ``train.client_batching`` off / auto.
 
 Timed: the round (local training of every client and the aggregation); not timed: loading, the
 evaluation. Prints one JSON line.
@@ -39,10 +39,10 @@ ROWS = {
     "peft-bf16": "PEFT loop, bf16 autocast",
     "ours-seq": "rolora, clients one by one, fp32",
     "ours-batched": "rolora, client-batched, fp32",
-    "ours-fast": "rolora, client-batched, bf16 base",
+    "ours-fast": "rolora, client-batched, bf16 base, per-pass dropout masks",
 }
 OURS = {"ours-seq": ["train.client_batching=off"], "ours-batched": ["train.client_batching=auto"],
-        "ours-fast": ["train.client_batching=auto", "model.dtype=bfloat16"]}
+        "ours-fast": ["train.client_batching=auto", "model.dtype=bfloat16", "train.dropout_masks=fast"]}
 
 
 def config_for(size: list[str], row: str):

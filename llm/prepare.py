@@ -19,6 +19,7 @@ from rolora.llm.adapters import Targets, attach, layer_specs, read_head
 from rolora.llm.config import ConfigError, RunConfig
 from rolora.llm.data import BUILTIN_DATASETS, load_builtin, load_file, split
 from rolora.llm.federated_linear import FederatedLinear
+from rolora.llm.host_memory import limit_matmul_cache
 from rolora.llm.models import load_model
 from rolora.llm.partition import partition
 from rolora.llm.tasks import Encoded, encode
@@ -114,6 +115,8 @@ def build(config: RunConfig, quiet: bool = True) -> RunSetup:
     if c.run.threads:
         torch.set_num_threads(c.run.threads)
     device = resolve_device(c.model.device)
+    if device.type == "cpu":
+        limit_matmul_cache()
     method = method_from_spec(c.federated.method, total_rounds=c.total_rounds)
     train_ds, test_ds, parts, labels = prepare_data(c)
 

@@ -215,3 +215,16 @@ def test_fast_masks_are_seeded_and_change_only_what_dropout_touches(setup):
                       for f in a.tensors[n])
         assert differs, "fast masks should not replay the exact (one-by-one) bits"
     assert all(torch.isfinite(x).all() for named in first[2].layers.values() for x in named.values())
+
+
+def test_cpu_runs_bound_the_matmul_cache_unless_the_user_chose(monkeypatch):
+    import os
+
+    from rolora.llm.host_memory import MATMUL_CACHE
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    build(load_config(None, TINY["roberta"] + COMMON))
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == MATMUL_CACHE
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    build(load_config(None, TINY["roberta"] + COMMON))
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
