@@ -133,8 +133,19 @@ class Processes:
 
     def stop(self) -> None:
         self.remember_descendants()
-        victims = list(self.seen.values())
-        for proc in self.procs:
+        self._kill(list(self.seen.values()), self.procs)
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        """SIGKILL one started process and its descendants now (a crash, not a shutdown)."""
+        try:
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        self._kill(children, [proc])
+
+    @staticmethod
+    def _kill(victims: list, procs: list[subprocess.Popen]) -> None:
+        for proc in procs:
             try:
                 victims.append(psutil.Process(proc.pid))
             except psutil.NoSuchProcess:
@@ -145,7 +156,7 @@ class Processes:
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(victims, timeout=10)
-        for proc in self.procs:
+        for proc in procs:
             proc.wait(timeout=10)
 
 
