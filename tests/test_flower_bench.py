@@ -1,5 +1,5 @@
 """``python -m rolora.flower.bench``: its tables and its memory probe (the measurement itself is too slow
-for the suite; its numbers are in docs/flower-bench.md)."""
+for the suite; its numbers are in BENCHMARKS.md, "Flower")."""
 
 from __future__ import annotations
 
