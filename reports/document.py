@@ -6,6 +6,7 @@ same whether the CSVs were just extracted or checked out (``rolora report --from
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from pathlib import Path
@@ -84,11 +85,26 @@ def intro(cells: list[dict[str, str]], sweeps: list[dict[str, str]], rel: str) -
 
 
 def lr_choices(rows: list[dict[str, str]]) -> str:
+    """The learning rate each method got, its validation score per lr, and whether it sits at the grid's edge
+    (then a wider grid might have chosen differently) or was a tie (the scores do not tell the rates apart)."""
     if not rows:
         return ""
-    body = [[r["sweep"], r["method"], r["chosen"], r["metric"], r["grid"]] for r in rows]
-    return "\n".join(["**Learning rates chosen** (per method, on the validation metric):", "",
-                      table(["sweep", "method", "chosen lr", "by", "grid"], body), ""])
+    body = []
+    for r in rows:
+        grid = json.loads(r["grid"] or "null") or []
+        scores = json.loads(r["scores"] or "null") or {}
+        chosen = number(r["chosen"])
+        values = [x for x in scores.values() if x is not None]
+        notes = []
+        if chosen is not None and len(grid) > 1 and chosen in (min(grid), max(grid)):
+            notes.append("at the grid's edge")
+        if len(values) > 1 and len(set(values)) == 1:
+            notes.append("all scores equal")
+        score_text = ", ".join(f"{lr}: {'–' if x is None else f'{x:.3f}'}" for lr, x in scores.items())
+        body.append([r["sweep"], r["method"], "–" if chosen is None else f"{chosen:g}", score_text, "; ".join(notes)])
+    return "\n".join(["**Learning rates chosen** (per method, by the validation metric of its lr-phase cells; the "
+                      "test set is never scored there):", "",
+                      table(["sweep", "method", "chosen lr", "validation score by lr", "note"], body), ""])
 
 
 def render(data_dir: Path, out_path: Path, toy_csv: Path) -> str:

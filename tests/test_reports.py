@@ -198,6 +198,21 @@ def test_lr_phase_cells_are_cost_not_results(tmp_path):
     assert row_of(part, "fedavg-lora")[4] == expected(WIN["fedavg-lora"])
 
 
+def test_the_chosen_learning_rates_and_their_warnings(tmp_path):
+    folder = make_sweep(tmp_path / "sweeps", "clients", clients_cells(WIN))
+    meta = json.loads((folder / "sweep.json").read_text())
+    meta["lr_choice"] = {
+        "rolora": {"grid": [1e-3, 1e-2, 1e-1], "metric": "val_accuracy", "scores": {"0.001": 0.6, "0.01": 0.7, "0.1": 0.65},
+                   "chosen": 1e-2, "selected_at": "x"},
+        "ffa-lora": {"grid": [1e-3, 1e-2], "metric": "val_accuracy", "scores": {"0.001": 0.59, "0.01": 0.59},
+                     "chosen": 1e-2, "selected_at": "x"}}
+    (folder / "sweep.json").write_text(json.dumps(meta))
+    text = report(tmp_path, tmp_path / "sweeps")
+    lines = [line for line in text.splitlines() if line.startswith(("| clients | rolora |", "| clients | ffa-lora |"))]
+    assert lines == ["| clients | ffa-lora | 0.01 | 0.001: 0.590, 0.01: 0.590 | at the grid's edge; all scores equal |",
+                     "| clients | rolora | 0.01 | 0.001: 0.600, 0.01: 0.700, 0.1: 0.650 |  |"]
+
+
 def test_missing_sweeps_say_not_run_with_the_command(tmp_path):
     sweeps = tmp_path / "sweeps"
     make_sweep(sweeps, "clients", clients_cells(WIN))
