@@ -228,3 +228,26 @@ def test_cpu_runs_bound_the_matmul_cache_unless_the_user_chose(monkeypatch):
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     build(load_config(None, TINY["roberta"] + COMMON))
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+
+
+@pytest.mark.parametrize("spec", ["fedavg-lora", "flexlora"])
+def test_clients_split_into_several_stacks_still_equal_sequential(setup, spec, monkeypatch):
+    from rolora.llm import client_layers
+
+    monkeypatch.setattr(client_layers, "STACKED_RANK", 3)  # ranks 2 (or mixed 1-3): one or two clients a stack
+    s = _for(setup, spec)
+    (u_seq, _, g_seq), = _rounds(s, sequential_training)
+    (u_bat, _, g_bat), = _rounds(s, batched_training)
+    for a, b in zip(u_seq, u_bat):
+        _assert_close(a.tensors, b.tensors, f"{spec} upload {a.client}")
+    _assert_close(g_seq.layers, g_bat.layers, f"{spec} state")
+
+
+def test_the_block_scale_gives_each_row_its_own_clients_columns():
+    from rolora.llm.client_layers import Rows
+
+    rows = Rows.of([4, 4, 1, 7, 7, 7])
+    mask = rows.block_scale(rows.segments, [2, 1, 3], 6.0, torch.float32, "cpu")
+    expected = torch.tensor([[3, 3, 0, 0, 0, 0]] * 2 + [[0, 0, 6, 0, 0, 0]] + [[0, 0, 0, 2, 2, 2]] * 3,
+                            dtype=torch.float32)
+    assert torch.equal(mask, expected)
