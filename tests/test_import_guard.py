@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ["theory", "kernels", "federated", "toy", "llm", "flower", "optim"]
+SUBPACKAGES = ["theory", "kernels", "federated", "toy", "llm", "flower", "optim", "reports"]
 USES = {
     "theory": "from theory import cli",
     "kernels": "from kernels import lora_linear",
@@ -22,6 +22,7 @@ USES = {
     "llm": "import llm.config",
     "flower": "import flower.codec",
     "optim": "from optim import GaLoreAdamW",
+    "reports": "import reports.cli",
 }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-AREAS = ["theory", "kernels", "federated", "toy", "llm", "flower", "optim"]
+AREAS = ["theory", "kernels", "federated", "toy", "llm", "flower", "optim", "reports"]
 
 
 @pytest.mark.parametrize("area", AREAS)
@@ -24,7 +24,7 @@ def test_wheel_holds_only_the_rolora_package(tmp_path):
     # leak into the wheel (and the build would litter the checkout).
     src = tmp_path / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "dist", "out", "*.egg-info", ".hypothesis", "__pycache__", ".pytest_cache"))
+        ".git", ".venv", "build", "dist", "out", "runs", "*.egg-info", ".hypothesis", "__pycache__", ".pytest_cache"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
          "-w", str(tmp_path), str(src)],
@@ -38,6 +38,8 @@ def test_wheel_holds_only_the_rolora_package(tmp_path):
         assert f"rolora/{area}/__init__.py" in names, f"rolora/{area} missing from the wheel"
     assert "rolora/cli.py" in names
     assert "rolora/flower/app/pyproject.toml" in names, "the Flower app folder (flwr run) must ship"
+    for shipped in ("llm/configs/quickstart.toml", "llm/experiments/clients.toml", "llm/experiments/base/minilm-cpu.toml"):
+        assert f"rolora/{shipped}" in names, f"rolora/{shipped} (found by name) must ship"
     assert not any(n.startswith("rolora/tests/") for n in names), "tests must not ship"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "rolora = rolora.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
