@@ -323,17 +323,22 @@ def _methods(where: str, raw) -> tuple[MethodEntry, ...]:
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
             _fail(at, f"lr: must be a number > 0, got {lr!r}")
         lr_grid = table.get("lr_grid")
-        if lr_grid is not None and (not isinstance(lr_grid, list) or not lr_grid or not all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in lr_grid)):
-            _fail(at, f"lr_grid: must be a non-empty list of numbers > 0, got {lr_grid!r}")
         out.append(MethodEntry(label, method, _strings(f"{at}.overrides", table.get("overrides", [])),
                                tuple(only_at), None if lr is None else float(lr), lr_at,
-                               None if lr_grid is None else tuple(float(x) for x in lr_grid)))
+                               None if lr_grid is None else _lr_grid(at, "lr_grid", lr_grid)))
     _check_method_specs(where, out)
     labels = [m.label for m in out]
     if len(set(labels)) < len(labels):
         _fail(where, f"methods: a label used twice ({', '.join(sorted({x for x in labels if labels.count(x) > 1}))})")
     return tuple(out)
+
+
+def _lr_grid(where: str, key: str, grid) -> tuple[float, ...]:
+    """A learning-rate grid: a non-empty list of numbers > 0 (else a clear error naming ``key``)."""
+    if (not isinstance(grid, list) or not grid
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in grid)):
+        _fail(where, f"{key}: must be a non-empty list of numbers > 0, got {grid!r}")
+    return tuple(float(x) for x in grid)
 
 
 def _check_method_specs(where: str, methods: list[MethodEntry]) -> None:
@@ -353,10 +358,7 @@ def _lr(where: str, raw, axes: dict) -> LrSelection | None:
     if not isinstance(raw, dict):
         _fail(where, "lr: must be a table (grid, at, metric)")
     _unknown(f"{where}: lr", raw, LR_KEYS)
-    grid = raw.get("grid")
-    if (not isinstance(grid, list) or not grid
-            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in grid)):
-        _fail(where, f"lr.grid: must be a non-empty list of numbers > 0, got {grid!r}")
+    grid = _lr_grid(where, "lr.grid", raw.get("grid"))
     at = dict(raw.get("at", {}))
     seed = at.pop("seed", 0)
     if not isinstance(seed, int) or seed < 0:
@@ -367,7 +369,7 @@ def _lr(where: str, raw, axes: dict) -> LrSelection | None:
     metric = raw.get("metric", "val_accuracy")
     if not isinstance(metric, str) or not metric.startswith("val_"):
         _fail(where, f"lr.metric: must be a validation metric (val_accuracy, val_loss, ...), got {metric!r}")
-    return LrSelection(tuple(float(x) for x in grid), at, seed, metric)
+    return LrSelection(grid, at, seed, metric)
 
 
 def lr_text(lr: float) -> str:

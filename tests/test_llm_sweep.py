@@ -140,6 +140,8 @@ def test_evals_sets_eval_every_from_each_cells_rounds(tmp_path):
     ('base = "base.toml"\n[axes.n]\n2 = ["federated.clients=2"]\n[[methods]]\nlabel = "a"\nmethod = "rolora"\n'
      'only_at = [{n = 3}]', "'a' runs in no column"),
     ('base = "base.toml"\n[[methods]]\nlabel = "a"\nmethod = "rolora:ffa_afterr=0.2"', r"methods\[0\].method: 'rolora:ffa_afterr=0.2'"),
+    ('base = "base.toml"\n[[methods]]\nlabel = "a"\nmethod = "rolora"\nlr_grid = [0.1, 0]', r"methods\[0\]: lr_grid: must be"),
+    ('base = "base.toml"\n[[methods]]\nlabel = "a"\nmethod = "rolora"\n[lr]\ngrid = []', "lr.grid: must be"),
 ])
 def test_a_bad_spec_names_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
