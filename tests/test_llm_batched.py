@@ -186,23 +186,44 @@ def test_freed_host_memory_goes_back_to_the_os_on_glibc():
 
 
 def test_fast_masks_keep_each_entry_independently_with_the_stated_probability():
-    from rolora.llm.pass_masks import keep_mask
+    from rolora.llm.pass_masks import WordSource, keep_mask
 
     for p in (0.1, 0.37):
-        keep, q = keep_mask((1000, 3, 333), p, torch.Generator().manual_seed(1), "cpu")
+        keep, q = keep_mask((1000, 3, 333), p, WordSource(1, "cpu"))
         assert keep.shape == (1000, 3, 333) and keep.dtype == torch.bool
         assert abs(q - (1 - p)) <= 2 ** -17
         n = keep.numel()
         assert abs(keep.float().mean().item() - q) < 5 * (q * (1 - q) / n) ** 0.5  # 5 sigma
-        # neighbours (three entries share a 64-bit word) are uncorrelated
+        # neighbours (four entries share a 64-bit word) are uncorrelated, at every lag within a word
         flat = keep.reshape(-1).float()
-        corr = torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1].item()
-        assert abs(corr) < 5 / n ** 0.5
-    again = keep_mask((7, 11), 0.1, torch.Generator().manual_seed(1), "cpu")[0]
-    assert torch.equal(again, keep_mask((7, 11), 0.1, torch.Generator().manual_seed(1), "cpu")[0])
-    assert keep_mask((5000,), 0.0, torch.Generator().manual_seed(2), "cpu")[0].all()
+        for lag in (1, 2, 3, 4):
+            corr = torch.corrcoef(torch.stack([flat[:-lag], flat[lag:]]))[0, 1].item()
+            assert abs(corr) < 5 / n ** 0.5, f"lag {lag}: correlation {corr}"
+        # every field position of a word keeps at the same rate (no biased field)
+        by_field = flat[: n - n % 4].view(-1, 4).mean(0)
+        assert (by_field - q).abs().max().item() < 5 * (q * (1 - q) / (n // 4)) ** 0.5
+    again = keep_mask((7, 11), 0.1, WordSource(1, "cpu"))[0]
+    assert torch.equal(again, keep_mask((7, 11), 0.1, WordSource(1, "cpu"))[0])
+    assert not torch.equal(again, keep_mask((7, 11), 0.1, WordSource(2, "cpu"))[0])
+    assert keep_mask((5000,), 0.0, WordSource(2, "cpu"))[0].all()
     with pytest.raises(ValueError, match="dropout probability"):
-        keep_mask((3,), 1.0, torch.Generator(), "cpu")
+        keep_mask((3,), 1.0, WordSource(0, "cpu"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_dropout_zeroes_or_scales_by_the_exact_inverse_keep_probability(dtype):
+    from rolora.llm.pass_masks import PassMasks
+
+    x = torch.randn(64, 7, 33).to(dtype).requires_grad_()
+    y = PassMasks(3, torch.device("cpu")).tokens(x, 0.1)
+    q = round(0.9 * 65536) / 65536
+    kept = y != 0
+    assert 0.8 < kept.float().mean().item() < 0.97
+    # the product in fp32 (the op's arithmetic for both dtypes), rounded once to the tensor's dtype
+    expect = (x.detach().float() * torch.tensor(1 / q, dtype=torch.float32)).to(dtype)
+    assert torch.equal(y.detach()[kept], expect[kept])
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept) and torch.equal(x.grad[kept], torch.full_like(x.grad[kept], 1 / q))
 
 
 def test_fast_masks_are_seeded_and_change_only_what_dropout_touches(setup):
@@ -234,7 +255,9 @@ def test_cpu_runs_bound_the_matmul_cache_unless_the_user_chose(monkeypatch):
 def test_clients_split_into_several_stacks_still_equal_sequential(setup, spec, monkeypatch):
     from rolora.llm import client_layers
 
-    monkeypatch.setattr(client_layers, "STACKED_RANK", 3)  # ranks 2 (or mixed 1-3): one or two clients a stack
+    # ranks 2 (or mixed 1-3): one or two clients a stack, whatever the dtype
+    monkeypatch.setattr(client_layers, "STACKED_RANK", {})
+    monkeypatch.setattr(client_layers, "STACKED_RANK_DEFAULT", 3)
     s = _for(setup, spec)
     (u_seq, _, g_seq), = _rounds(s, sequential_training)
     (u_bat, _, g_bat), = _rounds(s, batched_training)
