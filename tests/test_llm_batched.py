@@ -210,6 +210,17 @@ def test_fast_masks_keep_each_entry_independently_with_the_stated_probability():
         keep_mask((3,), 1.0, WordSource(0, "cpu"))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the device's own generator)")
+def test_fast_masks_on_a_gpu_are_drawn_there_seeded_and_at_the_stated_rate():
+    from rolora.llm.pass_masks import WordSource, keep_mask
+
+    keep, q = keep_mask((512, 12, 64, 64), 0.1, WordSource(5, "cuda"))
+    assert keep.device.type == "cuda" and keep.dtype == torch.bool
+    n = keep.numel()
+    assert abs(keep.float().mean().item() - q) < 5 * (q * (1 - q) / n) ** 0.5
+    assert torch.equal(keep, keep_mask((512, 12, 64, 64), 0.1, WordSource(5, "cuda"))[0])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fast_dropout_zeroes_or_scales_by_the_exact_inverse_keep_probability(dtype):
     from rolora.llm.pass_masks import PassMasks
