@@ -68,9 +68,10 @@ class PassMasks:
 
     def _dropped(self, x: Tensor, p: float) -> Tensor:
         keep, q = keep_mask(tuple(x.shape), p, self.source)
-        # The bool mask is all autograd keeps; the scale is applied in the op's fp32 arithmetic, so a
-        # bf16 tensor is not scaled by a bf16-rounded 1/q.
-        return (x * keep).mul_(1.0 / q)
+        # bool → x.dtype through uint8 (PyTorch's bool casts and bool products take a scalar path on
+        # CPU, ~7× slower than this); the scale is applied in the op's fp32 arithmetic, so a bf16
+        # tensor is not scaled by a bf16-rounded 1/q.
+        return (x * keep.view(torch.uint8).to(x.dtype)).mul_(1.0 / q)
 
 
 def keep_mask(shape: tuple[int, ...], p: float, source: WordSource) -> tuple[Tensor, float]:

@@ -285,3 +285,21 @@ def test_the_block_scale_gives_each_row_its_own_clients_columns():
     expected = torch.tensor([[3, 3, 0, 0, 0, 0]] * 2 + [[0, 0, 6, 0, 0, 0]] + [[0, 0, 0, 2, 2, 2]] * 3,
                             dtype=torch.float32)
     assert torch.equal(mask, expected)
+
+
+@pytest.mark.parametrize("keys", [8, 16, 30, 32, 45])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_attention_softmax_equals_torch_s_up_to_one_rounding(keys, dtype):
+    from rolora.llm.model_dropouts import softmax_last
+
+    w = (torch.randn(3, 4, 7, keys) * 4).to(dtype).requires_grad_()
+    got = softmax_last(w)
+    assert got.dtype == dtype and got.shape == w.shape
+    exact = torch.softmax(w.detach().double(), dim=-1)
+    ulp = {torch.float32: 1e-6, torch.bfloat16: 2 ** -8}[dtype]  # one rounding of values ≤ 1
+    assert (got.detach().double() - exact).abs().max().item() <= ulp
+    g = torch.randn_like(got)
+    (got * g).sum().backward()
+    ref = w.detach().double().requires_grad_()
+    (torch.softmax(ref, dim=-1) * g.double()).sum().backward()
+    assert torch.allclose(w.grad.double(), ref.grad, atol=4 * ulp * g.abs().max().item())
