@@ -14,6 +14,8 @@ picks how: ``train.client_batching = "auto"`` trains them together
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -129,10 +131,25 @@ def sequential_training(setup: RunSetup, progress: Callable[[int], None] | None 
     return train
 
 
-def local_training(setup: RunSetup, progress: Callable[[int], None] | None = None):
-    """The run's ``LocalTraining`` callable, as ``train.client_batching`` says."""
-    if setup.config.train.client_batching == "off":
-        return sequential_training(setup, progress)
-    from rolora.llm.batched_training import batched_training  # it imports this module
+def to_server(result: ClientResult | None) -> ClientResult | None:
+    """A client's result on the CPU, where the server state lives (the model may be on a GPU)."""
+    if result is None:
+        return None
+    return dataclasses.replace(
+        result,
+        tensors={name: {k: x.cpu() for k, x in layer.items()} for name, layer in result.tensors.items()},
+        dense={k: x.cpu() for k, x in result.dense.items()})
 
-    return batched_training(setup, progress)
+
+def local_training(setup: RunSetup, progress: Callable[[int], None] | None = None):
+    """The run's ``LocalTraining`` callable, as ``train.client_batching`` says; results come back on
+    the CPU (the server's state and its aggregation stay there: small, and the same on every device)."""
+    if setup.config.train.client_batching == "off":
+        train = sequential_training(setup, progress)
+    else:
+        from rolora.llm.batched_training import batched_training  # it imports this module
+
+        train = batched_training(setup, progress)
+    if setup.device.type == "cpu":
+        return train
+    return lambda t, starts: [to_server(r) for r in train(t, starts)]

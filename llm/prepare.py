@@ -138,7 +138,7 @@ def build(config: RunConfig, quiet: bool = True) -> RunSetup:
     adapters = attach(model, targets, dropout=c.lora.dropout, backend=c.model.backend)
     return RunSetup(config=c, method=method, model=model, tokenizer=tokenizer, adapters=adapters, train=train,
                     test=test, clients=[np.asarray(p, dtype=np.int64) for p in parts], label_names=labels,
-                    device=device, ranks=client_ranks(c), initial_head=read_head(model))
+                    device=device, ranks=client_ranks(c), initial_head={k: x.cpu() for k, x in read_head(model).items()})  # the server state lives on the CPU
 
 
 @contextmanager

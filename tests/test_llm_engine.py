@@ -296,3 +296,30 @@ def test_personalised_methods_score_the_validation_split_too(tmp_path, family):
     history = run(tiny_config(family, "data.val_size=12", "federated.method=fedsa-lora", "federated.rounds=1"),
                   tmp_path / "p", quiet=True)
     assert all(math.isfinite(r["val_accuracy"]) and math.isfinite(r["test_accuracy"]) for r in history.rows)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("batching", ["auto", "off"])
+@pytest.mark.parametrize("spec", ["rolora", "flexlora", "flora"])
+def test_a_run_on_a_gpu_keeps_the_server_state_on_the_cpu(spec, batching, tmp_path):
+    # The model trains on the GPU; results come back to the CPU, where the state is aggregated.
+    config = tiny_config("roberta", "model.device=cuda", f"train.client_batching={batching}",
+                         f"federated.method={spec}")
+    history = run(config, tmp_path / spec, quiet=True)
+    _finite_metrics(history.rows)
+    assert history.state.round == 2
+    assert all(x.device.type == "cpu" for layer in history.state.layers.values() for x in layer.values())
+
+
+def test_to_server_moves_every_tensor_and_keeps_the_rest():
+    from rolora.federated.round import ClientResult
+    from rolora.llm.local_training import to_server
+
+    assert to_server(None) is None
+    x = torch.arange(6.0).reshape(2, 3)
+    result = ClientResult(tensors={"q": {"A": x, "B": x.T}}, num_samples=5.0, dense={"h": x[0]},
+                          metrics={"train_loss": 0.5})
+    moved = to_server(result)
+    assert moved.num_samples == 5.0 and moved.metrics == {"train_loss": 0.5}
+    assert torch.equal(moved.tensors["q"]["B"], x.T) and torch.equal(moved.dense["h"], x[0])
+    assert all(t.device.type == "cpu" for t in [*moved.tensors["q"].values(), *moved.dense.values()])
