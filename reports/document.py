@@ -17,6 +17,7 @@ from rolora.reports.galore_section import FIGURE as GALORE_FIGURE
 from rolora.reports.galore_section import galore_section, galore_settings
 from rolora.reports.lm_results import cost_seconds, devices, group_cells
 from rolora.reports.lm_sections import CLIENT_SWEEPS, lm_sections
+from rolora.reports.lr_curves_section import lr_curves_section
 from rolora.reports.markdown import hours, table
 from rolora.reports.paper import CLAIMS, PAPER, PAPER_QNLI_SAMPLES, PAPER_SETTING
 from rolora.reports.plots import accuracy_figure
@@ -103,7 +104,8 @@ def lr_choices(rows: list[dict[str, str]]) -> str:
         score_text = ", ".join(f"{lr}: {'–' if x is None else f'{x:.3f}'}" for lr, x in scores.items())
         body.append([r["sweep"], r["method"], "–" if chosen is None else f"{chosen:g}", score_text, "; ".join(notes)])
     return "\n".join(["**Learning rates chosen** (per method, by the validation metric of its lr-phase cells; the "
-                      "test set is never scored there):", "",
+                      "test set is never scored there; each lr cell's curve is in "
+                      "[Learning-rate selection](#learning-rate-selection-validation-curves)):", "",
                       table(["sweep", "method", "chosen lr", "validation score by lr", "note"], body), ""])
 
 
@@ -139,6 +141,7 @@ def render(data_dir: Path, out_path: Path, toy_csv: Path) -> str:
         "## Language models (Section 5)", "",
         lr_choices(read_rows(data_dir / "lm-lr-choice.csv")),
         lm, galore,
+        lr_curves_section(read_rows(data_dir / "lm-lr-curves.csv"), cells),
         commands(Path(toy_csv)),
     ]
     return "\n".join(parts).rstrip() + "\n"

@@ -13,12 +13,14 @@ from pathlib import Path
 
 from rolora.reports.csv_files import read_rows, write_rows
 from rolora.reports.memory_data import MEMORY_FIELDS, memory_rows
-from rolora.reports.sweep_reader import CELL_FIELDS, CURVE_FIELDS, LR_FIELDS, SWEEP_FIELDS, find_sweeps, read_sweep
+from rolora.reports.sweep_reader import (CELL_FIELDS, CURVE_FIELDS, LR_CURVE_FIELDS, LR_FIELDS, SWEEP_FIELDS,
+                                         find_sweeps, read_sweep)
 from rolora.reports.theory_data import (COMPARISON_FIELDS, FLOOR_FIELDS, RATE_FIELDS, THEOREM_FIELDS,
                                         has_theory, theory_rows)
 
 LM_FILES = {"lm-sweeps.csv": SWEEP_FIELDS, "lm-cells.csv": CELL_FIELDS, "lm-curves.csv": CURVE_FIELDS,
-            "lm-lr-choice.csv": LR_FIELDS}
+            "lm-lr-choice.csv": LR_FIELDS, "lm-lr-curves.csv": LR_CURVE_FIELDS}
+"""In read_sweep's order of row lists (the sweep's row first)."""
 THEORY_FILES = {"theory-theorem.csv": ("theorem", THEOREM_FIELDS), "theory-ffa-floor.csv": ("ffa_floor", FLOOR_FIELDS),
                 "theory-comparison.csv": ("comparison", COMPARISON_FIELDS),
                 "theory-nonconvex-rate.csv": ("nonconvex_rate", RATE_FIELDS)}
@@ -30,8 +32,8 @@ def extract_sweeps(sweeps_root: Path, data_dir: Path, keep_absent: bool = True) 
     with ``keep_absent=False``, drop them: a sweep whose folder was deleted leaves the report)."""
     found: dict[str, list[list[dict]]] = {}
     for folder in find_sweeps(sweeps_root):
-        sweep, cells, curves, lrs = read_sweep(folder)
-        found[sweep["sweep"]] = [[sweep], cells, curves, lrs]
+        sweep, *rows = read_sweep(folder)
+        found[sweep["sweep"]] = [[sweep], *rows]
     written = []
     for i, (name, fields) in enumerate(LM_FILES.items()):
         kept = [r for r in read_rows(data_dir / name) if r["sweep"] not in found] if keep_absent else []

@@ -1,4 +1,5 @@
-"""A ``rolora llm sweep`` folder as flat rows: one per sweep, per cell, per evaluated round, per lr choice.
+"""A ``rolora llm sweep`` folder as flat rows: one per sweep, per cell, per evaluated round, per lr choice,
+per validation round of an lr-phase cell.
 
 The folder (``runs/sweeps/<name>/``, not committed) holds ``sweep.json`` (cells with their labels,
 status and ``run_dir``) and one ordinary run folder per cell (``config.json``, ``metrics.jsonl``,
@@ -9,6 +10,7 @@ rounds, a failed one may have any; each row keeps the cell's status so the repor
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ CELL_FIELDS = ("sweep", "cell", "experiment", "method", "seed", "lr", "phase", "
 CURVE_FIELDS = ("sweep", "cell", "method", "seed", "phase", "status", "setting", "round", "test_accuracy",
                 "test_loss", "upload_per_client")
 LR_FIELDS = ("sweep", "method", "metric", "chosen", "grid", "scores")
+LR_CURVE_FIELDS = ("sweep", "cell", "method", "seed", "phase", "status", "setting", "lr", "rounds_logged",
+                   "rounds_planned", "device", "round", "val_accuracy", "val_loss")
 NOT_AXES = {"experiment", "method", "seed", "lr"}
 SETUP_KEYS = ("model.name", "model.max_length", "model.dtype", "data.dataset", "data.partition", "data.test_size",
               "lora.rank", "lora.targets", "lora.dropout", "train.optimizer", "train.local_steps", "train.batch_size",
@@ -104,8 +108,9 @@ def _device(run_dir: Path) -> str:
 
 
 def cell_rows(sweep: str, folder: Path, cell: dict[str, Any], shorts: dict[str, str] | None = None
-              ) -> tuple[dict, list[dict], dict]:
-    """(one row of the cell's result, its evaluated rounds as curve rows, its config)."""
+              ) -> tuple[dict, list[dict], list[dict], dict]:
+    """(one row of the cell's result, its evaluated rounds as curve rows, an lr-phase cell's validated rounds
+    as lr-curve rows, its config)."""
     labels = cell.get("labels", {})
     axes = {k: v for k, v in labels.items() if k not in NOT_AXES}
     run_dir = folder / cell.get("run_dir", f"cells/{cell['id']}")
@@ -131,19 +136,41 @@ def cell_rows(sweep: str, folder: Path, cell: dict[str, Any], shorts: dict[str, 
                   upload_bytes=sum(r.get("upload_bytes") or 0 for r in metrics),
                   train_samples=sum((r.get("participants") or 0) * steps * batch for r in metrics),
                   device=_device(run_dir))
-    return result, curve, config
+    return result, curve, validation_rows(result, metrics, config), config
 
 
-def read_sweep(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(the sweep's row, its cells' rows, their curve rows, its lr choices) from one sweep folder."""
+def planned_rounds(federated: dict[str, Any]) -> int | None:
+    """The run's round count: ``rounds``, or with ``reference_clients`` > 0 that count scaled by 1/N (as
+    RunConfig.total_rounds; the reader works on the JSON alone)."""
+    rounds, ref, n = federated.get("rounds"), federated.get("reference_clients") or 0, federated.get("clients")
+    if rounds is None or not ref or not n:
+        return rounds
+    return max(1, math.ceil(rounds * ref / n))
+
+
+def validation_rows(result: dict[str, Any], metrics: list[dict[str, Any]], config: dict[str, Any]) -> list[dict]:
+    """An lr-phase cell's validation accuracy and loss at each round it scored (none for other phases: only the
+    lr phase scores the validation split, to choose the lr)."""
+    if result["phase"] != "lr":
+        return []
+    common = {k: result[k] for k in LR_CURVE_FIELDS if k in result}  # the cell's labels, as in lm-cells.csv
+    common["rounds_planned"] = planned_rounds(config.get("federated", {}))
+    return [dict(common, round=r["round"], val_accuracy=r["val_accuracy"], val_loss=r.get("val_loss"))
+            for r in metrics if r.get("val_accuracy") is not None]
+
+
+def read_sweep(folder: Path) -> tuple[dict[str, Any], list[dict], list[dict], list[dict], list[dict]]:
+    """(the sweep's row, its cells' rows, their curve rows, its lr choices, its lr cells' validation rows)
+    from one sweep folder."""
     folder = Path(folder)
     meta = json.loads((folder / "sweep.json").read_text())
     name = meta.get("name") or folder.name
-    cells, curves, configs = [], [], []
+    cells, curves, validation, configs = [], [], [], []
     for cell in meta.get("cells", []):
-        row, curve, config = cell_rows(name, folder, cell, axis_letters(meta.get("spec")))
+        row, curve, val, config = cell_rows(name, folder, cell, axis_letters(meta.get("spec")))
         cells.append(row)
         curves += curve
+        validation += val
         if config:  # lr cells differ from main cells only in lr, seed and evaluation: same setting
             configs.append(config)
     counts = {s: sum(c["status"] == s for c in cells) for s in ("done", "partial", "pending", "failed")}
@@ -152,4 +179,4 @@ def read_sweep(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list
     lrs = [dict(sweep=name, method=m, metric=c.get("metric"), chosen=c.get("chosen"),
                 grid=json.dumps(c.get("grid")), scores=json.dumps(c.get("scores"), sort_keys=True))
            for m, c in sorted((meta.get("lr_choice") or {}).items())]
-    return sweep, cells, curves, lrs
+    return sweep, cells, curves, lrs, validation
