@@ -139,7 +139,8 @@ class TrainConfig:
     dropout_masks: str = "exact"
     """Client batching: exact (every client's dropout masks are the bits it draws trained alone, so
     the results equal one-by-one training) | fast (each pass draws its own: the same distribution,
-    seeded, ~1/5 less time with dropout on a CPU, not bit-equal to one by one; llm/pass_masks.py)."""
+    seeded up to a keep probability quantised to 1/65,536, ~1/5 less round time with dropout on a CPU
+    (two −11 % steps, BENCHMARKS.md "llm/ speed"), not bit-equal to one by one; llm/pass_masks.py)."""
 
 
 @dataclass(frozen=True)
