@@ -22,6 +22,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = ("float32", "bfloat16", "float16")
 CLIENT_BATCHING = ("auto", "off")
 DROPOUT_MASKS = ("exact", "fast")
+FROZEN_PREFIX = ("off", "no-dropout", "cache")  # llm/frozen_prefix.py
 EVAL_SPLITS = ("val", "test")
 
 
@@ -136,6 +137,10 @@ class TrainConfig:
     client_group: int = 0
     """Client batching: the most clients trained together (0: as many as keep their adapter and
     optimiser state under 256 MiB)."""
+    frozen_prefix: str = "off"
+    """off | no-dropout (dropout off in the embeddings and the blocks below the lowest adapted one) |
+    cache (as no-dropout, and those blocks' output is computed once per training sample and reused
+    every step and round: for LoRA on the top blocks only; BERT/RoBERTa; llm/frozen_prefix.py)."""
     dropout_masks: str = "exact"
     """Client batching: exact (every client's dropout masks are the bits it draws trained alone, so
     the results equal one-by-one training) | fast (each pass draws its own: the same distribution,
@@ -303,6 +308,8 @@ def check(c: RunConfig) -> None:
         _fail("train.schedule", f"must be one of {SCHEDULES}, got {c.train.schedule!r}")
     if c.train.client_batching not in CLIENT_BATCHING:
         _fail("train.client_batching", f"must be one of {CLIENT_BATCHING}, got {c.train.client_batching!r}")
+    if c.train.frozen_prefix not in FROZEN_PREFIX:
+        _fail("train.frozen_prefix", f"must be one of {FROZEN_PREFIX}, got {c.train.frozen_prefix!r}")
     if c.train.dropout_masks not in DROPOUT_MASKS:
         _fail("train.dropout_masks", f"must be one of {DROPOUT_MASKS}, got {c.train.dropout_masks!r}")
     if c.federated.weighting not in ("samples", "uniform"):

@@ -150,6 +150,16 @@ def local_training(setup: RunSetup, progress: Callable[[int], None] | None = Non
         from rolora.llm.batched_training import batched_training  # it imports this module
 
         train = batched_training(setup, progress)
+    if setup.prefix_cache is not None:
+        train = _with_prefix_cache(train, setup.prefix_cache)
     if setup.device.type == "cpu":
         return train
     return lambda t, starts: [to_server(r) for r in train(t, starts)]
+
+
+def _with_prefix_cache(train, cache):
+    def cached(t: int, starts: Sequence[ClientStart]) -> list[ClientResult | None]:
+        with cache.installed():  # training passes start at the lowest adapted block; evaluation does not
+            return train(t, starts)
+
+    return cached

@@ -46,6 +46,8 @@ class RunSetup:
     initial_head: dict
     """The classification head as loaded (round 0 of the averaged head), kept apart from the model's
     own head parameters, which every client's training overwrites."""
+    prefix_cache: object = None
+    """A :class:`rolora.llm.frozen_prefix.PrefixCache` when ``train.frozen_prefix = "cache"``."""
 
     @property
     def train_head(self) -> bool:
@@ -136,9 +138,21 @@ def build(config: RunConfig, quiet: bool = True) -> RunSetup:
     model.to(device)
     targets = Targets(modules=tuple(c.lora.targets) or None, layers=tuple(c.lora.layers) or None)
     adapters = attach(model, targets, dropout=c.lora.dropout, backend=c.model.backend)
+    prefix_cache = None
+    if c.train.frozen_prefix != "off":
+        from rolora.llm.frozen_prefix import PrefixCache, first_adapted_block, prefix_dropout_off
+
+        first = first_adapted_block(adapters)
+        try:
+            prefix_dropout_off(model, first)
+            if c.train.frozen_prefix == "cache":
+                prefix_cache = PrefixCache(model, train, first, c.run.eval_batch_size)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     return RunSetup(config=c, method=method, model=model, tokenizer=tokenizer, adapters=adapters, train=train,
                     test=test, clients=[np.asarray(p, dtype=np.int64) for p in parts], label_names=labels,
-                    device=device, ranks=client_ranks(c), initial_head={k: x.cpu() for k, x in read_head(model).items()})  # the server state lives on the CPU
+                    device=device, ranks=client_ranks(c), initial_head={k: x.cpu() for k, x in read_head(model).items()},  # the server state lives on the CPU
+                    prefix_cache=prefix_cache)
 
 
 @contextmanager
