@@ -93,12 +93,25 @@ def client_ranks(config: RunConfig) -> dict:
     return {k: int(pattern[k % len(pattern)]) for k in range(config.federated.clients)}
 
 
+def split_data(config: RunConfig):
+    """(train, validation, test) of the configured dataset: the fixed split every seed shares."""
+    c = config
+    return split(load_data(c), test_size=_size(c.data.test_size), val_size=_size(c.data.val_size), seed=c.split_seed)
+
+
+def test_majority(config: RunConfig) -> float | None:
+    """The test accuracy of always answering the test split's most common label (None for instruction
+    data, which has no labels): the floor below which a classifier has learned nothing."""
+    if config.model.task == "instruction":
+        return None
+    labels = np.asarray(split_data(config)[2].labels)
+    return float(np.bincount(labels).max() / len(labels)) if len(labels) else None
+
+
 def prepare_data(config: RunConfig):
     """(train set, test set, clients' sample indices, label names) of ``config`` (deterministic)."""
     c = config
-    data = load_data(c)
-    train_ds, _, test_ds = split(data, test_size=_size(c.data.test_size), val_size=_size(c.data.val_size),
-                                 seed=c.split_seed)
+    train_ds, _, test_ds = split_data(c)
     if c.data.max_train_samples and len(train_ds) > c.data.max_train_samples:
         keep = np.sort(np.random.default_rng([c.run.seed, 11]).permutation(len(train_ds))[: c.data.max_train_samples])
         train_ds = train_ds.subset(keep)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rolora.reports.csv_files import read_rows, write_rows
+from rolora.reports.majority import majority_accuracy
 from rolora.reports.memory_data import MEMORY_FIELDS, memory_rows
 from rolora.reports.sweep_reader import (CELL_FIELDS, CURVE_FIELDS, LR_CURVE_FIELDS, LR_FIELDS, SWEEP_FIELDS,
                                          find_sweeps, read_sweep)
@@ -32,7 +33,7 @@ def extract_sweeps(sweeps_root: Path, data_dir: Path, keep_absent: bool = True) 
     with ``keep_absent=False``, drop them: a sweep whose folder was deleted leaves the report)."""
     found: dict[str, list[list[dict]]] = {}
     for folder in find_sweeps(sweeps_root):
-        sweep, *rows = read_sweep(folder)
+        sweep, *rows = read_sweep(folder, majority_accuracy)
         found[sweep["sweep"]] = [[sweep], *rows]
     written = []
     for i, (name, fields) in enumerate(LM_FILES.items()):

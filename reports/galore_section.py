@@ -21,9 +21,9 @@ from rolora.reports.seeds import over_seeds
 
 SUPPORTS = {v.AHEAD: "supports the critique", v.BEHIND: "supports RoLoRA's claim",
             v.WITHIN: "supports neither (within spread)", v.NO_SPREAD: "not judged (1 seed)",
-            v.MISSING: "not run"}
+            v.MISSING: "not run", v.AT_FLOOR: "supports neither (both at the majority class: nothing learned)"}
 SHORT_SUPPORT = {v.AHEAD: "critique", v.BEHIND: "RoLoRA", v.WITHIN: "neither", v.NO_SPREAD: "not judged",
-                 v.MISSING: "not run"}
+                 v.MISSING: "not run", v.AT_FLOOR: "neither"}
 FIGURE = "galore-accuracy-vs-upload.png"
 CLAIM = "Issue 17 (LM)"
 
@@ -71,13 +71,13 @@ def memory_table(memory_rows: list[dict[str, str]]) -> str:
 def setting_part(sweep: SweepResults, s: str, curves, summary: list[ClaimRow]) -> list[str]:
     """One client count: accuracy, bytes, accuracy at RoLoRA's bytes, and what each pair supports."""
     budget = _whole_run_upload(curves, s, "rolora")
-    rows = [[m, cell_text(sweep.groups[s][m]), mib(_per_round_upload(curves, s, m)), _budget_row(curves, s, m, budget)]
+    rows = [[m, cell_text(sweep.groups[s][m], sweep.floor(s)), mib(_per_round_upload(curves, s, m)), _budget_row(curves, s, m, budget)]
             for m in sweep.methods() if m in sweep.groups[s]]
     out = [f"**{s}**" + ("" if budget is None else f" (RoLoRA's whole run uploads {mib(budget)} MiB per client)"), "",
            table(["method", "final test accuracy %", "upload MiB / client / round",
                   "accuracy % once ≤ RoLoRA's whole-run upload (round)"], rows, "llrl"), ""]
     results = sweep.accuracies(s)
-    pairs = [v.compare(f, results.get(f), b, results.get(b))
+    pairs = [v.compare(f, results.get(f), b, results.get(b), sweep.floor(s))
              for f in FULL_RANK if f in results for b in ("rolora", *LORA_BASELINES) if b in results]
     for p in pairs:
         if p.y == "rolora":

@@ -21,6 +21,8 @@ class Group:
 
     seeds: list[tuple[int, float]] = field(default_factory=list)
     unfinished: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    floor: float | None = None
+    """The test split's majority-class accuracy (None where unknown: rows extracted before it was recorded)."""
 
     def accuracy(self) -> OverSeeds:
         return over_seeds([a for _, a in sorted(self.seeds)])
@@ -46,6 +48,10 @@ class SweepResults:
     def accuracies(self, setting: str) -> dict[str, OverSeeds]:
         return {m: g.accuracy() for m, g in self.groups.get(setting, {}).items()}
 
+    def floor(self, setting: str) -> float | None:
+        """The setting's majority-class test accuracy (its cells share one test split), if recorded."""
+        return next((g.floor for g in self.groups.get(setting, {}).values() if g.floor is not None), None)
+
 
 def _order(axes: dict) -> tuple:
     return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for _, v in sorted(axes.items()))
@@ -68,6 +74,8 @@ def group_cells(rows: list[dict[str, str]]) -> dict[str, SweepResults]:
         sweep.axes[row["setting"]] = json.loads(row["axes"] or "{}")
         group = sweep.groups.setdefault(row["setting"], {}).setdefault(row["method"], Group())
         accuracy = number(row["final_test_accuracy"])
+        if number(row.get("test_majority")) is not None:
+            group.floor = number(row["test_majority"])
         if row["status"] == "done" and accuracy is not None:
             group.seeds.append((int(number(row["seed"]) or 0), accuracy))
         else:

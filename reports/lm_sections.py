@@ -42,19 +42,35 @@ def results_table(sweep: SweepResults, with_paper: bool) -> str:
             if with_paper:
                 p = paper_value(sweep, s, m)
                 row.append("–" if p is None else f"{p:.2f}")
-            row.append(cell_text(sweep.groups[s].get(m)))
+            row.append(cell_text(sweep.groups[s].get(m), sweep.floor(s)))
         rows.append(row)
-    return table(headers, rows)
+    return table(headers, rows) + floor_legend(sweep)
 
 
-def cell_text(group: Group | None) -> str:
-    """'85.0 ± 1.0 (n=3); 1 pending', '– (3 pending)', or '–' where the method was not in the column."""
+FLOOR_MARK = " ‡"
+
+
+def cell_text(group: Group | None, floor: float | None = None) -> str:
+    """'85.0 ± 1.0 (n=3); 1 pending', '– (3 pending)', or '–' where the method was not in the column; marked
+    ‡ when every finished seed sits at the majority-class floor."""
     if group is None:
         return "–"
     missing = group.missing_text()
     if not group.seeds:
         return f"– ({missing})" if missing else "–"
-    return group.accuracy().text() + (f"; {missing}" if missing else "")
+    mark = FLOOR_MARK if v.at_floor(group.accuracy(), floor) else ""
+    return group.accuracy().text() + mark + (f"; {missing}" if missing else "")
+
+
+def floor_legend(sweep: SweepResults) -> str:
+    """The ‡ legend, naming each marked setting's majority-class accuracy ('' when nothing is marked)."""
+    marked = [s for s in sweep.settings()
+              if any(v.at_floor(g.accuracy(), sweep.floor(s)) for g in sweep.groups[s].values() if g.seeds)]
+    if not marked:
+        return ""
+    floors = "; ".join(f"{s} {100 * sweep.floor(s):.1f} %" for s in marked)
+    return ("\n\n‡ every finished seed within 1 point of the majority-class test accuracy (always answering the "
+            f"test split's most common label: {floors}): that model learned nothing in that column.")
 
 
 def winner_of(sweep: SweepResults, claim: SweepClaim) -> str | None:
@@ -69,7 +85,7 @@ def winner_of(sweep: SweepResults, claim: SweepClaim) -> str | None:
 def pairs_at(sweep: SweepResults, setting: str, winner: str, against: tuple[str, ...]) -> list[v.Pair]:
     results = sweep.accuracies(setting)
     baselines = list(against) or [m for m in sweep.methods() if m != winner]
-    return v.beats_all(winner, results, baselines)
+    return v.beats_all(winner, results, baselines, sweep.floor(setting))
 
 
 def outcome_lines(sweep: SweepResults, winner: str, against: tuple[str, ...]) -> list[str]:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+Majority = Callable[[dict[str, Any]], "float | None"]
 
 SWEEP_FIELDS = ("sweep", "folder", "cells", "done", "partial", "pending", "failed", "setup", "spec")
 CELL_FIELDS = ("sweep", "cell", "experiment", "method", "seed", "lr", "phase", "status", "setting", "axes",
                "rounds_logged", "final_round", "final_test_accuracy", "final_test_loss", "wall_s",
-               "upload_bytes", "train_samples", "device")
+               "upload_bytes", "train_samples", "device", "test_majority")
 CURVE_FIELDS = ("sweep", "cell", "method", "seed", "phase", "status", "setting", "round", "test_accuracy",
                 "test_loss", "upload_per_client")
 LR_FIELDS = ("sweep", "method", "metric", "chosen", "grid", "scores")
@@ -107,10 +109,11 @@ def _device(run_dir: Path) -> str:
     return str(v.get("device") or "")
 
 
-def cell_rows(sweep: str, folder: Path, cell: dict[str, Any], shorts: dict[str, str] | None = None
-              ) -> tuple[dict, list[dict], list[dict], dict]:
+def cell_rows(sweep: str, folder: Path, cell: dict[str, Any], shorts: dict[str, str] | None = None,
+              majority: Majority | None = None) -> tuple[dict, list[dict], list[dict], dict]:
     """(one row of the cell's result, its evaluated rounds as curve rows, an lr-phase cell's validated rounds
-    as lr-curve rows, its config)."""
+    as lr-curve rows, its config). ``majority`` maps a cell's config to its test split's majority-class
+    accuracy (the caller's: this reader works on the JSON alone)."""
     labels = cell.get("labels", {})
     axes = {k: v for k, v in labels.items() if k not in NOT_AXES}
     run_dir = folder / cell.get("run_dir", f"cells/{cell['id']}")
@@ -135,7 +138,7 @@ def cell_rows(sweep: str, folder: Path, cell: dict[str, Any], shorts: dict[str, 
                   wall_s=sum(r.get("wall_s") or 0.0 for r in metrics),
                   upload_bytes=sum(r.get("upload_bytes") or 0 for r in metrics),
                   train_samples=sum((r.get("participants") or 0) * steps * batch for r in metrics),
-                  device=_device(run_dir))
+                  device=_device(run_dir), test_majority=majority(config) if majority and config else None)
     return result, curve, validation_rows(result, metrics, config), config
 
 
@@ -159,15 +162,16 @@ def validation_rows(result: dict[str, Any], metrics: list[dict[str, Any]], confi
             for r in metrics if r.get("val_accuracy") is not None]
 
 
-def read_sweep(folder: Path) -> tuple[dict[str, Any], list[dict], list[dict], list[dict], list[dict]]:
+def read_sweep(folder: Path, majority: Majority | None = None
+               ) -> tuple[dict[str, Any], list[dict], list[dict], list[dict], list[dict]]:
     """(the sweep's row, its cells' rows, their curve rows, its lr choices, its lr cells' validation rows)
-    from one sweep folder."""
+    from one sweep folder; ``majority`` as in :func:`cell_rows`."""
     folder = Path(folder)
     meta = json.loads((folder / "sweep.json").read_text())
     name = meta.get("name") or folder.name
     cells, curves, validation, configs = [], [], [], []
     for cell in meta.get("cells", []):
-        row, curve, val, config = cell_rows(name, folder, cell, axis_letters(meta.get("spec")))
+        row, curve, val, config = cell_rows(name, folder, cell, axis_letters(meta.get("spec")), majority)
         cells.append(row)
         curves += curve
         validation += val

@@ -17,6 +17,10 @@ from typing import Mapping
 from rolora.reports.seeds import OverSeeds, pooled_std
 
 AHEAD, BEHIND, WITHIN, NO_SPREAD, MISSING = "ahead", "behind", "within spread", "no spread (1 seed)", "not run"
+AT_FLOOR = "both at the majority class"
+FLOOR_POINTS = 0.01
+"""A method is *at the floor* when every seed's accuracy lies within this (1 point) of the majority-class
+accuracy: it has learned nothing, and a pair of such methods is not judged."""
 
 REPRODUCED = "reproduced"
 IN_KIND = "reproduced in kind"
@@ -33,7 +37,10 @@ RULE = (
     "paper's own setting) or **reproduced in kind** (a smaller stand-in setting) when X is ahead of every "
     "baseline present, **not reproduced** when X is behind any of them, and **inconclusive** otherwise "
     "(a pair within spread or not judged). A claim of a tie is reproduced (in kind) when every pair is "
-    "within spread and not reproduced when any pair is ahead or behind."
+    "within spread and not reproduced when any pair is ahead or behind. A pair whose two methods both end "
+    "with every seed within 1 point of the majority-class accuracy (always answering the test split's most "
+    "common label) is **both at the majority class** and not judged: neither model learned the task there; "
+    "a claim whose every pair is so is **not testable here** at that scale."
 )
 
 
@@ -59,21 +66,33 @@ class Pair:
         return f"{self.y}: {self.outcome}{self.detail()}"
 
 
-def compare(x_name: str, x: OverSeeds | None, y_name: str, y: OverSeeds | None) -> Pair:
-    """The outcome of X against Y by the rule of this module."""
+def at_floor(x: OverSeeds, floor: float | None) -> bool:
+    """Every seed within :data:`FLOOR_POINTS` of the majority-class accuracy ``floor`` (False if unknown)."""
+    return floor is not None and x.n > 0 and all(abs(a - floor) <= FLOOR_POINTS + 1e-12 for a in x.values)
+
+
+def compare(x_name: str, x: OverSeeds | None, y_name: str, y: OverSeeds | None, floor: float | None = None) -> Pair:
+    """The outcome of X against Y by the rule of this module (``floor``: the majority-class accuracy)."""
     if x is None or y is None or x.n == 0 or y.n == 0:
         return Pair(x_name, y_name, None, None, MISSING)
     gap = x.mean - y.mean
     spread = pooled_std(x, y)
+    if at_floor(x, floor) and at_floor(y, floor):
+        return Pair(x_name, y_name, gap, spread, AT_FLOOR)
     if spread is None:
         return Pair(x_name, y_name, gap, None, NO_SPREAD)
     outcome = AHEAD if gap > spread else BEHIND if -gap > spread else WITHIN
     return Pair(x_name, y_name, gap, spread, outcome)
 
 
-def beats_all(winner: str, results: Mapping[str, OverSeeds], baselines: list[str]) -> list[Pair]:
+def beats_all(winner: str, results: Mapping[str, OverSeeds], baselines: list[str], floor: float | None = None
+              ) -> list[Pair]:
     """The winner against each baseline that has results (baselines without any are left out)."""
-    return [compare(winner, results.get(winner), b, results[b]) for b in baselines if b in results and results[b].n]
+    return [compare(winner, results.get(winner), b, results[b], floor) for b in baselines if b in results and results[b].n]
+
+
+def _floor_only(judged: list[Pair]) -> bool:
+    return bool(judged) and all(p.outcome == AT_FLOOR for p in judged)
 
 
 def win_verdict(pairs: list[Pair], own_setting: bool = False) -> str:
@@ -81,6 +100,8 @@ def win_verdict(pairs: list[Pair], own_setting: bool = False) -> str:
     judged = [p for p in pairs if p.outcome != MISSING]
     if not judged:
         return NOT_RUN
+    if _floor_only(judged):
+        return NOT_TESTABLE
     if any(p.outcome == BEHIND for p in judged):
         return NOT_REPRODUCED
     if all(p.outcome == AHEAD for p in judged):
@@ -93,6 +114,8 @@ def tie_verdict(pairs: list[Pair], own_setting: bool = False) -> str:
     judged = [p for p in pairs if p.outcome != MISSING]
     if not judged:
         return NOT_RUN
+    if _floor_only(judged):
+        return NOT_TESTABLE
     if any(p.outcome in (AHEAD, BEHIND) for p in judged):
         return NOT_REPRODUCED
     if all(p.outcome == WITHIN for p in judged):

@@ -136,6 +136,37 @@ def test_claim_verdicts_follow_the_stated_rule():
     assert v.tie_verdict([within, ahead]) == v.NOT_REPRODUCED
 
 
+def test_two_methods_at_the_majority_class_are_not_judged():
+    floor = 0.572
+    stuck, stuck2 = over_seeds([0.572, 0.572, 0.575]), over_seeds([0.572, 0.580, 0.572])
+    learned = over_seeds([0.70, 0.72, 0.69])
+    both = v.compare("x", stuck, "y", stuck2, floor)
+    assert both.outcome == v.AT_FLOOR and v.compare("x", stuck, "y", stuck2).outcome == v.WITHIN  # floor unknown
+    assert v.compare("x", learned, "y", stuck, floor).outcome == v.AHEAD  # one learned: judged as usual
+    assert v.compare("x", over_seeds([0.572, 0.59]), "y", stuck, floor).outcome != v.AT_FLOOR  # 1.8 pts: not floor
+    assert v.win_verdict([both, both]) == v.NOT_TESTABLE and v.tie_verdict([both]) == v.NOT_TESTABLE
+    within = v.compare("x", learned, "y", learned, floor)
+    assert v.tie_verdict([both, within]) == v.INCONCLUSIVE and v.win_verdict([both, within]) == v.INCONCLUSIVE
+
+
+def test_a_column_at_the_floor_is_marked_and_not_judged(tmp_path):
+    sweeps = tmp_path / "sweeps"
+    folder = make_sweep(sweeps, "clients", clients_cells({"rolora": [0.572] * 3, "fedavg-lora": [0.572, 0.575, 0.572],
+                                                          "ffa-lora": [0.572] * 3}))
+    for cell in json.loads((folder / "sweep.json").read_text())["cells"]:  # a real data section: RT's split
+        path = folder / cell["run_dir"] / "config.json"
+        config = json.loads(path.read_text())
+        config["data"] = {"dataset": "rotten_tomatoes", "test_size": 1000, "val_size": 500, "split_seed": 0}
+        path.write_text(json.dumps(config))
+    text = section(report(tmp_path, sweeps), "### Number of clients (Table 1)")
+    floor = 100 * float(next(r for r in csv.DictReader(open(tmp_path / "docs" / "reproduction" / "lm-cells.csv"))
+                             if r["setting"] == "n50-r4" and r["status"] == "done")["test_majority"])
+    assert 50 < floor < 60  # Rotten Tomatoes is near-balanced; this split's test set leans negative
+    assert "‡" in row_of(text, "rolora")[-1] and "‡" not in row_of(text, "rolora")[-2]  # n3: learned
+    assert f"n50-r4 {floor:.1f} %" in text
+    assert "**RoLoRA ahead at the most clients (n50-r4)**: **not testable here**" in text
+
+
 # ------------------------------------------------------------------------------------- LM sweeps
 def test_client_count_table_means_stds_unfinished_cells_and_verdicts(tmp_path):
     sweeps = tmp_path / "sweeps"
@@ -433,6 +464,7 @@ lr = 0.01
 def test_a_real_tiny_sweep_reads_as_its_metrics_say(tmp_path):
     """Two tiny-bert cells run by `rolora llm sweep`'s own code: the report's numbers are the runs'."""
     from rolora.llm.config import load_config, to_toml
+    from rolora.llm.data import load_builtin, split
     from rolora.llm.sweep import run_sweep
     from rolora.llm.sweep_spec import load_spec
 
@@ -443,11 +475,15 @@ def test_a_real_tiny_sweep_reads_as_its_metrics_say(tmp_path):
     assert {sweep.status[c.id] for c in sweep.cells} == {"done"}
     text = report(tmp_path, tmp_path / "sweeps")
     doc = json.loads((out / "sweep.json").read_text())
+    labels = split(load_builtin("rotten_tomatoes"), test_size=24, val_size=24, seed=0)[2].labels
+    floor = max(np.mean(labels == k) for k in set(labels.tolist()))  # the test split's majority share
     for cell in doc["cells"]:
         rows = [json.loads(line) for line in (out / cell["run_dir"] / "metrics.jsonl").read_text().splitlines()]
         final = [r["test_accuracy"] for r in rows if "test_accuracy" in r][-1]
         got = row_of(section(text, "### Number of clients (Table 1)"), cell["labels"]["method"])
-        assert got[2] == f"{100 * final:.1f} (n=1, no std)"
+        mark = " ‡" if abs(final - floor) <= 0.01 else ""  # at the majority-class floor: marked, explained
+        assert got[2] == f"{100 * final:.1f} (n=1, no std)" + mark
+        assert (f"n3 {100 * floor:.1f} %" in text) == bool(mark)
     assert "| clients | 2 | 2 | 0 | 0 | 0 |" in text
     assert "- `clients`: model.name tiny-bert;" in text
 
