@@ -16,7 +16,7 @@ from rolora.reports.csv_files import number, read_rows
 from rolora.reports.galore_section import FIGURE as GALORE_FIGURE
 from rolora.reports.galore_section import galore_section, galore_settings
 from rolora.reports.lm_results import cost_seconds, devices, group_cells
-from rolora.reports.lm_sections import CLIENT_SWEEPS, lm_sections
+from rolora.reports.lm_sections import lm_sections
 from rolora.reports.lr_curves_section import lr_curves_section
 from rolora.reports.markdown import hours, table
 from rolora.reports.paper import CLAIMS, PAPER, PAPER_QNLI_SAMPLES, PAPER_SETTING
@@ -118,8 +118,8 @@ def render(data_dir: Path, out_path: Path, toy_csv: Path) -> str:
     sweeps = group_cells(cells)
     clients = sweeps.get("clients")
     rel = Path(os.path.relpath(data_dir, Path(out_path).parent)).as_posix()
-    figures = {}  # sweep -> link of its accuracy-vs-round figure (the client-count sweeps)
-    for name in CLIENT_SWEEPS:
+    figures = {}  # sweep -> link of its accuracy-vs-round figure (every claim's sweep that has test curves)
+    for name in (c.sweep for c in CLAIMS):
         if name in sweeps and accuracy_figure(curves, name, sweeps[name].settings(), data_dir / f"{name}{ROUND_FIGURE}",
                                               title=f"{name} sweep: accuracy vs round (mean ± std over seeds)"):
             figures[name] = f"{rel}/{name}{ROUND_FIGURE}"
