@@ -71,7 +71,7 @@ def memory_table(memory_rows: list[dict[str, str]]) -> str:
 def setting_part(sweep: SweepResults, s: str, curves, summary: list[ClaimRow]) -> list[str]:
     """One client count: accuracy, bytes, accuracy at RoLoRA's bytes, and what each pair supports."""
     budget = _whole_run_upload(curves, s, "rolora")
-    rows = [[m, cell_text(sweep.groups[s][m], sweep.floor(s)), mib(_per_round_upload(curves, s, m)), _budget_row(curves, s, m, budget)]
+    rows = [[m, cell_text(sweep.groups[s][m]), mib(_per_round_upload(curves, s, m)), _budget_row(curves, s, m, budget)]
             for m in sweep.methods() if m in sweep.groups[s]]
     out = [f"**{s}**" + ("" if budget is None else f" (RoLoRA's whole run uploads {mib(budget)} MiB per client)"), "",
            table(["method", "final test accuracy %", "upload MiB / client / round",

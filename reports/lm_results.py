@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from rolora.reports.csv_files import number
 from rolora.reports.seeds import OverSeeds, over_seeds
+from rolora.reports.verdicts import at_floor
 
 
 @dataclass
@@ -26,6 +27,10 @@ class Group:
 
     def accuracy(self) -> OverSeeds:
         return over_seeds([a for _, a in sorted(self.seeds)])
+
+    def at_floor(self) -> bool:
+        """Every finished seed at the majority-class floor (:func:`rolora.reports.verdicts.at_floor`)."""
+        return at_floor(self.accuracy(), self.floor)
 
     def missing_text(self) -> str:
         return ", ".join(f"{n} {s}" for s, n in sorted(self.unfinished.items()) if n) or ""
@@ -74,8 +79,9 @@ def group_cells(rows: list[dict[str, str]]) -> dict[str, SweepResults]:
         sweep.axes[row["setting"]] = json.loads(row["axes"] or "{}")
         group = sweep.groups.setdefault(row["setting"], {}).setdefault(row["method"], Group())
         accuracy = number(row["final_test_accuracy"])
-        if number(row.get("test_majority")) is not None:
-            group.floor = number(row["test_majority"])
+        majority = number(row.get("test_majority"))
+        if majority is not None:
+            group.floor = majority
         if row["status"] == "done" and accuracy is not None:
             group.seeds.append((int(number(row["seed"]) or 0), accuracy))
         else:

@@ -42,7 +42,7 @@ def results_table(sweep: SweepResults, with_paper: bool) -> str:
             if with_paper:
                 p = paper_value(sweep, s, m)
                 row.append("–" if p is None else f"{p:.2f}")
-            row.append(cell_text(sweep.groups[s].get(m), sweep.floor(s)))
+            row.append(cell_text(sweep.groups[s].get(m)))
         rows.append(row)
     return table(headers, rows) + floor_legend(sweep)
 
@@ -50,7 +50,7 @@ def results_table(sweep: SweepResults, with_paper: bool) -> str:
 FLOOR_MARK = " ‡"
 
 
-def cell_text(group: Group | None, floor: float | None = None) -> str:
+def cell_text(group: Group | None) -> str:
     """'85.0 ± 1.0 (n=3); 1 pending', '– (3 pending)', or '–' where the method was not in the column; marked
     ‡ when every finished seed sits at the majority-class floor."""
     if group is None:
@@ -58,14 +58,14 @@ def cell_text(group: Group | None, floor: float | None = None) -> str:
     missing = group.missing_text()
     if not group.seeds:
         return f"– ({missing})" if missing else "–"
-    mark = FLOOR_MARK if v.at_floor(group.accuracy(), floor) else ""
+    mark = FLOOR_MARK if group.at_floor() else ""
     return group.accuracy().text() + mark + (f"; {missing}" if missing else "")
 
 
 def floor_legend(sweep: SweepResults) -> str:
     """The ‡ legend, naming each marked setting's majority-class accuracy ('' when nothing is marked)."""
     marked = [s for s in sweep.settings()
-              if any(v.at_floor(g.accuracy(), sweep.floor(s)) for g in sweep.groups[s].values() if g.seeds)]
+              if any(g.at_floor() for g in sweep.groups[s].values())]
     if not marked:
         return ""
     floors = "; ".join(f"{s} {100 * sweep.floor(s):.1f} %" for s in marked)
