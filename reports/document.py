@@ -21,6 +21,7 @@ from rolora.reports.lr_curves_section import lr_curves_section
 from rolora.reports.markdown import hours, table
 from rolora.reports.paper import CLAIMS, PAPER, PAPER_QNLI_SAMPLES, PAPER_SETTING
 from rolora.reports.plots import accuracy_figure
+from rolora.reports.sweep_reader import FIXED_LR
 from rolora.reports.theory_section import theory_section
 from rolora.reports.toy_section import toy_commands, toy_section
 from rolora.reports.verdicts import RULE
@@ -101,7 +102,9 @@ def lr_choices(rows: list[dict[str, str]]) -> str:
             notes.append("at the grid's edge")
         if len(values) > 1 and len(set(values)) == 1:
             notes.append("all scores equal")
-        score_text = ", ".join(f"{lr}: {'–' if x is None else f'{x:.3f}'}" for lr, x in scores.items())
+        if r["metric"] == FIXED_LR:
+            notes.append("fixed in the spec, not selected in this sweep (its header says where it comes from)")
+        score_text = ", ".join(f"{lr}: {'–' if x is None else f'{x:.3f}'}" for lr, x in scores.items()) or "–"
         body.append([r["sweep"], r["method"], "–" if chosen is None else f"{chosen:g}", score_text, "; ".join(notes)])
     return "\n".join(["**Learning rates chosen** (per method, by the validation metric of its lr-phase cells; the "
                       "test set is never scored there; each lr cell's curve is in "

@@ -244,6 +244,21 @@ def test_the_chosen_learning_rates_and_their_warnings(tmp_path):
                      "| clients | rolora | 0.01 | 0.001: 0.600, 0.01: 0.700, 0.1: 0.650 |  |"]
 
 
+def test_a_learning_rate_fixed_in_the_spec_is_listed_as_such(tmp_path):
+    folder = make_sweep(tmp_path / "sweeps", "clients", clients_cells(WIN))
+    meta = json.loads((folder / "sweep.json").read_text())
+    meta["spec"] = {"methods": [{"label": "rolora", "method": "rolora", "lr": 0.5},  # selected: the choice wins
+                                {"label": "ffa-lora", "method": "ffa-lora", "lr": 0.03},
+                                {"label": "fedavg-lora", "method": "fedavg-lora"}]}  # neither: no row
+    (folder / "sweep.json").write_text(json.dumps(meta))
+    text = report(tmp_path, tmp_path / "sweeps")
+    lines = [line for line in text.splitlines() if line.startswith(("| clients | rolora |", "| clients | ffa-lora |",
+                                                                     "| clients | fedavg-lora |"))]
+    assert lines == ["| clients | rolora | 0.001 | 0.001: 0.700 |  |",
+                     "| clients | ffa-lora | 0.03 | – | fixed in the spec, not selected in this sweep (its header says "
+                     "where it comes from) |"]
+
+
 def test_missing_sweeps_say_not_run_with_the_command(tmp_path):
     sweeps = tmp_path / "sweeps"
     make_sweep(sweeps, "clients", clients_cells(WIN))
