@@ -30,6 +30,8 @@ SETUP_KEYS = ("model.name", "model.max_length", "model.dtype", "data.dataset", "
               "lora.rank", "lora.targets", "lora.dropout", "train.optimizer", "train.local_steps", "train.batch_size",
               "federated.clients")
 """Config keys whose values (over a sweep's main cells) describe its setting in the report."""
+FIXED_LR = "fixed in the spec"
+"""An lr row's ``metric`` for a method whose spec gives its lr (no selection in this sweep)."""
 SHORT = {"clients": "n", "rank": "r"}
 """Axis letters when the spec names none (the sweep's own ``[axes.X] short`` wins)."""
 
@@ -183,15 +185,12 @@ def read_sweep(folder: Path, majority: Majority | None = None
     lrs = [dict(sweep=name, method=m, metric=c.get("metric"), chosen=c.get("chosen"),
                 grid=json.dumps(c.get("grid")), scores=json.dumps(c.get("scores"), sort_keys=True))
            for m, c in sorted((meta.get("lr_choice") or {}).items())]
-    chosen = {r["method"] for r in lrs}
+    selected = {r["method"] for r in lrs}
     lrs += [dict(sweep=name, method=m["label"], metric=FIXED_LR, chosen=m["lr"], grid="[]", scores="{}")
             for m in sorted(_spec_methods(meta.get("spec")), key=lambda m: m["label"])
-            if m.get("lr") is not None and m["label"] not in chosen]
+            if m.get("lr") is not None and m["label"] not in selected]
     return sweep, cells, curves, lrs, validation
 
-
-FIXED_LR = "fixed in the spec"
-"""An lr row's ``metric`` for a method whose spec gives its lr (no selection in this sweep)."""
 
 
 def _spec_methods(spec: Any) -> list[dict[str, Any]]:
