@@ -106,7 +106,8 @@ def lr_choices(rows: list[dict[str, str]]) -> str:
             notes.append("fixed in the spec, not selected in this sweep (its header says where it comes from)")
         score_text = ", ".join(f"{lr}: {'–' if x is None else f'{x:.3f}'}" for lr, x in scores.items()) or "–"
         body.append([r["sweep"], r["method"], "–" if chosen is None else f"{chosen:g}", score_text, "; ".join(notes)])
-    return "\n".join(["**Learning rates chosen** (per method, by the validation metric of its lr-phase cells; the "
+    return "\n".join(["**Learning rates chosen** (per method, by the validation metric of its lr-phase cells, "
+                      "unless the spec fixes it, as noted; the "
                       "test set is never scored there; each lr cell's curve is in "
                       "[Learning-rate selection](#learning-rate-selection-validation-curves)):", "",
                       table(["sweep", "method", "chosen lr", "validation score by lr", "note"], body), ""])
