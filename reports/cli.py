@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="the toy's results (default: docs/toy-mnist-galore.csv)")
     p.add_argument("--from-csv", action="store_true", help="do not extract: render from the CSVs in --data")
     p.add_argument("--drop-absent", action="store_true",
-                   help="drop the committed rows of sweeps not found under --sweeps (default: keep them)")
+                   help="drop the committed rows of sweeps (and cells) not found under --sweeps (default: keep them)")
     return p
 
 

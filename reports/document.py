@@ -47,8 +47,10 @@ def commands(toy_csv: Path) -> str:
         "rolora report --from-csv       # the same report from the committed CSVs alone (no run folders needed)",
         "```", "",
         "`rolora report --sweeps DIR --theory-dir DIR --out FILE --toy-csv FILE` point it elsewhere. An extraction "
-        "replaces the rows of the sweeps it finds and keeps the committed rows of the others (and the committed "
-        "theory rows when `out/theory` is absent); `--drop-absent` drops the rows of sweeps not found. The tables are never typed: rerun the sources, then the report.",
+        "replaces the rows of the sweeps it finds and keeps the committed rows of the others, and of a found "
+        "sweep's cells not done here but done before under the same spec (a sweep resumed cell by cell on "
+        "another machine), and the committed theory rows when `out/theory` is absent; `--drop-absent` keeps "
+        "only what the folders hold. The tables are never typed: rerun the sources, then the report.",
         ""])
 
 

@@ -2,7 +2,8 @@
 
 The CSVs are committed, so ``rolora report --from-csv`` can rebuild the report from them alone, and
 a new extraction only replaces what its sources cover: the rows of each sweep found (a sweep whose
-folder is absent here keeps its committed rows), the theory rows when ``out/theory`` holds a run
+folder is absent here keeps its committed rows, and so does a cell of a found sweep that is not done
+here but was done before, e.g. a sweep resumed with ``--only`` in a fresh checkout), the theory rows when ``out/theory`` holds a run
 (else the committed ones stay), and the memory counts (recomputed, they are the same everywhere).
 The toy results are already committed CSVs and are read where they are.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 from rolora.reports.csv_files import read_rows, write_rows
 from rolora.reports.majority import majority_accuracy
 from rolora.reports.memory_data import MEMORY_FIELDS, memory_rows
+from rolora.reports.sweep_merge import merge_sweep
 from rolora.reports.sweep_reader import (CELL_FIELDS, CURVE_FIELDS, LR_CURVE_FIELDS, LR_FIELDS, SWEEP_FIELDS,
                                          find_sweeps, read_sweep)
 from rolora.reports.theory_data import (COMPARISON_FIELDS, FLOOR_FIELDS, RATE_FIELDS, THEOREM_FIELDS,
@@ -29,15 +31,22 @@ MEMORY_FILE = "memory.csv"
 
 
 def extract_sweeps(sweeps_root: Path, data_dir: Path, keep_absent: bool = True) -> list[Path]:
-    """Replace the rows of every sweep found under ``sweeps_root``; keep the other sweeps' rows (or,
-    with ``keep_absent=False``, drop them: a sweep whose folder was deleted leaves the report)."""
+    """Replace the rows of every sweep found under ``sweeps_root``, except that a cell not done here keeps
+    its committed rows when they say done (same spec: see sweep_merge); keep the other sweeps' rows. With
+    ``keep_absent=False`` drop both: only what the folders hold stays (a deleted sweep leaves the report)."""
+    committed = [read_rows(data_dir / name) for name in LM_FILES]
     found: dict[str, list[list[dict]]] = {}
     for folder in find_sweeps(sweeps_root):
         sweep, *rows = read_sweep(folder, majority_accuracy)
         found[sweep["sweep"]] = [[sweep], *rows]
+        if keep_absent:
+            before = [[r for r in rows_of_file if r["sweep"] == sweep["sweep"]] for rows_of_file in committed]
+            found[sweep["sweep"]], carried = merge_sweep(found[sweep["sweep"]], before)
+            if carried:
+                print(f"{sweep['sweep']}: {len(carried)} cell(s) not done in {folder} kept from the committed CSVs")
     written = []
     for i, (name, fields) in enumerate(LM_FILES.items()):
-        kept = [r for r in read_rows(data_dir / name) if r["sweep"] not in found] if keep_absent else []
+        kept = [r for r in committed[i] if r["sweep"] not in found] if keep_absent else []
         new = [r for parts in found.values() for r in parts[i]]
         rows = sorted(kept + new, key=lambda r: r["sweep"])  # stable: each sweep's rows keep their order
         written.append(write_rows(data_dir / name, fields, rows))

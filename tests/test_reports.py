@@ -353,6 +353,39 @@ def test_a_new_extraction_keeps_the_rows_of_sources_absent_here(tmp_path):
     assert "No `clients` sweep was found" in third and "No `local-steps` sweep was found" not in third
 
 
+def test_a_sweep_resumed_in_a_fresh_checkout_keeps_its_cells_done_before(tmp_path):
+    """Seeds 0-1 extracted on one machine, seed 2 run alone (--only) in a fresh checkout: the CSVs hold all
+    three as if the sweep had run in one place; a cell done here replaces its committed rows; a changed spec
+    keeps nothing committed."""
+    from rolora.reports.csv_files import read_rows
+    from rolora.reports.extract import LM_FILES, extract_sweeps
+
+    cells = [(m, s, N50, "done", a) for m, accs in WIN.items() for s, a in enumerate(accs)]
+    early = [(m, s, axes, "done" if s < 2 else "pending", a) for m, s, axes, _, a in cells]
+    late = [(m, s, axes, "done" if s == 2 else "pending", a) for m, s, axes, _, a in cells]
+    data, whole = tmp_path / "data", tmp_path / "whole-data"
+    extract_sweeps(make_sweep(tmp_path / "early", "clients-50-long", early), data)
+    extract_sweeps(make_sweep(tmp_path / "late", "clients-50-long", late), data)
+    extract_sweeps(make_sweep(tmp_path / "whole", "clients-50-long", cells), whole)
+    for name in LM_FILES:
+        ignore = {"folder", "device"} if name == "lm-sweeps.csv" else set()
+        strip = lambda rows: [{k: v for k, v in r.items() if k not in ignore} for r in rows]  # noqa: E731
+        assert strip(read_rows(data / name)) == strip(read_rows(whole / name)), name
+    text = report(tmp_path, tmp_path / "late", extra=["--data", str(data)])  # extracted again: all three seeds
+    assert row_of(section(text, "### Fifty clients at the paper's 30 rounds"), "rolora")[1] == expected(WIN["rolora"])
+    # the folder's own result wins over a committed one for a cell done in both
+    redo = [(m, s, a_, st, 0.6 if (m, s) == ("rolora", 0) else a) for m, s, a_, st, a in early]
+    extract_sweeps(make_sweep(tmp_path / "redo", "clients-50-long", redo), data)
+    finals = {(r["method"], r["seed"]): float(r["final_test_accuracy"]) for r in read_rows(data / "lm-cells.csv")}
+    assert finals[("rolora", "0")] == pytest.approx(0.6) and finals[("rolora", "2")] == pytest.approx(WIN["rolora"][2])
+    # another spec: the committed cells belong to another experiment and are dropped
+    folder = make_sweep(tmp_path / "other", "clients-50-long", late)
+    meta = json.loads((folder / "sweep.json").read_text())
+    (folder / "sweep.json").write_text(json.dumps(dict(meta, spec={"grid": "changed"})))
+    extract_sweeps(folder, data)
+    assert sorted(r["seed"] for r in read_rows(data / "lm-cells.csv") if r["status"] == "done") == ["2", "2", "2"]
+
+
 def test_from_csv_without_the_csvs_fails(tmp_path, capsys):
     assert main(["--from-csv", "--out", str(tmp_path / "x.md")]) == 2
     assert "--from-csv needs the CSVs" in capsys.readouterr().err
