@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # `rolora bench <name>` -> module
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "aggregate": ("rolora.federated.bench", "server-side time, memory and bytes per method"),
+    "eval": ("rolora.llm.eval_bench", "decoder label-word scoring: one pass for one-token words against the reference"),
     "kernels": ("rolora.kernels.bench", "fused LoRA linear against PEFT, addmm and the frozen floor"),
     "llm": ("rolora.llm.bench", "one federated LoRA round: the PEFT loop against rolora's modes"),
     "memory": ("rolora.llm.memory_bench", "client training memory and communication per method (GaLore included)"),

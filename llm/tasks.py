@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from rolora.llm.task_encoding import TASKS, Encoded, encode
 
 __all__ = ["TASKS", "Encoded", "encode", "batch", "loss", "evaluate", "per_sample_metrics", "summarise",
-           "answer_nll", "label_word_scores"]
+           "answer_nll", "label_word_scores", "label_word_scores_by_sequence"]
 
 IGNORE = -100  # label of positions without loss (PyTorch's and Hugging Face's convention)
 
@@ -132,8 +132,9 @@ def per_sample_metrics(model, encoded: Encoded, batch_size: int = 32) -> dict[st
     model.eval()
     try:
         if encoded.task == "generation-classification":
+            per_sample = 1 if one_token_words(encoded) else len(encoded.label_word_ids)  # sequences a sample costs
             parts = [_label_word_metrics(model, encoded, idx)
-                     for idx in _chunks(len(encoded), max(1, batch_size // len(encoded.label_word_ids)))]
+                     for idx in _chunks(len(encoded), max(1, batch_size // per_sample))]
         else:
             parts = [_batch_metrics(model, encoded, idx) for idx in _chunks(len(encoded), batch_size)]
     finally:
@@ -167,8 +168,29 @@ def _batch_metrics(model, encoded: Encoded, idx: np.ndarray) -> dict[str, np.nda
     return {"nll": total.cpu().numpy().astype(np.float64), "tokens": count.cpu().numpy()}
 
 
+def one_token_words(encoded: Encoded) -> bool:
+    """Every label word is a single token (TREC's six and the sentiment words are, for SmolLM2)."""
+    return all(len(w) == 1 for w in encoded.label_word_ids)
+
+
 def label_word_scores(model, encoded: Encoded, indices) -> torch.Tensor:
-    """[len(indices), C] total log-likelihood of each class's label word after each sample's prompt."""
+    """[len(indices), C] total log-likelihood of each class's label word after each sample's prompt.
+
+    One-token words: one forward over the prompts, the next-token log-probabilities at each prompt's
+    end (C× fewer sequences than :func:`label_word_scores_by_sequence`, the reference, the same numbers
+    up to float rounding)."""
+    if not one_token_words(encoded):
+        return label_word_scores_by_sequence(model, encoded, indices)
+    prompts = [encoded.input_ids[i][:encoded.answer_start[i]] for i in indices]
+    tensors = _pad(prompts, encoded.pad_id)
+    logits = _logits(model, tensors)
+    last = torch.as_tensor([len(p) - 1 for p in prompts], device=logits.device)
+    log_probs = F.log_softmax(logits[torch.arange(len(prompts), device=logits.device), last].float(), dim=-1)
+    return log_probs[:, [w[0] for w in encoded.label_word_ids]]
+
+
+def label_word_scores_by_sequence(model, encoded: Encoded, indices) -> torch.Tensor:
+    """:func:`label_word_scores` for words of any length: one sequence per (sample, class), prompt + word."""
     words = encoded.label_word_ids
     seqs, starts = [], []
     for i in indices:

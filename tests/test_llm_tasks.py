@@ -224,6 +224,48 @@ def test_tiny_llama_evaluates_and_defaults_follow_the_dataset(word_tokenizer):
         generic.input_ids[1][generic.answer_start[1]:]) == "good"
 
 
+class _Counting(torch.nn.Module):
+    """Records the batch shape of every forward."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.shapes = inner, []
+
+    def forward(self, **inputs):
+        self.shapes.append(tuple(inputs["input_ids"].shape))
+        return self.inner(**inputs)
+
+
+def test_one_token_label_words_score_in_one_pass_like_the_reference(word_tokenizer):
+    """TREC's words are one token each: scores from the prompts' last position equal the reference's
+    (one sequence per class), in one forward of len(indices) rows instead of C × len(indices)."""
+    from rolora.llm.tasks import label_word_scores, label_word_scores_by_sequence, one_token_words
+
+    enc = encode("generation-classification", word_tokenizer, _trec_like(), 64)
+    assert one_token_words(enc)
+    model = _Counting(_llama(len(word_tokenizer)))
+    idx = [5, 0, 3, 1]
+    fast = label_word_scores(model, enc, idx)
+    assert model.shapes == [(4, max(enc.answer_start[i] for i in idx))]
+    reference = label_word_scores_by_sequence(model, enc, idx)
+    assert model.shapes[-1][0] == 4 * len(WORDS)
+    assert fast.shape == (4, len(WORDS)) and torch.allclose(fast, reference, atol=1e-5)
+    assert not torch.allclose(fast, fast[[1, 0, 2, 3]])  # the samples differ: a row mix-up would show
+    # the whole evaluation agrees with the reference's, whatever the chunking
+    with torch.no_grad():
+        ref = -label_word_scores_by_sequence(model, enc, range(len(enc)))
+    truth = torch.as_tensor(enc.labels)
+    want = {"accuracy": float((ref.argmin(dim=1) == truth).float().mean()), "loss": float(ref[range(len(enc)), truth].mean())}
+    for size in (1, 4, 50):
+        assert evaluate(model, enc, batch_size=size) == pytest.approx(want, rel=1e-5)
+    multi = encode("generation-classification", word_tokenizer, _trec_like(), 64,
+                   label_words=["very bad", "good"] + WORDS[2:])
+    assert not one_token_words(multi)
+    model.shapes.clear()
+    assert torch.equal(label_word_scores(model, multi, idx), label_word_scores_by_sequence(model, multi, idx))
+    assert model.shapes[0][0] == 4 * len(WORDS)
+
+
 def test_a_long_prompt_loses_text_but_keeps_the_cue(word_tokenizer):
     enc = encode("generation-classification", word_tokenizer, _trec_like(), max_length=10)
     assert enc.lengths.max() <= 10
@@ -308,3 +350,13 @@ def test_bad_task_dataset_and_batches(word_tokenizer):
         loss(_llama(len(word_tokenizer)), batch(enc, [0]), "instruction")
     with pytest.raises(ValueError, match="at least one sample"):
         batch(enc, [])
+
+
+def test_the_eval_benchmark_runs_both_paths_and_refuses_an_encoder_config(capsys):
+    from rolora.llm.eval_bench import main
+
+    assert main(["--set", "model.name=tiny-llama", "--prompts", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "| one sequence per class (reference) | 72 |" in out and "| one pass (one-token words) | 12 |" in out
+    assert main(["--config", "minilm-trec", "--prompts", "12"]) == 2
+    assert "this benchmark scores label words" in capsys.readouterr().err
