@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
                                                          "the lr cells their methods need run too")
     sweep.add_argument("--dry-run", action="store_true", help="list the cells and their overrides; run nothing")
     sweep.add_argument("--status", action="store_true", help="print a table of the cells and their status")
+    sweep.add_argument("--recorded", type=Path, metavar="DIR",
+                       help="skip the cells that DIR (the report's CSVs, e.g. docs/reproduction) holds as done "
+                            "for this spec, and take its lr choices (docs/sweeps.md)")
     sub.add_parser("sweeps", help="list the shipped sweep specs")
     export = sub.add_parser("export", help="export a run's adapter in PEFT's format",
                             description="Write the global adapter (or client K's) as a PEFT adapter folder.")
@@ -132,14 +135,17 @@ def read_method(run_dir: Path) -> str:
 
 def _sweep(args) -> int:
     from rolora.llm.sweep import Sweep, dry_run, run_sweep, status_table
+    from rolora.llm.sweep_record import read_recorded
     from rolora.llm.sweep_spec import load_spec
 
     spec = load_spec(args.spec)
+    recorded = read_recorded(args.recorded, spec.name, spec.raw) if args.recorded else None
     if args.dry_run or args.status:
-        sweep = Sweep(spec, args.out)
+        sweep = Sweep(spec, args.out, recorded)
         print(dry_run(sweep, args.only) if args.dry_run else status_table(sweep, args.only))
         return 0
-    sweep = run_sweep(spec, args.out, jobs=args.jobs, only=args.only, echo=lambda line: print(line, flush=True))
+    sweep = run_sweep(spec, args.out, jobs=args.jobs, only=args.only, echo=lambda line: print(line, flush=True),
+                      recorded=recorded)
     print(status_table(sweep, args.only))
     return 1 if any(s == "failed" for s in sweep.status.values()) else 0
 

@@ -13,7 +13,8 @@ Order: the lr phase (every selected method × lr at the selection column, scorin
 split only), then the choice (best final ``lr.metric``; ties go to the lower ``val_loss``), then
 the main cells seed by seed, so an interrupted sweep has whole seed-0 tables first. Re-running
 skips finished cells, resumes interrupted ones (``rolora llm run --resume``) and retries failed
-ones; a cell whose folder holds a different config is marked failed, never overwritten. With
+ones; a cell whose folder holds a different config is marked failed, never overwritten; a cell the
+report's CSVs record as done (``recorded``, :mod:`rolora.llm.sweep_record`) is not run. With
 ``jobs`` > 1 that many cells run at once, each with ``run.threads = max(1, cores // jobs)``.
 """
 
@@ -30,9 +31,12 @@ from pathlib import Path
 
 from rolora.llm.config import ConfigError, diff
 from rolora.llm.run_folder import read_config, read_metrics, write_atomic
+from rolora.llm.sweep_record import RECORDED, Recorded
 from rolora.llm.sweep_spec import Cell, Spec, cell_config, lr_cells, lr_text, main_cells, select
 
-STATUSES = ("done", "partial", "pending", "failed")
+STATUSES = ("done", "partial", "pending", "failed", RECORDED)
+FINISHED = ("done", RECORDED)
+"""Statuses of a cell that is not run again (recorded: done elsewhere, see sweep_record)."""
 ERROR_TAIL = 2000
 
 
@@ -75,8 +79,8 @@ def choose_lr(spec: Spec, cells: list[Cell], status: dict[str, str], out: Path) 
     choice = {}
     for label in dict.fromkeys(c.labels["method"] for c in cells):
         mine = [c for c in cells if c.labels["method"] == label]
-        if any(status[c.id] in ("pending", "partial") for c in mine):
-            continue
+        if any(status[c.id] in ("pending", "partial", RECORDED) for c in mine):
+            continue  # untried, or (recorded) chosen elsewhere: Sweep.refresh takes that choice
         scores, ranked = {}, []
         for c in mine:
             rows = read_metrics(cell_dir(out, c)) if status[c.id] == "done" else []
@@ -99,9 +103,10 @@ def chosen_lrs(lr_choice: dict) -> dict[str, float]:
 class Sweep:
     """The cells of ``spec`` in ``out``, their statuses, and sweep.json."""
 
-    def __init__(self, spec: Spec, out: Path | None = None) -> None:
+    def __init__(self, spec: Spec, out: Path | None = None, recorded: Recorded | None = None) -> None:
         self.spec = spec
         self.out = sweep_dir(spec, out)
+        self.recorded = recorded or Recorded()
         self.errors: dict[str, str] = {}
         previous = self.out / "sweep.json"
         if previous.is_file():
@@ -114,11 +119,17 @@ class Sweep:
         since, or its folder holds a run of a different config."""
         self.status = {c.id: self._status(c) for c in self.lr}
         self.lr_choice = choose_lr(self.spec, self.lr, self.status, self.out) if self.spec.lr else {}
+        for label, choice in self.recorded.lr_choice.items():
+            mine = [c for c in self.lr if c.labels["method"] == label]
+            if label not in self.lr_choice and mine and all(self.status[c.id] in FINISHED for c in mine):
+                self.lr_choice[label] = choice
         self.main = main_cells(self.spec, chosen_lrs(self.lr_choice))
         self.status.update({c.id: self._status(c) for c in self.main})
 
     def _status(self, cell: Cell) -> str:
         status = disk_status(self.spec, cell, self.out)
+        if status == "pending" and cell.id in self.recorded.cells:
+            return RECORDED
         if status != "pending":
             changed = config_mismatch(self.spec, cell, self.out)
             if changed:
@@ -191,7 +202,7 @@ class _Runner:
         self.total = 0
 
     def run(self, cells: list[Cell]) -> None:
-        queue = [c for c in cells if self.sweep.status[c.id] != "done"]
+        queue = [c for c in cells if self.sweep.status[c.id] not in FINISHED]
         running: dict[str, tuple[Cell, subprocess.Popen | None, float, object]] = {}
         try:
             while queue or running:
@@ -289,17 +300,24 @@ def cells_to_run(sweep: Sweep, only: str | None) -> tuple[list[Cell], list[Cell]
     return [c for c in sweep.lr if c.labels["method"] in methods or c.id in matching_lr], wanted_main
 
 
+def still_to_run(sweep: Sweep, only: str | None = None) -> list[Cell]:
+    """The cells of ``cells_to_run`` that are not finished (done here, or recorded as done elsewhere)."""
+    lr_needed, wanted_main = cells_to_run(sweep, only)
+    return [c for c in lr_needed + wanted_main if sweep.status[c.id] not in FINISHED]
+
+
 def run_sweep(spec: Spec, out: Path | None = None, jobs: int = 1, only: str | None = None,
-              cores: int | None = None, echo: Callable[[str], None] = print) -> Sweep:
-    """Run the cells of ``spec`` (those matching ``only``, plus the lr cells their methods need)."""
+              cores: int | None = None, echo: Callable[[str], None] = print, recorded: Recorded | None = None) -> Sweep:
+    """Run the cells of ``spec`` (those matching ``only``, plus the lr cells their methods need), but
+    those ``recorded`` as done elsewhere."""
     if jobs < 1:
         raise ConfigError(f"--jobs must be ≥ 1, got {jobs}")
-    sweep = Sweep(spec, out)
+    sweep = Sweep(spec, out, recorded)
     with _TermAsExit(), _lock(sweep.out):
         sweep.write()
         lr_needed, wanted_main = cells_to_run(sweep, only)
         runner = _Runner(sweep, jobs, cores or available_cores(), echo)
-        todo = [c for c in lr_needed + wanted_main if sweep.status[c.id] != "done"]
+        todo = still_to_run(sweep, only)
         runner.total = len(todo)
         echo(f"[sweep] {spec.name}: {len(todo)} cells to run ({len(sweep.cells) - len(todo)} done or not selected), "
              f"{jobs} at a time with {runner.threads} thread(s) each -> {sweep.out}")

@@ -190,6 +190,46 @@ def test_the_lr_choice_takes_the_best_validation_score_and_never_the_test(tmp_pa
     assert "lr rolora: 0.01" in status_table(sweep)
 
 
+def test_recorded_cells_are_not_run_again_and_bring_their_lr_choice(tmp_path):
+    """A sweep's lr phase and seed 0 done in one checkout and extracted by the report; a fresh checkout with
+    --recorded runs only seed 1 with the same lrs. Another spec's rows are refused."""
+    from rolora.llm.sweep import still_to_run
+    from rolora.llm.sweep_record import read_recorded
+    from rolora.reports.extract import extract_sweeps
+
+    spec = load_spec(write_spec(tmp_path, SPEC))
+    first = Sweep(spec, tmp_path / "first")
+    for cell in first.lr:  # rolora prefers 3e-3, galore 1e-2
+        best = {"rolora": 3e-3, "galore": 1e-2}[cell.labels["method"]]
+        _fake_lr_cell(first, cell, 0.8 if cell.labels["lr"] == best else 0.6, 0.5, 0.1)
+    first.refresh()
+    seed0 = [c for c in first.main if c.labels["seed"] == 0]
+    for cell in seed0:
+        _fake_lr_cell(first, cell, 0.7, 0.4, 0.7)
+    first.refresh()
+    first.write()
+    assert all(first.status[c.id] == "done" for c in first.lr + seed0)
+    data = tmp_path / "data"
+    extract_sweeps(first.out, data)
+
+    fresh = Sweep(spec, tmp_path / "fresh", read_recorded(data, spec.name, spec.raw))
+    assert {c.id for c in fresh.cells if fresh.status[c.id] == "recorded"} == {c.id for c in first.lr + seed0}
+    assert {k: v["chosen"] for k, v in fresh.lr_choice.items()} == {"rolora": 3e-3, "galore": 1e-2}
+    assert fresh.lr_choice["rolora"]["scores"] == first.lr_choice["rolora"]["scores"]
+    assert [(c.id, c.overrides) for c in fresh.main] == [(c.id, c.overrides) for c in first.main]
+    assert [c.id for c in still_to_run(fresh)] == [c.id for c in first.main if c.labels["seed"] == 1]
+    assert still_to_run(fresh, "*-s0") == []
+    assert "12 recorded" in status_table(fresh)
+    # without --recorded the fresh checkout would run everything, lr phase first
+    assert len(still_to_run(Sweep(spec, tmp_path / "bare"))) == len(first.lr) + len(first.main)
+    changed = load_spec(write_spec(tmp_path, SPEC.replace("seeds = [0, 1]", "seeds = [0, 1, 2]")))
+    with pytest.raises(ConfigError, match="different spec"):
+        read_recorded(data, changed.name, changed.raw)
+    assert read_recorded(data, "another-sweep", spec.raw).cells == frozenset()
+    with pytest.raises(ConfigError, match="lm-sweeps.csv, lm-cells.csv, lm-lr-choice.csv not found"):
+        read_recorded(tmp_path / "nowhere", spec.name, spec.raw)
+
+
 def test_a_cell_folder_of_another_config_is_failed_not_overwritten(tmp_path):
     spec = load_spec(write_spec(tmp_path, SPEC))
     sweep = Sweep(spec, tmp_path / "out")

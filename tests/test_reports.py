@@ -30,8 +30,8 @@ def _cell(folder: Path, cid: str, method: str, seed: int, axes: dict, status: st
     """One cell: a run folder whose accuracy climbs linearly to ``final`` at the last logged round."""
     run = folder / "cells" / cid
     run.mkdir(parents=True)
-    logged = {"done": rounds, "partial": rounds - 1, "pending": 0, "failed": 1}[status]
-    rows = [{"round": 0, "test_loss": 0.7, "test_accuracy": 0.5}] if status != "pending" else []
+    logged = {"done": rounds, "partial": rounds - 1, "pending": 0, "failed": 1, "recorded": 0}[status]
+    rows = [{"round": 0, "test_loss": 0.7, "test_accuracy": 0.5}] if status not in ("pending", "recorded") else []
     for t in range(1, logged + 1):
         acc = 0.5 + (final - 0.5) * t / rounds
         rows.append({"round": t, "train_loss": 0.6, "participants": clients, "upload_bytes": UPLOAD.get(method, 500) * clients,
@@ -362,7 +362,7 @@ def test_a_sweep_resumed_in_a_fresh_checkout_keeps_its_cells_done_before(tmp_pat
 
     cells = [(m, s, N50, "done", a) for m, accs in WIN.items() for s, a in enumerate(accs)]
     early = [(m, s, axes, "done" if s < 2 else "pending", a) for m, s, axes, _, a in cells]
-    late = [(m, s, axes, "done" if s == 2 else "pending", a) for m, s, axes, _, a in cells]
+    late = [(m, s, axes, "done" if s == 2 else "recorded", a) for m, s, axes, _, a in cells]  # --recorded
     data, whole = tmp_path / "data", tmp_path / "whole-data"
     extract_sweeps(make_sweep(tmp_path / "early", "clients-50-long", early), data)
     extract_sweeps(make_sweep(tmp_path / "late", "clients-50-long", late), data)
