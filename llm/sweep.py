@@ -128,8 +128,9 @@ class Sweep:
 
     def _status(self, cell: Cell) -> str:
         status = disk_status(self.spec, cell, self.out)
-        if status == "pending" and cell.id in self.recorded.cells:
-            return RECORDED
+        if status == "pending" and cell.id in self.recorded.cells and (
+                cell.phase != "lr" or cell.labels["method"] in self.recorded.lr_choice):
+            return RECORDED  # an lr cell only with its method's recorded choice, else no choice could be made
         if status != "pending":
             changed = config_mismatch(self.spec, cell, self.out)
             if changed:

@@ -220,6 +220,11 @@ def test_recorded_cells_are_not_run_again_and_bring_their_lr_choice(tmp_path):
     assert [c.id for c in still_to_run(fresh)] == [c.id for c in first.main if c.labels["seed"] == 1]
     assert still_to_run(fresh, "*-s0") == []
     assert "12 recorded" in status_table(fresh)
+    # an lr phase recorded only in part (no choice recorded): its cells run again, so a choice can be made
+    from rolora.llm.sweep_record import Recorded
+
+    partial = Sweep(spec, tmp_path / "partial", Recorded(frozenset(c.id for c in first.lr[:2]), {}))
+    assert [c.id for c in still_to_run(partial, "lr-")] == [c.id for c in first.lr]
     # without --recorded the fresh checkout would run everything, lr phase first
     assert len(still_to_run(Sweep(spec, tmp_path / "bare"))) == len(first.lr) + len(first.main)
     changed = load_spec(write_spec(tmp_path, SPEC.replace("seeds = [0, 1]", "seeds = [0, 1, 2]")))
