@@ -43,6 +43,8 @@ def commands(toy_csv: Path) -> str:
         "# the language-model sweeps, into runs/sweeps/<name>/ (hours each on CPU: each spec's header in",
         "# llm/experiments/ gives its scale and cost; rerunning a sweep resumes it):",
         f"for s in {sweeps}; do rolora llm sweep $s --jobs 2; done",
+        "# in a fresh clone, only what the committed CSVs lack (no lr phase or seed run twice):",
+        f"for s in {sweeps}; do rolora llm sweep $s --jobs 2 --recorded docs/reproduction; done",
         "rolora report                  # every source into docs/reproduction/*.csv, then docs/reproduction.md + figures",
         "rolora report --from-csv       # the same report from the committed CSVs alone (no run folders needed)",
         "```", "",
