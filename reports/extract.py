@@ -3,8 +3,9 @@
 The CSVs are committed, so ``rolora report --from-csv`` can rebuild the report from them alone, and
 a new extraction only replaces what its sources cover: the rows of each sweep found (a sweep whose
 folder is absent here keeps its committed rows, and so does a cell of a found sweep that is not done
-here but was done before, e.g. a sweep resumed with ``--only`` in a fresh checkout), the theory rows when ``out/theory`` holds a run
-(else the committed ones stay), and the memory counts (recomputed, they are the same everywhere).
+here but was done before: a sweep resumed in a fresh checkout with ``--recorded`` or ``--only``),
+the theory rows when ``out/theory`` holds a run (else the committed ones stay), and the memory counts
+(recomputed, they are the same everywhere).
 The toy results are already committed CSVs and are read where they are.
 """
 

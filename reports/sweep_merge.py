@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from rolora.reports.sweep_reader import status_counts
+
 Rows = list[dict[str, Any]]
-STATUSES = ("done", "partial", "pending", "failed")
 
 
 def _by_cell(rows: Rows) -> dict[str, Rows]:
@@ -47,5 +48,4 @@ def merge_sweep(found: list[Rows], committed: list[Rows]) -> tuple[list[Rows], s
     merged_lr_curves = [r for cid in ids for r in (old_lr_curves if cid in carried else new_lr_curves).get(cid, [])]
     chosen_here = {r["method"] for r in lrs}  # an lr chosen by carried lr cells only: its committed row
     merged_lrs = lrs + [r for r in committed[3] if r["method"] not in chosen_here]
-    counts = {s: sum(c.get("status") == s for c in merged_cells) for s in STATUSES}
-    return [[dict(sweep, **counts)], merged_cells, merged_curves, merged_lrs, merged_lr_curves], carried
+    return [[dict(sweep, **status_counts(merged_cells))], merged_cells, merged_curves, merged_lrs, merged_lr_curves], carried

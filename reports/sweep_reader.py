@@ -16,7 +16,9 @@ from typing import Any, Callable
 
 Majority = Callable[[dict[str, Any]], "float | None"]
 
-SWEEP_FIELDS = ("sweep", "folder", "cells", "done", "partial", "pending", "failed", "setup", "spec")
+COUNTED = ("done", "partial", "pending", "failed")
+"""Cell statuses a sweep row counts (a ``recorded`` cell, done elsewhere, counts once its rows are merged in)."""
+SWEEP_FIELDS = ("sweep", "folder", "cells", *COUNTED, "setup", "spec")
 CELL_FIELDS = ("sweep", "cell", "experiment", "method", "seed", "lr", "phase", "status", "setting", "axes",
                "rounds_logged", "final_round", "final_test_accuracy", "final_test_loss", "wall_s",
                "upload_bytes", "train_samples", "device", "test_majority")
@@ -164,6 +166,11 @@ def validation_rows(result: dict[str, Any], metrics: list[dict[str, Any]], confi
             for r in metrics if r.get("val_accuracy") is not None]
 
 
+def status_counts(cells: list[dict[str, Any]]) -> dict[str, int]:
+    """{status: cells with it} over :data:`COUNTED`, for a sweep row."""
+    return {s: sum(c.get("status") == s for c in cells) for s in COUNTED}
+
+
 def read_sweep(folder: Path, majority: Majority | None = None
                ) -> tuple[dict[str, Any], list[dict], list[dict], list[dict], list[dict]]:
     """(the sweep's row, its cells' rows, their curve rows, its lr choices, its lr cells' validation rows)
@@ -179,8 +186,7 @@ def read_sweep(folder: Path, majority: Majority | None = None
         validation += val
         if config:  # lr cells differ from main cells only in lr, seed and evaluation: same setting
             configs.append(config)
-    counts = {s: sum(c["status"] == s for c in cells) for s in ("done", "partial", "pending", "failed")}
-    sweep = dict(sweep=name, folder=str(folder), cells=len(cells), **counts, setup=setup_text(configs),
+    sweep = dict(sweep=name, folder=str(folder), cells=len(cells), **status_counts(cells), setup=setup_text(configs),
                  spec=json.dumps(meta.get("spec"), sort_keys=True))
     lrs = [dict(sweep=name, method=m, metric=c.get("metric"), chosen=c.get("chosen"),
                 grid=json.dumps(c.get("grid")), scores=json.dumps(c.get("scores"), sort_keys=True))
