@@ -29,9 +29,11 @@ LR_CURVE_FIELDS = ("sweep", "cell", "method", "seed", "phase", "status", "settin
                    "rounds_planned", "device", "round", "val_accuracy", "val_loss")
 NOT_AXES = {"experiment", "method", "seed", "lr"}
 SETUP_KEYS = ("model.name", "model.max_length", "model.dtype", "data.dataset", "data.partition", "data.test_size",
-              "lora.rank", "lora.targets", "lora.dropout", "train.optimizer", "train.local_steps", "train.batch_size",
+              "lora.rank", "lora.targets", "lora.layers", "lora.dropout", "train.optimizer", "train.local_steps", "train.batch_size",
               "federated.clients")
 """Config keys whose values (over a sweep's main cells) describe its setting in the report."""
+EMPTY_MEANS = {"lora.targets": "default", "lora.layers": "all"}
+"""What an empty list means for a key; named only where the key varies within a sweep (else left out)."""
 FIXED_LR = "fixed in the spec"
 """An lr row's ``metric`` for a method whose spec gives its lr (no selection in this sweep)."""
 SHORT = {"clients": "n", "rank": "r"}
@@ -93,10 +95,14 @@ def setup_text(configs: list[dict[str, Any]]) -> str:
             value = c.get(section, {}).get(name)
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
-            if value not in (None, [], "") and value not in values:
+            if value not in (None, "") and value not in values:
                 values.append(value)
-        if values:
-            parts.append(f"{key} " + " / ".join(str(x) for x in sorted(values, key=str)))
+        named = [v for v in values if v != []]
+        if not named:
+            continue  # every cell at the default: nothing to tell apart
+        if len(named) < len(values) and key in EMPTY_MEANS:
+            named.append(EMPTY_MEANS[key])
+        parts.append(f"{key} " + " / ".join(str(x) for x in sorted(named, key=str)))
     return "; ".join(parts)
 
 

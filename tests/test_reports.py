@@ -316,6 +316,16 @@ def test_columns_are_named_as_the_sweep_names_them():
     assert setting_label({"partition": "iid"}) == "partition=iid"
 
 
+def test_a_sweeps_setting_names_the_default_only_where_a_key_varies():
+    from rolora.reports.sweep_reader import setup_text
+
+    variants = [{"lora": {"rank": 4, "targets": [], "layers": []}},
+                {"lora": {"rank": 4, "targets": ["value"], "layers": []}},
+                {"lora": {"rank": 4, "targets": [], "layers": [-2, -1]}}]
+    assert setup_text(variants) == "lora.rank 4; lora.targets ['value'] / default; lora.layers [-2, -1] / all"
+    assert setup_text(variants[:1]) == "lora.rank 4"  # every cell at the default: nothing to tell apart
+
+
 # ------------------------------------------------------------------------------------- round trip
 def test_from_csv_gives_the_same_markdown_without_any_source(tmp_path):
     sweeps = tmp_path / "sweeps"
