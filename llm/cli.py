@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--recorded", type=Path, metavar="DIR",
                        help="skip the cells that DIR (the report's CSVs, e.g. docs/reproduction) holds as done "
                             "for this spec, and take its lr choices (docs/sweeps.md)")
+    sweep.add_argument("--no-copy", action="store_true",
+                       help="run every cell afresh (default: a cell that a sibling sweep under the same folder "
+                            "has run with the same config is copied from there; docs/sweeps.md)")
     sub.add_parser("sweeps", help="list the shipped sweep specs")
     export = sub.add_parser("export", help="export a run's adapter in PEFT's format",
                             description="Write the global adapter (or client K's) as a PEFT adapter folder.")
@@ -145,7 +148,7 @@ def _sweep(args) -> int:
         print(dry_run(sweep, args.only) if args.dry_run else status_table(sweep, args.only))
         return 0
     sweep = run_sweep(spec, args.out, jobs=args.jobs, only=args.only, echo=lambda line: print(line, flush=True),
-                      recorded=recorded)
+                      recorded=recorded, copy=not args.no_copy)
     print(status_table(sweep, args.only))
     return 1 if any(s == "failed" for s in sweep.status.values()) else 0
 

@@ -14,7 +14,9 @@ split only), then the choice (best final ``lr.metric``; ties go to the lower ``v
 the main cells seed by seed, so an interrupted sweep has whole seed-0 tables first. Re-running
 skips finished cells, resumes interrupted ones (``rolora llm run --resume``) and retries failed
 ones; a cell whose folder holds a different config is marked failed, never overwritten; a cell the
-report's CSVs record as done (``recorded``, :mod:`rolora.llm.sweep_record`) is not run. With
+report's CSVs record as done (``recorded``, :mod:`rolora.llm.sweep_record`) is not run, and a pending
+cell that a sibling sweep has already run with the same config gets a copy of that run
+(:mod:`rolora.llm.sweep_twins`; ``copy=False`` runs it afresh). With
 ``jobs`` > 1 that many cells run at once, each with ``run.threads = max(1, cores // jobs)``.
 """
 
@@ -33,6 +35,7 @@ from rolora.llm.config import ConfigError, diff
 from rolora.llm.run_folder import read_config, read_metrics, write_atomic
 from rolora.llm.sweep_record import RECORDED, Recorded
 from rolora.llm.sweep_spec import Cell, Spec, cell_config, lr_cells, lr_text, main_cells, select
+from rolora.llm.sweep_twins import copy_run, finished, finished_runs, twin
 
 STATUSES = ("done", "partial", "pending", "failed", RECORDED)
 FINISHED = ("done", RECORDED)
@@ -59,8 +62,7 @@ def disk_status(spec: Spec, cell: Cell, out: Path) -> str:
     folder = cell_dir(out, cell)
     if not (folder / "config.json").is_file():
         return "pending"
-    done, total = rounds_of(spec, cell, out)
-    return "done" if done >= total and (folder / "curves.png").is_file() else "partial"
+    return "done" if finished(folder, cell_config(spec, cell).total_rounds) else "partial"
 
 
 def config_mismatch(spec: Spec, cell: Cell, out: Path) -> list[str]:
@@ -307,16 +309,37 @@ def still_to_run(sweep: Sweep, only: str | None = None) -> list[Cell]:
     return [c for c in lr_needed + wanted_main if sweep.status[c.id] not in FINISHED]
 
 
+def copy_twins(sweep: Sweep, cells: list[Cell], echo: Callable[[str], None] = print) -> int:
+    """Fill each pending cell of ``cells`` whose lr is known with a copy of a sibling sweep's finished run
+    of the same config (:mod:`rolora.llm.sweep_twins`); the number copied."""
+    pending = [c for c in cells if sweep.status[c.id] == "pending" and c.labels["lr"] is not None]
+    runs = finished_runs(sweep.out.parent, sweep.out) if pending else []
+    copied = 0
+    for cell in pending:
+        source = twin(cell_config(sweep.spec, cell), runs)
+        if source is not None:
+            copy_run(source, cell_dir(sweep.out, cell))
+            echo(f"[sweep] copied {cell.id} from {source} (the same config, finished there)")
+            copied += 1
+    if copied:
+        sweep.refresh()
+        sweep.write()
+    return copied
+
+
 def run_sweep(spec: Spec, out: Path | None = None, jobs: int = 1, only: str | None = None,
-              cores: int | None = None, echo: Callable[[str], None] = print, recorded: Recorded | None = None) -> Sweep:
+              cores: int | None = None, echo: Callable[[str], None] = print, recorded: Recorded | None = None,
+              copy: bool = True) -> Sweep:
     """Run the cells of ``spec`` (those matching ``only``, plus the lr cells their methods need), but
-    those ``recorded`` as done elsewhere."""
+    those ``recorded`` as done elsewhere and, with ``copy``, those a sibling sweep has run (copied)."""
     if jobs < 1:
         raise ConfigError(f"--jobs must be ≥ 1, got {jobs}")
     sweep = Sweep(spec, out, recorded)
     with _TermAsExit(), _lock(sweep.out):
         sweep.write()
         lr_needed, wanted_main = cells_to_run(sweep, only)
+        if copy:
+            copy_twins(sweep, lr_needed + wanted_main, echo)
         runner = _Runner(sweep, jobs, cores or available_cores(), echo)
         todo = still_to_run(sweep, only)
         runner.total = len(todo)
@@ -325,6 +348,9 @@ def run_sweep(spec: Spec, out: Path | None = None, jobs: int = 1, only: str | No
         try:
             runner.run(lr_needed)
             wanted_ids = {c.id for c in wanted_main}
+            chosen = [c for c in sweep.main if c.id in wanted_ids and c.labels["lr"] is not None]
+            if copy and copy_twins(sweep, chosen, echo):  # main cells whose lr the phase just chose
+                runner.total = runner.finished + len(still_to_run(sweep, only))
             runner.run([c for c in sweep.main if c.id in wanted_ids and c.labels["lr"] is not None])
             for c in sweep.main:
                 if c.id in wanted_ids and c.labels["lr"] is None:
@@ -383,11 +409,14 @@ def status_table(sweep: Sweep, only: str | None = None) -> str:
 def dry_run(sweep: Sweep, only: str | None = None) -> str:
     """Every selected cell with its rounds, eval_every and full override list; nothing is run."""
     lines = [f"# base config: {sweep.spec.base}; run folders under {sweep.out}/cells/"]
+    runs = finished_runs(sweep.out.parent, sweep.out)
     for c in select(sweep.cells, only):
         config = cell_config(sweep.spec, c)
         lr = "" if c.labels["lr"] is not None else "  (train.lr: chosen by the lr phase)"
+        source = twin(config, runs) if sweep.status[c.id] == "pending" and c.labels["lr"] is not None else None
+        copy = f"  (would be copied from {source})" if source is not None else ""
         lines.append(f"{c.id}  [{c.phase}, {sweep.status[c.id]}] {config.federated.clients} clients × "
-                     f"{config.total_rounds} rounds, eval every {config.run.eval_every}{lr}")
+                     f"{config.total_rounds} rounds, eval every {config.run.eval_every}{lr}{copy}")
         lines.append("    " + " ".join(c.overrides))
     lines.append(f"# {len(select(sweep.cells, only))} cells")
     return "\n".join(lines)

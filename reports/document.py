@@ -75,7 +75,8 @@ def intro(cells: list[dict[str, str]], sweeps: list[dict[str, str]], rel: str) -
              hours(cost_seconds(cells, s["sweep"])), ", ".join(devices([c for c in cells if c["sweep"] == s["sweep"]])) or "–"]
             for s in sweeps]
     out += ["**Scale and cost.** Training wall time is summed over every cell's per-round `wall_s` (all phases, "
-            "learning-rate selection included); it excludes evaluation, data preparation and model loading.", "",
+            "learning-rate selection included; a cell copied from another sweep's run of the same config counts there "
+            "only); it excludes evaluation, data preparation and model loading.", "",
             table(["sweep", "cells", "done", "partial", "pending", "failed", "training time", "machine"], rows,
                   "lrrrrrll"), "",
             f"Total training time: {hours(cost_seconds(cells))}. For scale: the paper's QNLI run at 3 clients "

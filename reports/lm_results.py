@@ -90,8 +90,10 @@ def group_cells(rows: list[dict[str, str]]) -> dict[str, SweepResults]:
 
 
 def cost_seconds(rows: list[dict[str, str]], sweep: str | None = None) -> float:
-    """Training wall time summed over the metrics rows of every cell (all phases, any status)."""
-    return sum(number(r["wall_s"]) or 0.0 for r in rows if sweep is None or r["sweep"] == sweep)
+    """Training wall time summed over the metrics rows of every cell (all phases, any status); a cell copied
+    from another sweep's run counts there only."""
+    return sum(number(r["wall_s"]) or 0.0 for r in rows
+               if (sweep is None or r["sweep"] == sweep) and not r.get("copied_from"))
 
 
 def devices(rows: list[dict[str, str]]) -> list[str]:

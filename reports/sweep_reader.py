@@ -14,6 +14,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+from rolora.llm.sweep_twins import COPIED_FROM
+
 Majority = Callable[[dict[str, Any]], "float | None"]
 
 COUNTED = ("done", "partial", "pending", "failed")
@@ -21,7 +23,7 @@ COUNTED = ("done", "partial", "pending", "failed")
 SWEEP_FIELDS = ("sweep", "folder", "cells", *COUNTED, "setup", "spec")
 CELL_FIELDS = ("sweep", "cell", "experiment", "method", "seed", "lr", "phase", "status", "setting", "axes",
                "rounds_logged", "final_round", "final_test_accuracy", "final_test_loss", "wall_s",
-               "upload_bytes", "train_samples", "device", "test_majority")
+               "upload_bytes", "train_samples", "device", "test_majority", "copied_from")
 CURVE_FIELDS = ("sweep", "cell", "method", "seed", "phase", "status", "setting", "round", "test_accuracy",
                 "test_loss", "upload_per_client")
 LR_FIELDS = ("sweep", "method", "metric", "chosen", "grid", "scores")
@@ -78,6 +80,12 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def _copied_from(run_dir: Path) -> str:
+    """The run folder a sweep copied this cell from (a sibling sweep's run of the same config), or ""."""
+    path = run_dir / COPIED_FROM
+    return str(json.loads(path.read_text()).get("from", "")) if path.is_file() else ""
 
 
 def _config(run_dir: Path) -> dict[str, Any]:
@@ -148,7 +156,8 @@ def cell_rows(sweep: str, folder: Path, cell: dict[str, Any], shorts: dict[str, 
                   wall_s=sum(r.get("wall_s") or 0.0 for r in metrics),
                   upload_bytes=sum(r.get("upload_bytes") or 0 for r in metrics),
                   train_samples=sum((r.get("participants") or 0) * steps * batch for r in metrics),
-                  device=_device(run_dir), test_majority=majority(config) if majority and config else None)
+                  device=_device(run_dir), test_majority=majority(config) if majority and config else None,
+                  copied_from=_copied_from(run_dir))
     return result, curve, validation_rows(result, metrics, config), config
 
 

@@ -235,6 +235,82 @@ def test_recorded_cells_are_not_run_again_and_bring_their_lr_choice(tmp_path):
         read_recorded(tmp_path / "nowhere", spec.name, spec.raw)
 
 
+TWIN_A = """
+    base = "base.toml"
+    seeds = [0, 1]
+    evals = 2
+    [[methods]]
+    label = "rolora"
+    method = "rolora"
+    lr = 0.01
+"""
+TWIN_B = """
+    base = "base.toml"
+    seeds = [0, 1]
+    evals = 2
+    [axes.clients]
+    short = "n"
+    3 = []
+    6 = ["federated.clients=6"]
+    [[methods]]
+    label = "rolora"
+    method = "rolora"
+    lr = 0.01
+"""
+
+
+def test_a_cell_a_sibling_sweep_has_run_is_copied_and_counted_once(tmp_path):
+    """Sweep b's 3-client cells are sweep a's cells (same config, other ids): copied from a's finished runs
+    (a run that differs in run.threads only counts; an unfinished one does not), never run; the 6-client
+    cells have no twin. The report keeps their results and counts their training time in a only."""
+    from rolora.llm.sweep import copy_twins
+    from rolora.llm.sweep_twins import COPIED_FROM
+    from rolora.reports.csv_files import read_rows
+    from rolora.reports.extract import extract_sweeps
+    from rolora.reports.lm_results import cost_seconds
+
+    root = tmp_path / "sweeps"
+    a = Sweep(load_spec(write_spec(tmp_path, TWIN_A, "a")), root / "a")
+    for cell in a.main:
+        _fake_lr_cell(a, cell, 0.7, 0.4, 0.6 + cell.labels["seed"] / 10)
+    unfinished = a.out / "cells" / a.main[1].id
+    (unfinished / "curves.png").unlink()  # seed 1 stopped before its end
+    config = json.loads((a.out / "cells" / a.main[0].id / "config.json").read_text())
+    config["run"]["threads"] = 7
+    (a.out / "cells" / a.main[0].id / "config.json").write_text(json.dumps(config))
+    for folder in (a.out / "cells").iterdir():
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(dict(r, wall_s=5.0)) + "\n" for r in rows))
+    a.refresh()
+    a.write()
+    assert [a.status[c.id] for c in a.main] == ["done", "partial"]
+
+    b = Sweep(load_spec(write_spec(tmp_path, TWIN_B, "b")), root / "b")
+    twin_of_a = "b-n3-rolora-s0"
+    assert f"{twin_of_a}  [main, pending]" in dry_run(b) and "would be copied from" in dry_run(b, twin_of_a)
+    assert "would be copied" not in dry_run(b, "b-n3-rolora-s1") + dry_run(b, "n6")
+    lines: list[str] = []
+    b = run_sweep(b.spec, b.out, only=twin_of_a, echo=lines.append)  # nothing left to run: no cell process
+    assert "b: 0 cells to run" in lines[1]
+    assert {c.id: b.status[c.id] for c in b.main} == {twin_of_a: "done", "b-n6-rolora-s0": "pending",
+                                                      "b-n3-rolora-s1": "pending", "b-n6-rolora-s1": "pending"}
+    copied = b.out / "cells" / twin_of_a
+    assert json.loads((copied / COPIED_FROM).read_text())["from"] == str(a.out / "cells" / a.main[0].id)
+    assert (copied / "metrics.jsonl").read_text() == (a.out / "cells" / a.main[0].id / "metrics.jsonl").read_text()
+    assert lines == [f"[sweep] copied {twin_of_a} from {a.out / 'cells' / a.main[0].id} (the same config, "
+                     "finished there)", lines[1]]
+    assert copy_twins(b, b.main, lines.append) == 0 and len(lines) == 2  # nothing twice
+    assert not list((b.out / "cells").glob(".*"))  # no staging folder left
+
+    data = tmp_path / "data"
+    extract_sweeps(root, data)
+    cells = {r["cell"]: r for r in read_rows(data / "lm-cells.csv")}
+    assert cells[twin_of_a]["final_test_accuracy"] == cells[a.main[0].id]["final_test_accuracy"] == "0.6"
+    assert cells[twin_of_a]["copied_from"] and not cells[a.main[0].id]["copied_from"]
+    rows = list(cells.values())
+    assert cost_seconds(rows, "b") == 0.0 and cost_seconds(rows) == cost_seconds(rows, "a") == 20.0
+
+
 def test_a_cell_folder_of_another_config_is_failed_not_overwritten(tmp_path):
     spec = load_spec(write_spec(tmp_path, SPEC))
     sweep = Sweep(spec, tmp_path / "out")
