@@ -35,7 +35,7 @@ from rolora.llm.config import ConfigError, diff
 from rolora.llm.run_folder import read_config, read_metrics, write_atomic
 from rolora.llm.sweep_record import RECORDED, Recorded
 from rolora.llm.sweep_spec import Cell, Spec, cell_config, lr_cells, lr_text, main_cells, select
-from rolora.llm.sweep_twins import copy_run, finished, finished_runs, twin
+from rolora.llm.sweep_twins import config_key, copy_run, finished, finished_runs
 
 STATUSES = ("done", "partial", "pending", "failed", RECORDED)
 FINISHED = ("done", RECORDED)
@@ -109,6 +109,8 @@ class Sweep:
         self.spec = spec
         self.out = sweep_dir(spec, out)
         self.recorded = recorded or Recorded()
+        self.borrowed: dict[str, str] = {}
+        """{cell id: "sweep/cell"}: recorded because another sweep's recorded cell is its twin."""
         self.errors: dict[str, str] = {}
         previous = self.out / "sweep.json"
         if previous.is_file():
@@ -133,6 +135,11 @@ class Sweep:
         if status == "pending" and cell.id in self.recorded.cells and (
                 cell.phase != "lr" or cell.labels["method"] in self.recorded.lr_choice):
             return RECORDED  # an lr cell only with its method's recorded choice, else no choice could be made
+        if status == "pending" and self.recorded.twins and cell.phase == "main" and cell.labels["lr"] is not None:
+            twin = self.recorded.twins.get(config_key(cell_config(self.spec, cell)))
+            if twin is not None:
+                self.borrowed[cell.id] = twin
+                return RECORDED
         if status != "pending":
             changed = config_mismatch(self.spec, cell, self.out)
             if changed:
@@ -161,6 +168,8 @@ class Sweep:
                      "status": self.status[c.id], "phase": c.phase}
             if self.status[c.id] == "failed" and c.id in self.errors:
                 entry["error"] = self.errors[c.id]
+            if self.status[c.id] == RECORDED and c.id in self.borrowed:
+                entry["from"] = self.borrowed[c.id]
             cells.append(entry)
         return {"name": self.spec.name, "spec": self.spec.raw, "cells": cells, "lr_choice": self.lr_choice}
 
@@ -316,7 +325,7 @@ def copy_twins(sweep: Sweep, cells: list[Cell], echo: Callable[[str], None] = pr
     runs = finished_runs(sweep.out.parent, sweep.out) if pending else []
     copied = 0
     for cell in pending:
-        source = twin(cell_config(sweep.spec, cell), runs)
+        source = runs.get(config_key(cell_config(sweep.spec, cell)))
         if source is not None:
             copy_run(source, cell_dir(sweep.out, cell))
             echo(f"[sweep] copied {cell.id} from {source} (the same config, finished there)")
@@ -413,8 +422,10 @@ def dry_run(sweep: Sweep, only: str | None = None) -> str:
     for c in select(sweep.cells, only):
         config = cell_config(sweep.spec, c)
         lr = "" if c.labels["lr"] is not None else "  (train.lr: chosen by the lr phase)"
-        source = twin(config, runs) if sweep.status[c.id] == "pending" and c.labels["lr"] is not None else None
+        source = runs.get(config_key(config)) if sweep.status[c.id] == "pending" and c.labels["lr"] is not None else None
         copy = f"  (would be copied from {source})" if source is not None else ""
+        if c.id in sweep.borrowed:
+            copy = f"  (its twin {sweep.borrowed[c.id]} is recorded: the report takes its rows)"
         lines.append(f"{c.id}  [{c.phase}, {sweep.status[c.id]}] {config.federated.clients} clients × "
                      f"{config.total_rounds} rounds, eval every {config.run.eval_every}{lr}{copy}")
         lines.append("    " + " ".join(c.overrides))

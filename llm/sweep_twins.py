@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 
-from rolora.llm.config import ConfigError, RunConfig, diff
+from rolora.llm.config import ConfigError, RunConfig
 from rolora.llm.run_folder import read_config, read_metrics, write_atomic
 
 COPIED_FROM = "copied_from.json"
@@ -34,9 +33,19 @@ def finished(folder: Path, total_rounds: int) -> bool:
     return bool(rows) and rows[-1]["round"] >= total_rounds and (folder / "curves.png").is_file()
 
 
-def finished_runs(root: Path, skip: Path) -> list[tuple[Path, RunConfig]]:
-    """(run folder, its config) of every finished cell of the sweeps under ``root`` except ``skip``, by path."""
-    runs = []
+def config_key(config: RunConfig) -> str:
+    """A config as one string, ``IGNORED`` keys aside: two runs are twins when their keys are equal."""
+    values = config.to_dict()
+    for key in IGNORED:
+        section, name = key.split(".")
+        values[section].pop(name, None)
+    return json.dumps(values, sort_keys=True)
+
+
+def finished_runs(root: Path, skip: Path) -> dict[str, Path]:
+    """{config key: run folder} of the finished cells of the sweeps under ``root`` except ``skip`` (the
+    first by path where two share a config)."""
+    runs: dict[str, Path] = {}
     for folder in sorted(Path(root).glob("*/cells/*")):
         if folder.parent.parent == skip or not (folder / "config.json").is_file():
             continue
@@ -45,13 +54,8 @@ def finished_runs(root: Path, skip: Path) -> list[tuple[Path, RunConfig]]:
         except (ConfigError, ValueError, OSError):
             continue  # a folder this version cannot read is no twin
         if finished(folder, config.total_rounds):
-            runs.append((folder, config))
+            runs.setdefault(config_key(config), folder)
     return runs
-
-
-def twin(config: RunConfig, runs: Iterable[tuple[Path, RunConfig]]) -> Path | None:
-    """The first run whose config equals ``config`` (``IGNORED`` keys aside), or None."""
-    return next((folder for folder, theirs in runs if set(diff(theirs, config)) <= IGNORED), None)
 
 
 def copy_run(source: Path, target: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from rolora.reports.csv_files import read_rows, write_rows
 from rolora.reports.majority import majority_accuracy
 from rolora.reports.memory_data import MEMORY_FIELDS, memory_rows
-from rolora.reports.sweep_merge import merge_sweep
+from rolora.reports.sweep_merge import fill_borrowed, merge_sweep
 from rolora.reports.sweep_reader import (CELL_FIELDS, CURVE_FIELDS, LR_CURVE_FIELDS, LR_FIELDS, SWEEP_FIELDS,
                                          find_sweeps, read_sweep)
 from rolora.reports.theory_data import (COMPARISON_FIELDS, FLOOR_FIELDS, RATE_FIELDS, THEOREM_FIELDS,
@@ -45,6 +45,9 @@ def extract_sweeps(sweeps_root: Path, data_dir: Path, keep_absent: bool = True) 
             found[sweep["sweep"]], carried = merge_sweep(found[sweep["sweep"]], before)
             if carried:
                 print(f"{sweep['sweep']}: {len(carried)} cell(s) not done in {folder} kept from the committed CSVs")
+        borrowed = fill_borrowed(found[sweep["sweep"]], committed)
+        if borrowed:
+            print(f"{sweep['sweep']}: {len(borrowed)} cell(s) filled from their twins' committed rows (the same config)")
     written = []
     for i, (name, fields) in enumerate(LM_FILES.items()):
         kept = [r for r in committed[i] if r["sweep"] not in found] if keep_absent else []

@@ -157,7 +157,7 @@ def cell_rows(sweep: str, folder: Path, cell: dict[str, Any], shorts: dict[str, 
                   upload_bytes=sum(r.get("upload_bytes") or 0 for r in metrics),
                   train_samples=sum((r.get("participants") or 0) * steps * batch for r in metrics),
                   device=_device(run_dir), test_majority=majority(config) if majority and config else None,
-                  copied_from=_copied_from(run_dir))
+                  copied_from=_copied_from(run_dir) or cell.get("from", ""))
     return result, curve, validation_rows(result, metrics, config), config
 
 

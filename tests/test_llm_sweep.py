@@ -311,6 +311,51 @@ def test_a_cell_a_sibling_sweep_has_run_is_copied_and_counted_once(tmp_path):
     assert cost_seconds(rows, "b") == 0.0 and cost_seconds(rows) == cost_seconds(rows, "a") == 20.0
 
 
+def test_a_cell_whose_twin_another_sweep_recorded_borrows_its_rows(tmp_path):
+    """In a fresh checkout, sweep b's 3-client cells are the twins of sweep a's cells that the report's CSVs
+    hold as done: --recorded marks them recorded (not run) and the report fills them with a's results and
+    curves under b's names, counting their training time in a only; b's other cells run as usual."""
+    from rolora.llm.sweep import still_to_run
+    from rolora.llm.sweep_record import read_recorded
+    from rolora.reports.csv_files import read_rows
+    from rolora.reports.extract import extract_sweeps
+    from rolora.reports.lm_results import cost_seconds
+
+    absolute = lambda text: text.replace('base = "base.toml"', f'base = "{tmp_path / "base.toml"}"')  # noqa: E731
+    data = tmp_path / "data"
+    a = Sweep(load_spec(write_spec(tmp_path, absolute(TWIN_A), "a")), tmp_path / "first" / "a")
+    for cell in a.main:
+        _fake_lr_cell(a, cell, 0.7, 0.4, 0.6 + cell.labels["seed"] / 10)
+    a.refresh()
+    a.write()
+    extract_sweeps(a.out, data)
+
+    spec_b = load_spec(write_spec(tmp_path, absolute(TWIN_B), "b"))
+    b = Sweep(spec_b, tmp_path / "fresh" / "b", read_recorded(data, "b", spec_b.raw))
+    assert b.borrowed == {"b-n3-rolora-s0": "a/a-rolora-s0", "b-n3-rolora-s1": "a/a-rolora-s1"}
+    assert [c.id for c in still_to_run(b)] == ["b-n6-rolora-s0", "b-n6-rolora-s1"]
+    assert "its twin a/a-rolora-s0 is recorded" in dry_run(b, "b-n3-rolora-s0")
+    assert Sweep(spec_b, tmp_path / "bare").borrowed == {}  # without --recorded: nothing borrowed
+    for cell in still_to_run(b):
+        _fake_lr_cell(b, cell, 0.7, 0.4, 0.9)
+    b.refresh()
+    b.write()
+    extract_sweeps(b.out, data)
+
+    cells = {r["cell"]: r for r in read_rows(data / "lm-cells.csv")}
+    for seed in (0, 1):
+        mine, twin = cells[f"b-n3-rolora-s{seed}"], cells[f"a-rolora-s{seed}"]
+        assert mine["status"] == "done" and mine["copied_from"] == f"a/a-rolora-s{seed}" and mine["setting"] == "n3"
+        assert mine["final_test_accuracy"] == twin["final_test_accuracy"] == repr(0.6 + seed / 10)
+    curves = [r for r in read_rows(data / "lm-curves.csv") if r["cell"] == "b-n3-rolora-s1"]
+    assert [(r["sweep"], r["round"], r["test_accuracy"]) for r in curves] == [("b", "2", repr(0.7))]
+    sweeps = {r["sweep"]: r for r in read_rows(data / "lm-sweeps.csv")}
+    assert sweeps["b"]["done"] == "4" and sweeps["a"]["done"] == "2"
+    rows = list(cells.values())
+    assert cost_seconds(rows, "b") == cost_seconds(rows, "a") == 0.0  # fake cells log no wall time
+    assert cost_seconds([dict(cells["b-n3-rolora-s0"], wall_s="9")]) == 0.0
+
+
 def test_a_cell_folder_of_another_config_is_failed_not_overwritten(tmp_path):
     spec = load_spec(write_spec(tmp_path, SPEC))
     sweep = Sweep(spec, tmp_path / "out")
