@@ -322,7 +322,7 @@ def copy_twins(sweep: Sweep, cells: list[Cell], echo: Callable[[str], None] = pr
     """Fill each pending cell of ``cells`` whose lr is known with a copy of a sibling sweep's finished run
     of the same config (:mod:`rolora.llm.sweep_twins`); the number copied."""
     pending = [c for c in cells if sweep.status[c.id] == "pending" and c.labels["lr"] is not None]
-    runs = finished_runs(sweep.out.parent, sweep.out) if pending else []
+    runs = finished_runs(sweep.out.parent, sweep.out) if pending else {}
     copied = 0
     for cell in pending:
         source = runs.get(config_key(cell_config(sweep.spec, cell)))
@@ -360,7 +360,7 @@ def run_sweep(spec: Spec, out: Path | None = None, jobs: int = 1, only: str | No
             chosen = [c for c in sweep.main if c.id in wanted_ids and c.labels["lr"] is not None]
             if copy and copy_twins(sweep, chosen, echo):  # main cells whose lr the phase just chose
                 runner.total = runner.finished + len(still_to_run(sweep, only))
-            runner.run([c for c in sweep.main if c.id in wanted_ids and c.labels["lr"] is not None])
+            runner.run(chosen)
             for c in sweep.main:
                 if c.id in wanted_ids and c.labels["lr"] is None:
                     sweep.record(c, f"no learning rate chosen for {c.labels['method']!r}: its lr cells failed")
@@ -423,11 +423,11 @@ def dry_run(sweep: Sweep, only: str | None = None) -> str:
         config = cell_config(sweep.spec, c)
         lr = "" if c.labels["lr"] is not None else "  (train.lr: chosen by the lr phase)"
         source = runs.get(config_key(config)) if sweep.status[c.id] == "pending" and c.labels["lr"] is not None else None
-        copy = f"  (would be copied from {source})" if source is not None else ""
+        note = f"  (would be copied from {source})" if source is not None else ""
         if c.id in sweep.borrowed:
-            copy = f"  (its twin {sweep.borrowed[c.id]} is recorded: the report takes its rows)"
+            note = f"  (its twin {sweep.borrowed[c.id]} is recorded: the report takes its rows)"
         lines.append(f"{c.id}  [{c.phase}, {sweep.status[c.id]}] {config.federated.clients} clients × "
-                     f"{config.total_rounds} rounds, eval every {config.run.eval_every}{lr}{copy}")
+                     f"{config.total_rounds} rounds, eval every {config.run.eval_every}{lr}{note}")
         lines.append("    " + " ".join(c.overrides))
     lines.append(f"# {len(select(sweep.cells, only))} cells")
     return "\n".join(lines)

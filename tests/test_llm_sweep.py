@@ -415,7 +415,8 @@ def test_a_sweep_resumes_skips_finished_cells_and_jobs_2_gives_the_same_numbers(
     assert {c["id"]: (out / c["run_dir"] / "metrics.jsonl").stat().st_mtime_ns for c in doc["cells"]} == stamp
     assert "0 cells to run" in lines[-1]
     # Two at a time (1 thread each, like the runs above): the same numbers, cell by cell.
-    run_sweep(spec, tmp_path / "two", jobs=2, cores=2, echo=lines.append)
+    run_sweep(spec, tmp_path / "two", jobs=2, cores=2, echo=lines.append, copy=False)  # run, not copied from "one"
     for cell in doc["cells"]:
+        assert not (tmp_path / "two" / cell["run_dir"] / "copied_from.json").exists()
         assert _rows(tmp_path / "two" / cell["run_dir"]) == _rows(out / cell["run_dir"]), cell["id"]
     assert json.loads((tmp_path / "two" / "sweep.json").read_text())["lr_choice"] == doc["lr_choice"]
