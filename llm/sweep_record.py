@@ -8,8 +8,8 @@ are all done or recorded takes the recorded lr choice. A main cell whose config 
 another sweep's rows hold as done (its twin: clients-50's runs recur in handover, local-steps,
 fewer-params and clients-50-long-lr) is ``recorded`` too, borrowing that cell's rows
 (:mod:`rolora.llm.sweep_twins` for twins in sibling run folders). ``rolora report`` then keeps those
-cells' committed rows, and fills a borrowing cell's from its twin's (:mod:`rolora.reports.sweep_merge`). The files are read as plain CSV (this package does
-not import the report); the columns used are ``sweep``, ``spec`` (lm-sweeps.csv), ``cell``, ``status``
+cells' committed rows, and fills a borrowing cell's from its twin's (:mod:`rolora.reports.sweep_merge`).
+The files are read as plain CSV (this package does not import the report); the columns used are ``sweep``, ``spec`` (lm-sweeps.csv), ``cell``, ``status``
 (lm-cells.csv), ``method``, ``metric``, ``chosen``, ``grid``, ``scores`` (lm-lr-choice.csv).
 """
 
@@ -38,9 +38,13 @@ class Recorded:
     """{config key: "sweep/cell"} of the main cells other sweeps' rows hold as done."""
 
 
-def _rows(path: Path, name: str) -> list[dict[str, str]]:
+def _all_rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
-        return [r for r in csv.DictReader(fh) if r.get("sweep") == name]
+        return list(csv.DictReader(fh))
+
+
+def _rows(path: Path, name: str) -> list[dict[str, str]]:
+    return [r for r in _all_rows(path) if r.get("sweep") == name]
 
 
 def read_recorded(folder: Path, name: str, spec_raw: dict) -> Recorded:
@@ -77,14 +81,11 @@ def other_sweeps_cells(folder: Path, name: str) -> dict[str, str]:
     their configs rebuilt from each sweep's recorded spec (resolved against the shipped experiments) and
     lr choices. A sweep whose spec no longer loads here (a base config gone, a key renamed) gives none."""
     done: dict[str, set[str]] = {}
-    with open(folder / "lm-cells.csv", newline="") as fh:
-        for r in csv.DictReader(fh):
-            if r["sweep"] != name and r["phase"] == "main" and r["status"] == "done":
-                done.setdefault(r["sweep"], set()).add(r["cell"])
+    for r in _all_rows(folder / "lm-cells.csv"):
+        if r["sweep"] != name and r["phase"] == "main" and r["status"] == "done":
+            done.setdefault(r["sweep"], set()).add(r["cell"])
     twins: dict[str, str] = {}
-    with open(folder / "lm-sweeps.csv", newline="") as fh:
-        recorded_specs = [(r["sweep"], r["spec"]) for r in csv.DictReader(fh) if r["sweep"] in done]
-    for sweep, raw in recorded_specs:
+    for sweep, raw in [(r["sweep"], r["spec"]) for r in _all_rows(folder / "lm-sweeps.csv") if r["sweep"] in done]:
         try:
             spec = parse_spec(json.loads(raw), sweep, EXPERIMENTS_DIR, f"{folder}: {sweep}'s recorded spec")
             chosen = {m: c["chosen"] for m, c in _lr_choices(folder, sweep).items()}
