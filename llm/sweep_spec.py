@@ -182,14 +182,20 @@ def _unknown(where: str, table: dict, known: set) -> None:
         _fail(where, f"unknown key {extra[0]!r}; valid: {', '.join(sorted(known))}")
 
 
+def resolve_base(base: str, folder: Path) -> str:
+    """A spec's base as load_config takes it: a file beside the spec (``folder``) by its absolute path, else
+    as written (a shipped config name or a path from here)."""
+    if not Path(base).is_absolute() and (folder / base).is_file():
+        return str((folder / base).resolve())
+    return base
+
+
 def parse_spec(raw: dict, name: str, folder: Path = Path("."), where: str = "spec") -> Spec:
     """A :class:`Spec` from parsed TOML; a ConfigError naming ``where`` and the key on bad input."""
     _unknown(where, raw, TOP_KEYS)
     if "base" not in raw or not isinstance(raw["base"], str):
         _fail(where, "base: a shipped config name or a config file is required")
-    base = raw["base"]
-    if not Path(base).is_absolute() and (folder / base).is_file():
-        base = str((folder / base).resolve())
+    base = resolve_base(raw["base"], folder)
     find_config(base)
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):

@@ -81,14 +81,22 @@ def intro(cells: list[dict[str, str]], sweeps: list[dict[str, str]], rel: str) -
                   "lrrrrrll"), "",
             f"Total training time: {hours(cost_seconds(cells))}. For scale: the paper's QNLI run at 3 clients "
             f"trains on {PAPER_QNLI_SAMPLES:,} samples (500 rounds × 3 clients × 20 steps × batch 32).", ""]
-    out += ["**What each sweep ran** (the values found in its cells' `config.json`; samples = training samples "
-            "of a finished main cell, the median over them):", ""]
+    out += ["**What each sweep ran** (the values found in its cells' `config.json`, a cell borrowed from another "
+            "sweep's twin counted with the config its spec gives it; samples = training samples of a finished main "
+            "cell: their median, and their range where they differ):", ""]
     for s in sweeps:
         samples = [number(c["train_samples"]) for c in cells
                    if c["sweep"] == s["sweep"] and c["phase"] == "main" and c["status"] == "done"]
-        median = f"{statistics.median(samples):,.0f}" if samples else "–"
-        out.append(f"- `{s['sweep']}`: {s['setup'] or 'no config found'}; samples {median}")
+        out.append(f"- `{s['sweep']}`: {s['setup'] or 'no config found'}; samples {samples_text(samples)}")
     return "\n".join(out + [""])
+
+
+def samples_text(samples: list[float]) -> str:
+    """'20,000', or '40,000 (20,000–60,000)' (median, then range) where the cells trained on different counts."""
+    if not samples:
+        return "–"
+    median = f"{statistics.median(samples):,.0f}"
+    return median if min(samples) == max(samples) else f"{median} ({min(samples):,.0f}–{max(samples):,.0f})"
 
 
 def lr_choices(rows: list[dict[str, str]]) -> str:

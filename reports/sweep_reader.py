@@ -14,6 +14,9 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+from rolora.llm.config import ConfigError, load_config
+from rolora.llm.sweep_record import RECORDED
+from rolora.llm.sweep_spec import EXPERIMENTS_DIR, resolve_base
 from rolora.llm.sweep_twins import COPIED_FROM
 
 Majority = Callable[[dict[str, Any]], "float | None"]
@@ -93,6 +96,18 @@ def _config(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _borrowed_config(spec: Any, cell: dict[str, Any]) -> dict[str, Any]:
+    """A recorded cell's config (it has no run folder here: its twin ran in another sweep), rebuilt from its
+    spec's base and its overrides as the sweep would have run it; {} when the base no longer loads."""
+    base = spec.get("base") if isinstance(spec, dict) else None
+    if not isinstance(base, str):
+        return {}
+    try:
+        return load_config(resolve_base(base, EXPERIMENTS_DIR), list(cell.get("overrides", []))).to_dict()
+    except ConfigError:
+        return {}
+
+
 def setup_text(configs: list[dict[str, Any]]) -> str:
     """'model.name minilm; lora.rank 4 / 8; ...': each SETUP_KEYS value (or values) over the configs."""
     parts = []
@@ -128,17 +143,18 @@ def _device(run_dir: Path) -> str:
 
 
 def cell_rows(sweep: str, folder: Path, cell: dict[str, Any], shorts: dict[str, str] | None = None,
-              majority: Majority | None = None) -> tuple[dict, list[dict], list[dict], dict]:
+              majority: Majority | None = None, spec: Any = None) -> tuple[dict, list[dict], list[dict], dict]:
     """(one row of the cell's result, its evaluated rounds as curve rows, an lr-phase cell's validated rounds
     as lr-curve rows, its config). ``majority`` maps a cell's config to its test split's majority-class
-    accuracy (the caller's: this reader works on the JSON alone)."""
+    accuracy (the caller's: this reader works on the JSON alone); ``spec`` (sweep.json's) rebuilds a recorded
+    cell's config, which has no run folder here."""
     labels = cell.get("labels", {})
     axes = {k: v for k, v in labels.items() if k not in NOT_AXES}
     run_dir = folder / cell.get("run_dir", f"cells/{cell['id']}")
     metrics = read_metrics(run_dir)
     common = dict(sweep=sweep, cell=cell["id"], method=labels.get("method", ""), seed=labels.get("seed", ""),
                   phase=cell.get("phase", "main"), status=cell.get("status", "pending"), setting=setting_label(axes, shorts))
-    config = _config(run_dir)
+    config = _config(run_dir) or (_borrowed_config(spec, cell) if cell.get("status") == RECORDED else {})
     steps, batch = config.get("train", {}).get("local_steps", 0), config.get("train", {}).get("batch_size", 0)
     curve, uploaded = [], 0.0
     for row in metrics:
@@ -195,7 +211,8 @@ def read_sweep(folder: Path, majority: Majority | None = None
     name = meta.get("name") or folder.name
     cells, curves, validation, configs = [], [], [], []
     for cell in meta.get("cells", []):
-        row, curve, val, config = cell_rows(name, folder, cell, axis_letters(meta.get("spec")), majority)
+        row, curve, val, config = cell_rows(name, folder, cell, axis_letters(meta.get("spec")), majority,
+                                            meta.get("spec"))
         cells.append(row)
         curves += curve
         validation += val

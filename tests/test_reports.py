@@ -326,6 +326,31 @@ def test_a_sweeps_setting_names_the_default_only_where_a_key_varies():
     assert setup_text(variants[:1]) == "lora.rank 4"  # every cell at the default: nothing to tell apart
 
 
+
+def test_a_borrowed_cell_adds_the_setting_its_spec_gives_it(tmp_path):
+    """A recorded cell has no run folder here (its twin ran in another sweep): the sweep's setting line counts
+    the config rebuilt from the spec's base and the cell's overrides, beside the run folders' configs."""
+    from rolora.reports.sweep_reader import read_sweep
+
+    folder = make_sweep(tmp_path, "local-steps", [("rolora", 0, {"steps": 30}, "done", 0.8)])
+    meta = json.loads((folder / "sweep.json").read_text())
+    borrowed = {"id": "k10", "labels": {"experiment": "local-steps", "method": "rolora", "seed": 0, "lr": 1e-3,
+                                        "steps": 10},
+                "overrides": ["train.local_steps=10"], "run_dir": "cells/k10", "status": "recorded", "phase": "main"}
+    spec = {"base": "base/minilm-cpu.toml", "overrides": []}
+    (folder / "sweep.json").write_text(json.dumps(dict(meta, spec=spec, cells=meta["cells"] + [borrowed])))
+    assert "train.local_steps 10 / 2" in read_sweep(folder)[0]["setup"]  # the fixture's done cell ran 2 steps
+    (folder / "sweep.json").write_text(json.dumps(dict(meta, spec={"base": "gone.toml"}, cells=meta["cells"] + [borrowed])))
+    assert "train.local_steps 2;" in read_sweep(folder)[0]["setup"]  # a base that no longer loads adds nothing
+
+
+def test_samples_name_their_range_where_cells_differ():
+    from rolora.reports.document import samples_text
+
+    assert samples_text([20_000.0, 20_000.0]) == "20,000"
+    assert samples_text([20_000.0, 60_000.0, 60_000.0]) == "60,000 (20,000–60,000)"
+    assert samples_text([]) == "–"
+
 # ------------------------------------------------------------------------------------- round trip
 def test_from_csv_gives_the_same_markdown_without_any_source(tmp_path):
     sweeps = tmp_path / "sweeps"
