@@ -154,7 +154,7 @@ def cell_rows(sweep: str, folder: Path, cell: dict[str, Any], shorts: dict[str, 
     metrics = read_metrics(run_dir)
     common = dict(sweep=sweep, cell=cell["id"], method=labels.get("method", ""), seed=labels.get("seed", ""),
                   phase=cell.get("phase", "main"), status=cell.get("status", "pending"), setting=setting_label(axes, shorts))
-    config = _config(run_dir) or (_borrowed_config(spec, cell) if cell.get("status") == RECORDED else {})
+    config = _config(run_dir)
     steps, batch = config.get("train", {}).get("local_steps", 0), config.get("train", {}).get("batch_size", 0)
     curve, uploaded = [], 0.0
     for row in metrics:
@@ -174,6 +174,8 @@ def cell_rows(sweep: str, folder: Path, cell: dict[str, Any], shorts: dict[str, 
                   train_samples=sum((r.get("participants") or 0) * steps * batch for r in metrics),
                   device=_device(run_dir), test_majority=majority(config) if majority and config else None,
                   copied_from=_copied_from(run_dir) or cell.get("from", ""))
+    if not config and cell.get("status") == RECORDED:  # for the setting line only; its results come from the twin
+        config = _borrowed_config(spec, cell)
     return result, curve, validation_rows(result, metrics, config), config
 
 

@@ -326,7 +326,6 @@ def test_a_sweeps_setting_names_the_default_only_where_a_key_varies():
     assert setup_text(variants[:1]) == "lora.rank 4"  # every cell at the default: nothing to tell apart
 
 
-
 def test_a_borrowed_cell_adds_the_setting_its_spec_gives_it(tmp_path):
     """A recorded cell has no run folder here (its twin ran in another sweep): the sweep's setting line counts
     the config rebuilt from the spec's base and the cell's overrides, beside the run folders' configs."""
@@ -350,6 +349,7 @@ def test_samples_name_their_range_where_cells_differ():
     assert samples_text([20_000.0, 20_000.0]) == "20,000"
     assert samples_text([20_000.0, 60_000.0, 60_000.0]) == "60,000 (20,000–60,000)"
     assert samples_text([]) == "–"
+
 
 # ------------------------------------------------------------------------------------- round trip
 def test_from_csv_gives_the_same_markdown_without_any_source(tmp_path):
