@@ -294,6 +294,19 @@ def test_the_trec_client_sweep_is_judged_in_two_halves(tmp_path):
     assert win[1] == "RoLoRA ahead on every task at 50 clients"
 
 
+def test_a_one_column_client_sweep_is_judged_on_its_tie_alone(tmp_path):
+    # clients-lr3: the 3-client column with each lr chosen there; a spread-apart result is no tie
+    apart = {"rolora": [0.80, 0.81, 0.79], "fedavg-lora": [0.60, 0.61, 0.59], "ffa-lora": [0.80, 0.79, 0.81]}
+    make_sweep(tmp_path / "sweeps", "clients-lr3", [(m, s, {"clients": 3}, "done", a)
+                                                    for m, accs in apart.items() for s, a in enumerate(accs)])
+    text = report(tmp_path, tmp_path / "sweeps")
+    title = "Three clients, each lr chosen at 3 clients (sensitivity of the tie verdict)"
+    tie = row_of(text, f"{title}: ties at the fewest clients (n3)")
+    assert tie[1] == "all methods within 0.8 points at 3 clients (Table 1)"
+    assert tie[3] == "**not reproduced**"
+    assert "RoLoRA ahead at the most clients" not in section(text, f"### {title}")
+
+
 def test_galore_comparison_says_which_claim_each_result_supports(tmp_path):
     at_20 = {"clients": 20, "rank": 4}
     cells = [(m, s, at_20, "done", a) for m, accs in
