@@ -58,10 +58,15 @@ class SweepClaim:
 
 
 _NAMES = {"rolora": "RoLoRA", "ffa-lora": "FFA-LoRA", "fedavg-lora": "FedAvg-LoRA", "flexlora": "FlexLoRA"}
-_AT_50 = " / ".join(f"{_NAMES[m]} {v:.2f}" for m, v in sorted(TABLE1_AVG[(50, 4)].items(), key=lambda kv: -kv[1]))
-"""Table 1's 50-client rank-4 averages, best first, from :data:`TABLE1_AVG` (not typed twice)."""
-_AT_3 = " / ".join(f"{_NAMES[m]} {v:.2f}" for m, v in sorted(TABLE1_AVG[(3, 4)].items(), key=lambda kv: -kv[1]))
-"""Table 1's 3-client rank-4 averages, best first."""
+
+
+def _table1_text(clients: int) -> str:
+    """Table 1's rank-4 averages at ``clients``, best first, from :data:`TABLE1_AVG` (not typed twice)."""
+    return " / ".join(f"{_NAMES[m]} {v:.2f}" for m, v in sorted(TABLE1_AVG[(clients, 4)].items(), key=lambda kv: -kv[1]))
+
+
+_AT_3, _AT_50 = _table1_text(3), _table1_text(50)
+
 
 STANDARD = ("rolora", "fedavg-lora", "ffa-lora", "flexlora", "galore-fedavg", "fedavg-full-adam", "centralised")
 
