@@ -12,7 +12,7 @@ from rolora.reports import verdicts as v
 from rolora.reports.claims import ClaimRow
 from rolora.reports.lm_results import Group, SweepResults
 from rolora.reports.markdown import table
-from rolora.reports.paper import CLAIMS, STANDARD, TABLE1_AVG, SweepClaim
+from rolora.reports.paper import CLAIMS, STANDARD, TABLE1_AVG, TIE_AT_3, SweepClaim
 
 SWEEP_COMMAND = "rolora llm sweep {name}"
 CLIENT_SWEEPS = ("clients", "clients-lr3", "clients-trec", "clients-trec-lr3")
@@ -121,18 +121,12 @@ def _paper(sweep: SweepResults, setting: str) -> str:
     return " / ".join(f"{m} {p:.2f}" for m, p in values if p is not None) or "–"
 
 
-_TABLE1_3 = TABLE1_AVG[(3, 4)].values()
-_TIE_SHORT = f"all methods within {max(_TABLE1_3) - min(_TABLE1_3):.1f} points at 3 clients (Table 1)"
-"""The paper's tie half in words (from :data:`TABLE1_AVG`), for a client-count sweep on a task without Table 1's
-numbers."""
-
-
 def _paper_text(sweep: SweepResults, setting: str, claim: SweepClaim, tie: bool = False) -> str:
     """Table 1's averages for the client-count sweep on Rotten Tomatoes; elsewhere the claim's words (for
     its tie half, the tie's, not the 50-client win's)."""
     if claim.sweep == "clients":
         return _paper(sweep, setting)
-    return _TIE_SHORT if tie else claim.short
+    return TIE_AT_3 if tie else claim.short
 
 
 def degradation_lines(sweep: SweepResults) -> list[str]:

@@ -66,6 +66,9 @@ def _table1_text(clients: int) -> str:
 
 
 _AT_3, _AT_50 = _table1_text(3), _table1_text(50)
+_SPREAD_3 = max(TABLE1_AVG[(3, 4)].values()) - min(TABLE1_AVG[(3, 4)].values())
+TIE_AT_3 = f"all methods within {_SPREAD_3:.1f} points at 3 clients (Table 1)"
+"""The paper's 3-client tie in words, for a client-count sweep on a task without Table 1's numbers."""
 
 
 STANDARD = ("rolora", "fedavg-lora", "ffa-lora", "flexlora", "galore-fedavg", "fedavg-full-adam", "centralised")
