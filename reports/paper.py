@@ -11,6 +11,8 @@ from dataclasses import dataclass
 PAPER = "RoLoRA (arXiv 2502.01755, NeurIPS 2025)"
 LORA_BASELINES = ("fedavg-lora", "ffa-lora", "flexlora")
 FULL_RANK = ("galore-fedavg", "fedavg-full-adam")
+EXACT_MERGING = ("flora", "fedex-lora")
+"""Exact aggregations other than RoLoRA's, which merge into W0 (issue 13's extra rows; the paper runs neither)."""
 
 TABLE1_AVG: dict[tuple[int, int], dict[str, float]] = {
     # (clients, rank) -> method -> GLUE average accuracy %
@@ -106,6 +108,13 @@ CLAIMS: tuple[SweepClaim, ...] = (
                "our other sweeps use s = 2).",
                f"GLUE average, 50 clients, rank 4, α = 32: {_AT_50}.",
                short="RoLoRA 85.81 vs ≤ 76.48 at α = 32", against=("fedavg-lora", "ffa-lora")),
+    SweepClaim("clients-50-extra", "Fifty clients: FLoRA and FedEx-LoRA beside RoLoRA (not in the paper)",
+               "Not a claim of the paper (issue 13's extra rows): its headline, RoLoRA ahead at 50 clients, tested "
+               "against the two other methods whose aggregation is exact, both by merging into W0 (FLoRA: the "
+               "stacked factors, fresh adapters every round; FedEx-LoRA: the mean factors plus the residual). The "
+               "four LoRA methods' runs are clients-50's.",
+               "None: the paper runs neither FLoRA nor FedEx-LoRA.",
+               short="(extension) RoLoRA ahead of FLoRA / FedEx-LoRA at 50 clients", against=EXACT_MERGING),
     SweepClaim("clients-trec", "Number of clients, a second task (TREC)",
                "The same ordering on another task: RoLoRA holds as clients grow, the LoRA baselines degrade.",
                "The paper's second to fifth tasks (QNLI, MNLI, QQP, RTE) at 50 clients: RoLoRA 90.00 / 82.98 / "

@@ -307,6 +307,21 @@ def test_a_one_column_client_sweep_is_judged_on_its_tie_alone(tmp_path):
     assert "RoLoRA ahead at the most clients" not in section(text, f"### {title}")
 
 
+def test_the_extra_exact_methods_are_judged_against_flora_and_fedex_lora_alone(tmp_path):
+    # clients-50-extra: FLoRA and FedEx-LoRA beside clients-50's runs; FedAvg-LoRA ahead of RoLoRA there
+    # is clients-50's verdict, not this one's
+    at = {"clients": 50, "rank": 4}
+    accs = {"rolora": [0.80, 0.81], "fedavg-lora": [0.90, 0.91], "flora": [0.70, 0.71], "fedex-lora": [0.60, 0.61]}
+    make_sweep(tmp_path / "sweeps", "clients-50-extra", [(m, s, at, "done", a) for m, v in accs.items()
+                                                         for s, a in enumerate(v)])
+    text = report(tmp_path, tmp_path / "sweeps")
+    part = section(text, "### Fifty clients: FLoRA and FedEx-LoRA beside RoLoRA")
+    assert "- n50-r4: rolora against flora: ahead (+10.0 pts" in part
+    assert "fedex-lora: ahead (+20.0 pts" in part and "against fedavg-lora" not in part
+    row = row_of(text, "Fifty clients: FLoRA and FedEx-LoRA beside RoLoRA (not in the paper)")
+    assert row[3] == "**reproduced in kind**" and "ahead in 2 of 2 pairs" in row[2]
+
+
 def test_galore_comparison_says_which_claim_each_result_supports(tmp_path):
     at_20 = {"clients": 20, "rank": 4}
     cells = [(m, s, at_20, "done", a) for m, accs in
