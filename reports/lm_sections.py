@@ -193,12 +193,14 @@ def sweep_section(claim: SweepClaim, sweep: SweepResults | None, summary: list[C
     if claim.sweep in CLIENT_SWEEPS:
         out += ["**Verdicts.**", ""] + clients_verdicts(sweep, claim, summary)
     else:
-        pairs = [p for s in sweep.settings() for p in pairs_at(sweep, s, winner, claim.against)]
+        judged = _extreme(sweep, max) if claim.most_clients_only else sweep.settings()
+        pairs = [p for s in judged for p in pairs_at(sweep, s, winner, claim.against)]
         verdict = v.win_verdict(pairs)
         counts = {o: sum(p.outcome == o for p in pairs) for o in (v.AHEAD, v.BEHIND)}
         summary.append(ClaimRow(claim.title, claim.short, f"{winner} ahead in {counts[v.AHEAD]} of {len(pairs)} pairs, "
                                 f"behind in {counts[v.BEHIND]}", verdict))
-        out.append(f"**Verdict: {verdict}** (over every setting of the sweep).")
+        where = f"at the most clients ({', '.join(judged)})" if claim.most_clients_only else "over every setting of the sweep"
+        out.append(f"**Verdict: {verdict}** ({where}).")
     out += ["", f"Why at best *in kind*: {claim.stand_in}, so at best the paper's pattern, not its numbers, can be "
             "reproduced.", ""]
     return "\n".join(out)

@@ -322,6 +322,18 @@ def test_the_extra_exact_methods_are_judged_against_flora_and_fedex_lora_alone(t
     assert row[3] == "**reproduced in kind**" and "ahead in 2 of 2 pairs" in row[2]
 
 
+def test_the_decoder_claim_is_judged_at_its_most_clients_alone(tmp_path):
+    # the paper's decoder claim is made at 50 clients; our 3-client column is context: behind there
+    # does not count against a lead at 20
+    accs = {3: {"rolora": [0.70, 0.71], "fedavg-lora": [0.80, 0.81], "ffa-lora": [0.75, 0.76]},
+            20: {"rolora": [0.80, 0.81], "fedavg-lora": [0.60, 0.61], "ffa-lora": [0.65, 0.66]}}
+    make_sweep(tmp_path / "sweeps", "decoder", [(m, s, {"clients": n}, "done", a) for n, by in accs.items()
+                                                for m, v in by.items() for s, a in enumerate(v)])
+    part = section(report(tmp_path, tmp_path / "sweeps"), "### A decoder model")
+    assert "- n3: rolora against fedavg-lora: behind" in part  # reported
+    assert "**Verdict: reproduced in kind** (at the most clients (n20))" in part  # not judged
+
+
 def test_galore_comparison_says_which_claim_each_result_supports(tmp_path):
     at_20 = {"clients": 20, "rank": 4}
     cells = [(m, s, at_20, "done", a) for m, accs in
