@@ -19,6 +19,16 @@ def _panels(rows, sweep: str, settings: list[str] | None):
     return curves, names
 
 
+def method_colours(methods) -> dict[str, str]:
+    """Matplotlib colours ("C0".."C9") for a figure's methods, distinct within it: a method of
+    METHOD_ORDER keeps its own colour in every figure; any other takes the first colours none of the
+    figure's known methods use (letting matplotlib's cycle pick would repeat C0, C1: rolora's)."""
+    methods = sorted(set(methods), key=method_order)
+    known = {m: METHOD_ORDER.index(m) for m in methods if m in METHOD_ORDER}
+    free = (i for i in range(10 * (1 + len(methods))) if i % 10 not in {k % 10 for k in known.values()})
+    return {m: f"C{(known[m] if m in known else next(free)) % 10}" for m in methods}
+
+
 def _save(fig, path: Path) -> Path:
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
@@ -37,14 +47,15 @@ def accuracy_figure(rows: list[dict[str, str]], sweep: str, settings: list[str],
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(names), figsize=(max(6.0, 4.2 * len(names)), 3.6), squeeze=False)
+    colours = method_colours(m for _, m in curves)  # one colour per method in every panel
     for ax, setting in zip(axes[0], names):
         for method in sorted({m for s, m in curves if s == setting}, key=method_order):
             c = mean_curve(curves[(setting, method)])
             xs = c.rounds if x == "round" else c.upload_per_client / 2**20
             keep = xs > 0 if x == "upload" else xs >= 0
             n = int(c.n.max())
-            color = f"C{METHOD_ORDER.index(method)}" if method in METHOD_ORDER else None  # same colour in every panel
-            line, = ax.plot(xs[keep], 100 * c.accuracy[keep], marker=".", color=color, label=f"{method} (n={n})")
+            line, = ax.plot(xs[keep], 100 * c.accuracy[keep], marker=".", color=colours[method],
+                            label=f"{method} (n={n})")
             if n > 1:
                 ax.fill_between(xs[keep], 100 * (c.accuracy - c.std)[keep], 100 * (c.accuracy + c.std)[keep],
                                 color=line.get_color(), alpha=0.2)

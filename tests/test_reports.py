@@ -615,3 +615,18 @@ def test_a_real_tiny_sweep_reads_as_its_metrics_say(tmp_path):
     assert "| clients | 2 | 2 | 0 | 0 | 0 |" in text
     assert "- `clients`: model.name tiny-bert;" in text
 
+
+
+def test_every_method_in_a_figure_has_its_own_colour():
+    from rolora.reports.lm_results import METHOD_ORDER
+    from rolora.reports.plots import method_colours
+
+    extra = method_colours(["rolora", "fedavg-lora", "ffa-lora", "flexlora", "flora", "fedex-lora"])
+    handover = method_colours(["rolora", "ffa-lora", "rolora-then-ffa-0.2", "rolora-then-ffa-0.5"])
+    for colours in (extra, handover):
+        assert len(set(colours.values())) == len(colours)
+    # a known method keeps its colour whatever else the figure holds
+    assert extra["rolora"] == handover["rolora"] == f"C{METHOD_ORDER.index('rolora')}"
+    assert extra["ffa-lora"] == handover["ffa-lora"]
+    many = method_colours([*METHOD_ORDER, "a", "b", "c"])
+    assert len(set(many.values())) == 10
