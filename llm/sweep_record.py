@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def _rows(path: Path, name: str) -> list[dict[str, str]]:
 
 def read_recorded(folder: Path, name: str, spec_raw: dict) -> Recorded:
     """The sweep ``name``'s recorded cells and lr choices in ``folder``; nothing when it has no row for
-    that sweep. A row for another spec is an error: its cells belong to a different experiment."""
+    that sweep, or when its rows come from another spec (they belong to a different experiment: said on
+    stderr). Other sweeps' done main cells count as twins either way."""
     folder = Path(folder)
     missing = [f for f in FILES if not (folder / f).is_file()]
     if missing:
@@ -59,8 +61,11 @@ def read_recorded(folder: Path, name: str, spec_raw: dict) -> Recorded:
     if not sweeps:
         return Recorded(twins=twins)
     if sweeps[0]["spec"] != json.dumps(spec_raw, sort_keys=True):
-        raise ConfigError(f"--recorded {folder}: its {name!r} rows come from a different spec than this one; "
-                          "run without --recorded (the report would drop those rows anyway)")
+        # Its own rows belong to another experiment (the report drops them too); twins stay valid: a twin
+        # is matched on the cell's whole config, not on this sweep's spec.
+        print(f"--recorded {folder}: its {name!r} rows come from a different spec than this one: none of its "
+              f"cells or lr choices is reused; only other sweeps' cells of the same config are", file=sys.stderr)
+        return Recorded(twins=twins)
     cells = frozenset(r["cell"] for r in _rows(folder / "lm-cells.csv", name) if r["status"] == "done")
     return Recorded(cells, _lr_choices(folder, name), twins)
 

@@ -190,7 +190,7 @@ def test_the_lr_choice_takes_the_best_validation_score_and_never_the_test(tmp_pa
     assert "lr rolora: 0.01" in status_table(sweep)
 
 
-def test_recorded_cells_are_not_run_again_and_bring_their_lr_choice(tmp_path):
+def test_recorded_cells_are_not_run_again_and_bring_their_lr_choice(tmp_path, capsys):
     """A sweep's lr phase and seed 0 done in one checkout and extracted by the report; a fresh checkout with
     --recorded runs only seed 1 with the same lrs. Another spec's rows are refused."""
     from rolora.llm.sweep import still_to_run
@@ -228,8 +228,9 @@ def test_recorded_cells_are_not_run_again_and_bring_their_lr_choice(tmp_path):
     # without --recorded the fresh checkout would run everything, lr phase first
     assert len(still_to_run(Sweep(spec, tmp_path / "bare"))) == len(first.lr) + len(first.main)
     changed = load_spec(write_spec(tmp_path, SPEC.replace("seeds = [0, 1]", "seeds = [0, 1, 2]")))
-    with pytest.raises(ConfigError, match="different spec"):
-        read_recorded(data, changed.name, changed.raw)
+    stale = read_recorded(data, changed.name, changed.raw)  # its own rows are another experiment's
+    assert (stale.cells, stale.lr_choice) == (frozenset(), {})
+    assert "different spec" in capsys.readouterr().err
     assert read_recorded(data, "another-sweep", spec.raw).cells == frozenset()
     with pytest.raises(ConfigError, match="lm-sweeps.csv, lm-cells.csv, lm-lr-choice.csv not found"):
         read_recorded(tmp_path / "nowhere", spec.name, spec.raw)
@@ -354,6 +355,12 @@ def test_a_cell_whose_twin_another_sweep_recorded_borrows_its_rows(tmp_path):
     rows = list(cells.values())
     assert cost_seconds(rows, "b") == cost_seconds(rows, "a") == 0.0  # fake cells log no wall time
     assert cost_seconds([dict(cells["b-n3-rolora-s0"], wall_s="9")]) == 0.0
+    # b's spec grows (a third seed): b's own rows are another experiment's now, a's twins still hold
+    grown = load_spec(write_spec(tmp_path, absolute(TWIN_B).replace("seeds = [0, 1]", "seeds = [0, 1, 2]"), "b"))
+    regrown = Sweep(grown, tmp_path / "grown" / "b", read_recorded(data, "b", grown.raw))
+    assert regrown.borrowed == b.borrowed
+    assert sorted(c.id for c in still_to_run(regrown)) == sorted(
+        ["b-n3-rolora-s2", "b-n6-rolora-s0", "b-n6-rolora-s1", "b-n6-rolora-s2"])
 
 
 def test_a_cell_folder_of_another_config_is_failed_not_overwritten(tmp_path):
