@@ -72,7 +72,7 @@ def intro(cells: list[dict[str, str]], sweeps: list[dict[str, str]], rel: str) -
         out += ["**Scale and cost.** No language-model sweep has run yet; those sections say how to run them.", ""]
         return "\n".join(out)
     rows = [[s["sweep"], s["cells"], s["done"], s["partial"], s["pending"], s["failed"],
-             hours(cost_seconds(cells, s["sweep"])), ", ".join(devices([c for c in cells if c["sweep"] == s["sweep"]])) or "–"]
+             hours(cost_seconds(cells, s["sweep"])), " / ".join(devices([c for c in cells if c["sweep"] == s["sweep"]])) or "–"]
             for s in sweeps]
     out += ["**Scale and cost.** Training wall time is summed over every cell's per-round `wall_s` (all phases, "
             "learning-rate selection included; a cell copied from another sweep's run of the same config counts there "

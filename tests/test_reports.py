@@ -630,3 +630,13 @@ def test_every_method_in_a_figure_has_its_own_colour():
     assert extra["ffa-lora"] == handover["ffa-lora"]
     many = method_colours([*METHOD_ORDER, "a", "b", "c"])
     assert len(set(many.values())) == 10
+
+
+def test_a_sweep_run_on_two_machines_names_both_apart():
+    from rolora.reports.document import intro
+
+    cells = [{"sweep": "s", "cell": f"c{i}", "status": "done", "phase": "main", "wall_s": "60", "copied_from": "", "train_samples": "100",
+              "device": device} for i, device in enumerate(["cpu, 1 thread", "cpu, 2 threads", "cpu, 1 thread"])]
+    sweeps = [{"sweep": "s", "cells": "3", "done": "3", "partial": "0", "pending": "0", "failed": "0", "setup": ""}]
+    text = intro(cells, sweeps, "reproduction")
+    assert "| s | 3 | 3 | 0 | 0 | 0 | 3 min | cpu, 1 thread / cpu, 2 threads |" in text
