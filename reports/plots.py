@@ -6,6 +6,7 @@ Each figure has one panel per setting and one line per method: the mean over fin
 
 from __future__ import annotations
 
+from itertools import cycle
 from pathlib import Path
 
 from rolora.federated.serial import atomic_file
@@ -25,8 +26,8 @@ def method_colours(methods) -> dict[str, str]:
     figure's known methods use (letting matplotlib's cycle pick would repeat C0, C1: rolora's)."""
     methods = sorted(set(methods), key=method_order)
     known = {m: METHOD_ORDER.index(m) for m in methods if m in METHOD_ORDER}
-    free = (i for i in range(10 * (1 + len(methods))) if i % 10 not in {k % 10 for k in known.values()})
-    return {m: f"C{(known[m] if m in known else next(free)) % 10}" for m in methods}
+    free = cycle([i for i in range(10) if i not in known.values()])
+    return {m: f"C{known[m] if m in known else next(free)}" for m in methods}
 
 
 def _save(fig, path: Path) -> Path:

@@ -192,7 +192,7 @@ def test_the_lr_choice_takes_the_best_validation_score_and_never_the_test(tmp_pa
 
 def test_recorded_cells_are_not_run_again_and_bring_their_lr_choice(tmp_path, capsys):
     """A sweep's lr phase and seed 0 done in one checkout and extracted by the report; a fresh checkout with
-    --recorded runs only seed 1 with the same lrs. Another spec's rows are refused."""
+    --recorded runs only seed 1 with the same lrs. Another spec's rows are not reused."""
     from rolora.llm.sweep import still_to_run
     from rolora.llm.sweep_record import read_recorded
     from rolora.reports.extract import extract_sweeps

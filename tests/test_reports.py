@@ -616,7 +616,6 @@ def test_a_real_tiny_sweep_reads_as_its_metrics_say(tmp_path):
     assert "- `clients`: model.name tiny-bert;" in text
 
 
-
 def test_every_method_in_a_figure_has_its_own_colour():
     from rolora.reports.lm_results import METHOD_ORDER
     from rolora.reports.plots import method_colours
@@ -635,8 +634,8 @@ def test_every_method_in_a_figure_has_its_own_colour():
 def test_a_sweep_run_on_two_machines_names_both_apart():
     from rolora.reports.document import intro
 
-    cells = [{"sweep": "s", "cell": f"c{i}", "status": "done", "phase": "main", "wall_s": "60", "copied_from": "", "train_samples": "100",
-              "device": device} for i, device in enumerate(["cpu, 1 thread", "cpu, 2 threads", "cpu, 1 thread"])]
+    cells = [{"sweep": "s", "cell": f"c{i}", "status": "done", "phase": "main", "wall_s": "60", "copied_from": "",
+              "train_samples": "100", "device": device} for i, device in enumerate(["cpu, 1 thread", "cpu, 2 threads", "cpu, 1 thread"])]
     sweeps = [{"sweep": "s", "cells": "3", "done": "3", "partial": "0", "pending": "0", "failed": "0", "setup": ""}]
     text = intro(cells, sweeps, "reproduction")
     assert "| s | 3 | 3 | 0 | 0 | 0 | 3 min | cpu, 1 thread / cpu, 2 threads |" in text
