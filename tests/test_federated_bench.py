@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rolora.federated import available_methods
-from rolora.federated.bench import main
+from rolora.lab.bench.aggregate import main
 
 
 def test_bench_prints_a_row_per_method_and_client_count(capsys, tmp_path):

@@ -1,4 +1,4 @@
-"""``python -m rolora.flower.bench``: its tables and its memory probe (the measurement itself is too slow
+"""``python -m rolora.lab.bench.flower``: its tables and its memory probe (the measurement itself is too slow
 for the suite; its numbers are in BENCHMARKS.md, "Flower")."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import psutil
 
-from rolora.flower import bench
+from rolora.lab.bench import flower as bench
 
 
 def test_the_process_tree_rss_counts_children():

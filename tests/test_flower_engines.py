@@ -58,12 +58,12 @@ def _assert_same_run(flower_dir: Path, embedded, compare_metrics=("train_loss", 
 def test_simulation_from_the_cli_equals_the_embedded_engine_for_a_stateful_method(tmp_path):
     """FedSA-LoRA: B stays in each node's context.state, evaluation runs on the nodes, the checkpoint
     gathers the kept B's; state, kept state, metrics and the PEFT export equal the embedded run's."""
-    from rolora.llm.cli import main
+    from rolora.cli import main as rolora_main
     from rolora.llm.export_run import export_run
 
     overrides = OVERRIDES + ["federated.method=fedsa-lora", "federated.clients=3"]
     out = tmp_path / "fl"
-    assert main(["run", "--config", "tiny-roberta", "--engine", "flower", "--quiet", "--out", str(out), *overrides]) == 0
+    assert rolora_main(["llm", "run", "--config", "tiny-roberta", "--engine", "flower", "--quiet", "--out", str(out), *overrides]) == 0
     embedded = embedded_run(load_config("tiny-roberta", overrides), tmp_path / "emb", quiet=True)
     ckpt, rows = _assert_same_run(out, embedded)
     assert set(ckpt.kept) == set(embedded.kept) == {0, 1, 2}
@@ -181,7 +181,7 @@ def test_deployment_superlink_and_two_supernodes_equal_the_embedded_engine(tmp_p
                          "--host", "127.0.0.1", "--port", str(port),
                          "--node-config", f"partition-id={k} num-partitions=2"], tmp_path / f"supernode-{k}.log", env)
         run_config = f'config="tiny-roberta" overrides="{" ".join(overrides)}" out="{out}" round-timeout=240'
-        submit = procs.start([str(BIN / "flwr"), "run", str(ROOT / "flower" / "app"), "test", "--stream",
+        submit = procs.start([str(BIN / "flwr"), "run", str(ROOT / "rolora" / "flower" / "app"), "test", "--stream",
                               "--run-config", run_config], tmp_path / "flwr-run.log", env)
         deadline = time.monotonic() + 300
         done = out / "curves.png"  # the ServerApp's last write

@@ -203,14 +203,14 @@ def test_a_node_that_dies_before_the_secure_sum_is_dropped_and_secagg_still_sums
 def test_secagg_through_the_cli_on_the_flower_simulation(tmp_path, monkeypatch):
     """``ROLORA_FLOWER_SECAGG=1 rolora llm run --engine flower``: Flower's real transport carries the
     protocol; one round equals the embedded engine's within the bound."""
-    from rolora.llm.cli import main
+    from rolora.cli import main as rolora_main
     from rolora.llm.engine import run as embedded_run
 
     overrides = [o for o in TINY if not o.startswith("federated.rounds")] + ["federated.rounds=1",
                                                                             "federated.method=rolora"]
     monkeypatch.setenv("ROLORA_FLOWER_SECAGG", "1")
     out = tmp_path / "fl"
-    assert main(["run", "--config", "tiny-roberta", "--engine", "flower", "--quiet", "--out", str(out), *overrides]) == 0
+    assert rolora_main(["llm", "run", "--config", "tiny-roberta", "--engine", "flower", "--quiet", "--out", str(out), *overrides]) == 0
     monkeypatch.delenv("ROLORA_FLOWER_SECAGG")
     embedded = embedded_run(load_config("tiny-roberta", overrides), tmp_path / "emb", quiet=True)
     log = (out / "run.log").read_text()

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from rolora.kernels.addmm_lora import AddmmLoRALinear
-from rolora.kernels.bench import CPU_NOTE, main
-from rolora.kernels.bench_methods import saved_bytes
-from rolora.kernels.bench_report import Row, add_ratios, verdicts
+from rolora.lab.bench.kernels import CPU_NOTE, main
+from rolora.lab.bench.kernels_methods import saved_bytes
+from rolora.lab.bench.kernels_report import Row, add_ratios, verdicts
 from kernel_helpers import make_problem, rel_err, run_float64
 
 
@@ -72,7 +72,7 @@ def test_ratios_and_verdicts_from_known_rows():
 
 
 def test_gemm_efficiency_from_profiles():
-    from rolora.kernels.bench import gemm_efficiency
+    from rolora.lab.bench.kernels import gemm_efficiency
 
     prof = [{"method": "floor", "shape": "8x8", "m": 4096, "p": 0.0, "kernel": "sm90_gemm", "us_per_step": 90.0},
             {"method": "full@triton", "shape": "8x8", "m": 4096, "p": 0.0, "kernel": "_fwd_gemm_kernel",
@@ -110,7 +110,7 @@ def test_gpu_timer_passes_rep_ms_as_do_bench_time_budget(monkeypatch):
     pytest.importorskip("triton")
     import triton.testing
 
-    from rolora.kernels.bench import _parser, _timer
+    from rolora.lab.bench.kernels import _parser, _timer
 
     seen = {}
 

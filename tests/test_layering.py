@@ -1,31 +1,23 @@
-"""The package's import layering, read from the source (AST) of every module of ``rolora``.
+"""The package's import layering, read from the source (AST) of every module of ``rolora/``.
 
-What is enforced, exactly (an import is any ``import x`` / ``from x import y`` anywhere in a module,
-also inside functions; relative imports are resolved; ``from pkg import name`` counts as importing
-``pkg.name`` when that is a module):
+The package lives in ``rolora/`` at the repository root, so every ``rolora.x`` import resolves to a
+folder of the checkout: an import-graph tool sees the same arrows as this test. What is enforced,
+exactly (an import is any ``import x`` / ``from x import y`` anywhere in a module, also inside
+functions; ``from pkg import name`` counts as importing ``pkg.name`` when that is a module):
 
-0. One import style: no relative imports anywhere (``rolora.x`` is written out, so a reader and
-   an import-graph tool see the real arrows).
-1. ``theory`` imports nothing of ours (only ``rolora.theory.*``).
-2. ``kernels`` imports only ``rolora.kernels.*``, torch, triton, numpy and the standard library;
-   its benchmark scripts (``kernels/bench*.py``, never imported by the library) may also import
-   peft (the baseline they measure against) and tqdm.
-3. ``federated`` never imports ``toy``, ``llm`` or ``kernels`` (it is the bottom of the torch stack).
-4. No "upward" or sideways import: a subpackage imports only itself and the layers it may build on
-   (``toy`` and ``llm``: ``federated``, ``kernels`` and ``optim``; never each other;
-   ``flower``: those and ``llm``, and nothing imports ``flower``; ``reports`` (``rolora report``, the
-   reproduction report read from result files): ``theory``, ``toy``, ``llm``, ``federated`` and
-   ``optim``, and nothing imports ``reports``; ``optim``, like ``theory``,
-   ``kernels`` and ``federated``, builds on nothing of ours, and imports only torch, numpy and the
-   standard library). Every folder of the package with an
-   ``__init__.py`` must have a layer here, so a new subpackage gets one on purpose. Never the top-level
-   modules (``rolora``, ``rolora.cli``, ``rolora.__main__``). The one exception is
-   ``rolora._misnamed``, the stdlib-only helper every subpackage's ``__init__`` uses to refuse being
-   imported under the wrong name; and ``rolora.llm.cli`` may import ``rolora.flower.simulation``
-   (``rolora llm run --engine flower``), no other llm module any of flower.
-5. Outside ``federated/`` (``toy``, ``llm``, future Flower apps, ``cli``) only the public modules of
-   ``rolora.federated`` are imported: the package itself, ``api``, ``round``, ``serial``, ``dense``,
-   ``registry`` and ``seeding`` (the project's one seed-derivation helper, no aggregation). So no
+0. One import style: no relative imports anywhere (``rolora.x`` is written out).
+1. The ground floor: ``theory``, ``kernels`` and ``optim`` import nothing of ours; ``kernels``
+   imports only torch, triton, numpy and the standard library; ``optim`` only torch and numpy.
+2. ``federated`` (aggregation arithmetic and the round protocol) builds on nothing of ours either.
+3. ``toy`` and ``llm`` build on ``federated``, ``kernels`` and ``optim``, never on each other;
+   ``flower`` builds on those and ``llm``; ``lab`` (sweeps, specs, the report, benchmarks, GPU
+   scripts) sits on top and may use everything, and nothing imports it. Every folder of the package
+   with an ``__init__.py`` must have a floor here, so a new subpackage gets one on purpose. No
+   subpackage imports the top-level modules (``rolora.cli``, ``rolora.__main__``): they sit above all.
+4. No circles between modules, lazy imports inside functions included.
+5. Outside ``federated/`` only its public modules are imported: the package itself, ``api``,
+   ``round``, ``serial``, ``dense``, ``registry``, ``seeding``, ``diagnostics``, ``synthetic`` (seeded
+   stand-in uploads, for tests and the aggregation bench) and ``validation`` (input checks). So no
    aggregation arithmetic (``weights``, ``svd``, ``lora_base``, a method's module, ...) is reused, or
    re-implemented around its internals, outside the core.
 6. ``llm/`` and ``flower/`` contain no hand-written weighted sum over clients' tensors. Flagged, in
@@ -45,8 +37,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-GUARD_HELPER = "rolora._misnamed"
+ROOT = Path(__file__).resolve().parents[1] / "rolora"
 MAY_BUILD_ON = {
     "theory": set(),
     "kernels": set(),
@@ -55,18 +46,16 @@ MAY_BUILD_ON = {
     "toy": {"federated", "kernels", "optim"},
     "llm": {"federated", "kernels", "optim"},
     "flower": {"federated", "kernels", "optim", "llm"},
-    "reports": {"theory", "toy", "llm", "federated", "optim"},
+    "lab": {"theory", "kernels", "optim", "federated", "toy", "llm", "flower"},
 }
 SUBPACKAGES = tuple(MAY_BUILD_ON)
 KERNELS_THIRD_PARTY = {"torch", "triton", "numpy"}
-KERNELS_BENCH_EXTRA = {"peft", "tqdm"}
 OPTIM_THIRD_PARTY = {"torch", "numpy"}
 PUBLIC_FEDERATED = {
-    f"rolora.federated{s}" for s in ("", ".api", ".round", ".serial", ".dense", ".registry", ".seeding")
+    f"rolora.federated{s}" for s in ("", ".api", ".round", ".serial", ".dense", ".registry", ".seeding", ".diagnostics",
+                                     ".synthetic", ".validation")
 }
 NOT_AGGREGATION = "# not an aggregation"
-ENGINE_SWITCH = ("rolora.llm.cli", "rolora.flower.simulation")
-"""The one import of ``flower`` from below: ``rolora llm run --engine flower`` (the CLI front end only)."""
 SKIP_DIRS = {"tests", "docs", "build", "dist", "out", ".venv", ".git", "__pycache__", ".hypothesis"}
 
 
@@ -82,7 +71,7 @@ def package_modules(root: Path) -> dict[str, Path]:
     out = {}
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).parts
-        if rel[0] in SKIP_DIRS or rel[0].endswith(".egg-info") or any(p.startswith(".") for p in rel):
+        if rel[0] in SKIP_DIRS or any(p.startswith(".") for p in rel):
             continue
         out[module_name(path, root)] = path
     return out
@@ -131,18 +120,16 @@ def layering_violations(root: Path) -> list[str]:
             top = imported.split(".")[0]
             target_area = area_of(imported) if ours(imported) else None
             where = f"{name} imports {imported}"
-            if area == "theory" and ours(imported) and target_area != "theory" and imported != GUARD_HELPER:
+            if area == "theory" and ours(imported) and target_area != "theory":
                 problems.append(f"{where}: theory imports nothing of ours")
             if area == "kernels":
-                if ours(imported) and target_area != "kernels" and imported != GUARD_HELPER:
+                if ours(imported) and target_area != "kernels":
                     problems.append(f"{where}: kernels import no other rolora subpackage")
-                is_bench = name.startswith("rolora.kernels.bench")
-                allowed = KERNELS_THIRD_PARTY | (KERNELS_BENCH_EXTRA if is_bench else set())
-                if not ours(imported) and top not in stdlib and top not in allowed:
+                if not ours(imported) and top not in stdlib and top not in KERNELS_THIRD_PARTY:
                     problems.append(f"{where}: kernels import only torch, triton, numpy and the stdlib")
             if area == "optim" and not ours(imported) and top not in stdlib and top not in OPTIM_THIRD_PARTY:
                 problems.append(f"{where}: optim imports only torch, numpy and the stdlib")
-            if area is not None and ours(imported) and imported != GUARD_HELPER and (name, imported) != ENGINE_SWITCH:
+            if area is not None and ours(imported):
                 if target_area is None:
                     problems.append(f"{where}: a subpackage never imports the top-level modules (upwards)")
                 elif target_area != area and target_area not in MAY_BUILD_ON[area]:
@@ -197,10 +184,70 @@ def weighted_sums(path: Path) -> list[str]:
     return found
 
 
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Module -> the modules of ours it imports (lazy imports inside functions included)."""
+    modules = package_modules(root)
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for imported in imports_of(path, name, set(modules)):
+            # `import rolora.a.b` also runs rolora.a's __init__; the arrow that matters is to the module
+            while imported and imported not in modules and "." in imported:
+                imported = imported.rsplit(".", 1)[0]
+            if imported in modules and imported != name:
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+def import_cycles(root: Path) -> list[list[str]]:
+    """Every circle of imports between modules, as the modules on it (Tarjan's strongly connected
+    components of size > 1, or a module importing itself). A package's ``__init__`` that re-exports its
+    own modules is not a circle with them: arrows from a module to its own package are left out."""
+    graph = {name: {t for t in targets if not name.startswith(t + ".")} for name, targets in import_graph(root).items()}
+    index, low, stack, on_stack, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(node: str) -> None:  # iterative depth would be nicer; the package is ~250 modules deep at most
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def test_no_import_circles_not_even_behind_a_lazy_import():
+    assert import_cycles(ROOT) == []
+
+
+def test_a_planted_circle_is_found(tmp_path):
+    root = _tree(tmp_path, {"llm/a.py": "import rolora.llm.b\n", "llm/b.py": "def f():\n    from rolora.llm import a\n"})
+    assert import_cycles(root) == [["rolora.llm.a", "rolora.llm.b"]]
+
+
 def test_every_subpackage_is_scanned():
     areas = {area_of(name) for name in package_modules(ROOT)}
     assert {"theory", "kernels", "federated", "toy", "llm"} <= areas
-    folders = {p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name not in SKIP_DIRS}
+    folders = {p.parent.name for p in ROOT.glob("*/__init__.py")}
     assert folders <= set(MAY_BUILD_ON), f"new subpackage(s) {sorted(folders - set(MAY_BUILD_ON))}: give each a layer"
     assert "rolora.federated.round" in package_modules(ROOT)
 
@@ -260,6 +307,9 @@ PLANTED = [
     ("llm/internal.py", "from rolora.federated.weights import weighted_sum\n", "only"),
     ("llm/sub.py", "from rolora.federated import svd\n", "only"),
     ("llm/rel.py", "from ..federated.lora_base import LoRAMethod\n", "only"),
+    ("llm/lab_user.py", "def f():\n    from rolora.lab.sweep import runner\n", "llm may not import lab"),
+    ("flower/lab_user.py", "import rolora.lab.bench.llm\n", "flower may not import lab"),
+    ("federated/lab_user.py", "import rolora.lab\n", "federated may not import lab"),
 ]
 
 
@@ -278,7 +328,7 @@ def test_public_federated_modules_and_the_guard_helper_are_allowed(tmp_path):
         "federated/api.py": "", "federated/round.py": "", "llm/ok.py": (
             "from rolora.federated import get_method\nfrom rolora.federated.round import run_round\n"
             "import rolora.kernels\nimport torch, numpy, json\n"),
-        "theory/__init__.py": "if __name__ != 'rolora.theory':\n    from rolora._misnamed import refuse_misnamed\n",
+        "lab/ok.py": "import rolora.flower\nimport rolora.llm\nimport rolora.theory\nimport peft\n",
         "kernels/ok.py": "import triton\nimport torch\nfrom rolora.kernels import op\n",
     })
     assert layering_violations(root) == []
@@ -306,3 +356,32 @@ def test_weighted_means_of_logged_numbers_pass(tmp_path):
     path.write_text("def f(results, w):\n    return sum(w[k] * r.metrics['loss'] for k, r in results.items())\n"
                     "def g(ts):\n    return sum(t.numel() * t.element_size() for t in ts)\n")
     assert weighted_sums(path) == []
+
+
+# --------------------------------------------------------------------------- a third-party tool agrees
+REPO = ROOT.parent
+
+
+def _lint_imports(repo: Path):
+    import subprocess
+
+    return subprocess.run([str(Path(sys.executable).with_name("lint-imports"))], cwd=repo, capture_output=True,
+                          text=True, timeout=300, env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"})
+
+
+def test_an_import_graph_tool_sees_the_floors_on_the_checkout():
+    """import-linter (grimp) resolves every ``rolora.x`` import to a folder of the checkout."""
+    proc = _lint_imports(REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 broken" in proc.stdout
+
+
+def test_the_import_graph_tool_fails_on_an_upward_import(tmp_path):
+    import shutil
+
+    shutil.copytree(ROOT, tmp_path / "rolora", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    with open(tmp_path / "rolora" / "federated" / "round.py", "a") as f:
+        f.write("\n\ndef _planted():\n    from rolora.llm import engine  # an upward import, lazy\n")
+    proc = _lint_imports(tmp_path)
+    assert proc.returncode != 0 and "rolora.federated.round -> rolora.llm" in proc.stdout, proc.stdout

@@ -16,7 +16,8 @@ from rolora.federated import available_methods, method_from_spec
 from rolora.federated.round import client_starts, client_uploads
 from rolora.llm.batched_training import batched_training, chunks, padding_share
 from rolora.llm.config import ConfigError, load_config
-from rolora.llm.local_training import local_training, sequential_training
+from rolora.llm.local_training import sequential_training
+from rolora.llm.training import local_training
 from rolora.llm.prepare import build
 
 COMMON = ["data.max_train_samples=36", "federated.clients=3", "train.local_steps=2", "train.batch_size=4",

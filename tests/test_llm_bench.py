@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from rolora.llm.bench import main
+from rolora.lab.bench.llm import main
 
 
 def test_quick_bench_rows_are_consistent(tmp_path, capsys):

@@ -313,7 +313,7 @@ def test_a_run_on_a_gpu_keeps_the_server_state_on_the_cpu(spec, batching, tmp_pa
 
 def test_to_server_moves_every_tensor_and_keeps_the_rest():
     from rolora.federated.round import ClientResult
-    from rolora.llm.local_training import to_server
+    from rolora.llm.training import to_server
 
     assert to_server(None) is None
     x = torch.arange(6.0).reshape(2, 3)

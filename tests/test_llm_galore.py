@@ -60,7 +60,7 @@ def test_a_rank_above_every_matrix_is_refused(tmp_path):
 
 def test_memory_bench_counts_match_the_formulas_and_the_methods_communication():
     from rolora.federated.api import LayerSpec
-    from rolora.llm.memory_bench import measure
+    from rolora.lab.bench.memory import measure
 
     rows = {(r.method, r.optimizer): r for r in measure("x", {"l": LayerSpec(30, 20)}, lora_rank=4, galore_rank=3)}
     assert rows["fedavg-full", "adamw"].state_bytes == 4 * 2 * 30 * 20

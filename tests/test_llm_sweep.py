@@ -1,4 +1,4 @@
-"""``rolora llm sweep``: spec parsing and its errors, cell expansion, the lr choice on the validation
+"""``rolora sweep``: spec parsing and its errors, cell expansion, the lr choice on the validation
 split, and real tiny-bert sweeps (interrupted, resumed, skipped when finished, --jobs 2 = --jobs 1)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from rolora.llm.config import ConfigError, load_config, to_toml
-from rolora.llm.sweep import Sweep, dry_run, run_sweep, status_table
-from rolora.llm.sweep_spec import EXPERIMENTS_DIR, load_spec, lr_cells, main_cells, select
+from rolora.lab.sweep.runner import Sweep, dry_run, run_sweep, status_table
+from rolora.lab.sweep.spec import SPECS_DIR, load_spec, lr_cells, main_cells, select
 
 TINY = ["model.name=tiny-bert", "model.max_length=24", "data.dataset=rotten_tomatoes", "data.test_size=24",
         "data.val_size=24", "data.max_train_samples=48", "run.eval_batch_size=24", "federated.clients=3",
@@ -86,7 +86,7 @@ def test_cells_are_methods_times_columns_times_seeds_with_the_restrictions(tmp_p
 
 
 def test_only_runs_the_matching_cells_and_the_lr_cells_their_methods_need(tmp_path):
-    from rolora.llm.sweep import cells_to_run
+    from rolora.lab.sweep.runner import cells_to_run
 
     sweep = Sweep(load_spec(write_spec(tmp_path, SPEC)), tmp_path / "out")
     lr, main = cells_to_run(sweep, "*-n6-r4-*")
@@ -110,7 +110,7 @@ def test_evals_sets_eval_every_from_each_cells_rounds(tmp_path):
         label = "rolora"
         method = "rolora"
     """))
-    from rolora.llm.sweep_spec import cell_config
+    from rolora.lab.sweep.spec import cell_config
 
     configs = [cell_config(spec, c) for c in main_cells(spec, {})]
     assert [(c.total_rounds, c.run.eval_every) for c in configs] == [(15, 4), (3, 1)]
@@ -154,14 +154,14 @@ def test_an_unknown_spec_name_lists_the_shipped_ones():
 
 
 def test_shipped_specs_expand():
-    for path in sorted(EXPERIMENTS_DIR.glob("*.toml")):
+    for path in sorted(SPECS_DIR.glob("*.toml")):
         sweep = Sweep(load_spec(path.stem), Path("/nonexistent/sweep"))
         assert sweep.cells and path.read_text().startswith("#"), path
 
 
 def _fake_lr_cell(sweep: Sweep, cell, val_acc: float, val_loss: float, test_acc: float) -> None:
     """A finished lr cell on disk: its config, a final row, curves.png."""
-    from rolora.llm.sweep_spec import cell_config
+    from rolora.lab.sweep.spec import cell_config
 
     folder = sweep.out / "cells" / cell.id
     folder.mkdir(parents=True)
@@ -193,9 +193,9 @@ def test_the_lr_choice_takes_the_best_validation_score_and_never_the_test(tmp_pa
 def test_recorded_cells_are_not_run_again_and_bring_their_lr_choice(tmp_path, capsys):
     """A sweep's lr phase and seed 0 done in one checkout and extracted by the report; a fresh checkout with
     --recorded runs only seed 1 with the same lrs. Another spec's rows are not reused."""
-    from rolora.llm.sweep import still_to_run
-    from rolora.llm.sweep_record import read_recorded
-    from rolora.reports.extract import extract_sweeps
+    from rolora.lab.sweep.runner import still_to_run
+    from rolora.lab.sweep.record import read_recorded
+    from rolora.lab.report.extract import extract_sweeps
 
     spec = load_spec(write_spec(tmp_path, SPEC))
     first = Sweep(spec, tmp_path / "first")
@@ -221,7 +221,7 @@ def test_recorded_cells_are_not_run_again_and_bring_their_lr_choice(tmp_path, ca
     assert still_to_run(fresh, "*-s0") == []
     assert "12 recorded" in status_table(fresh)
     # an lr phase recorded only in part (no choice recorded): its cells run again, so a choice can be made
-    from rolora.llm.sweep_record import Recorded
+    from rolora.lab.sweep.record import Recorded
 
     partial = Sweep(spec, tmp_path / "partial", Recorded(frozenset(c.id for c in first.lr[:2]), {}))
     assert [c.id for c in still_to_run(partial, "lr-")] == [c.id for c in first.lr]
@@ -264,11 +264,11 @@ def test_a_cell_a_sibling_sweep_has_run_is_copied_and_counted_once(tmp_path):
     """Sweep b's 3-client cells are sweep a's cells (same config, other ids): copied from a's finished runs
     (a run that differs in run.threads only counts; an unfinished one does not), never run; the 6-client
     cells have no twin. The report keeps their results and counts their training time in a only."""
-    from rolora.llm.sweep import copy_twins
-    from rolora.llm.sweep_twins import COPIED_FROM
-    from rolora.reports.csv_files import read_rows
-    from rolora.reports.extract import extract_sweeps
-    from rolora.reports.lm_results import cost_seconds
+    from rolora.lab.sweep.runner import copy_twins
+    from rolora.lab.sweep.twins import COPIED_FROM
+    from rolora.lab.report.csv_files import read_rows
+    from rolora.lab.report.extract import extract_sweeps
+    from rolora.lab.report.lm_results import cost_seconds
 
     root = tmp_path / "sweeps"
     a = Sweep(load_spec(write_spec(tmp_path, TWIN_A, "a")), root / "a")
@@ -316,11 +316,11 @@ def test_a_cell_whose_twin_another_sweep_recorded_borrows_its_rows(tmp_path):
     """In a fresh checkout, sweep b's 3-client cells are the twins of sweep a's cells that the report's CSVs
     hold as done: --recorded marks them recorded (not run) and the report fills them with a's results and
     curves under b's names, counting their training time in a only; b's other cells run as usual."""
-    from rolora.llm.sweep import still_to_run
-    from rolora.llm.sweep_record import read_recorded
-    from rolora.reports.csv_files import read_rows
-    from rolora.reports.extract import extract_sweeps
-    from rolora.reports.lm_results import cost_seconds
+    from rolora.lab.sweep.runner import still_to_run
+    from rolora.lab.sweep.record import read_recorded
+    from rolora.lab.report.csv_files import read_rows
+    from rolora.lab.report.extract import extract_sweeps
+    from rolora.lab.report.lm_results import cost_seconds
 
     absolute = lambda text: text.replace('base = "base.toml"', f'base = "{tmp_path / "base.toml"}"')  # noqa: E731
     data = tmp_path / "data"

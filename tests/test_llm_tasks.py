@@ -353,7 +353,7 @@ def test_bad_task_dataset_and_batches(word_tokenizer):
 
 
 def test_the_eval_benchmark_runs_both_paths_and_refuses_an_encoder_config(capsys):
-    from rolora.llm.eval_bench import main
+    from rolora.lab.bench.decoder_eval import main
 
     assert main(["--set", "model.name=tiny-llama", "--prompts", "12"]) == 0
     out = capsys.readouterr().out

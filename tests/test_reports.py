@@ -1,7 +1,7 @@
 """``rolora report``: tables, means, stds and verdicts from fake sweep folders; the CSV round trip;
 the slope helper on synthetic power laws.
 
-No training runs here: each test writes a small sweep folder in the format ``rolora llm sweep``
+No training runs here: each test writes a small sweep folder in the format ``rolora sweep``
 produces (``sweep.json`` + one run folder per cell with ``metrics.jsonl``), with accuracies chosen
 by the test, and checks what the report makes of them against numbers computed here from the same
 inputs.
@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rolora.reports import verdicts as v
-from rolora.reports.cli import main
-from rolora.reports.seeds import over_seeds
-from rolora.reports.slopes import curve_slopes, per_seed_slopes, round_average, running_min, slope
+from rolora.lab.report import verdicts as v
+from rolora.lab.report.cli import main
+from rolora.lab.report.seeds import over_seeds
+from rolora.lab.report.slopes import curve_slopes, per_seed_slopes, round_average, running_min, slope
 
 UPLOAD = {"rolora": 1000, "fedavg-lora": 2000, "ffa-lora": 1000, "flexlora": 2000, "galore-fedavg": 90000}
 
@@ -264,7 +264,7 @@ def test_missing_sweeps_say_not_run_with_the_command(tmp_path):
     make_sweep(sweeps, "clients", clients_cells(WIN))
     text = report(tmp_path, sweeps)
     for name in ("clients-trec", "fewer-params", "local-steps", "handover", "heterogeneity", "decoder"):
-        assert f"No `{name}` sweep was found. Run `rolora llm sweep {name}`" in text
+        assert f"No `{name}` sweep was found. Run `rolora sweep {name}`" in text
     assert "No `clients` sweep was found" not in text
     empty = report(tmp_path / "empty", tmp_path / "nothing-here")
     assert "No `clients` sweep was found" in empty
@@ -353,7 +353,7 @@ def test_galore_comparison_says_which_claim_each_result_supports(tmp_path):
 
 
 def test_columns_are_named_as_the_sweep_names_them():
-    from rolora.reports.sweep_reader import setting_label
+    from rolora.lab.report.sweep_reader import setting_label
 
     assert setting_label({"rank": 4, "clients": 20}) == "n20-r4"
     assert setting_label({"clients": 50, "local_steps": 1}, {"local_steps": "k", "clients": "n"}) == "k1-n50"
@@ -362,7 +362,7 @@ def test_columns_are_named_as_the_sweep_names_them():
 
 
 def test_a_sweeps_setting_names_the_default_only_where_a_key_varies():
-    from rolora.reports.sweep_reader import setup_text
+    from rolora.lab.report.sweep_reader import setup_text
 
     variants = [{"lora": {"rank": 4, "targets": [], "layers": []}},
                 {"lora": {"rank": 4, "targets": ["value"], "layers": []}},
@@ -374,7 +374,7 @@ def test_a_sweeps_setting_names_the_default_only_where_a_key_varies():
 def test_a_borrowed_cell_adds_the_setting_its_spec_gives_it(tmp_path):
     """A recorded cell has no run folder here (its twin ran in another sweep): the sweep's setting line counts
     the config rebuilt from the spec's base and the cell's overrides, beside the run folders' configs."""
-    from rolora.reports.sweep_reader import read_sweep
+    from rolora.lab.report.sweep_reader import read_sweep
 
     folder = make_sweep(tmp_path, "local-steps", [("rolora", 0, {"steps": 30}, "done", 0.8)])
     meta = json.loads((folder / "sweep.json").read_text())
@@ -389,7 +389,7 @@ def test_a_borrowed_cell_adds_the_setting_its_spec_gives_it(tmp_path):
 
 
 def test_samples_name_their_range_where_cells_differ():
-    from rolora.reports.document import samples_text
+    from rolora.lab.report.document import samples_text
 
     assert samples_text([20_000.0, 20_000.0]) == "20,000"
     assert samples_text([20_000.0, 60_000.0, 60_000.0]) == "60,000 (20,000–60,000)"
@@ -437,8 +437,8 @@ def test_a_sweep_resumed_in_a_fresh_checkout_keeps_its_cells_done_before(tmp_pat
     """Seeds 0-1 extracted on one machine, seed 2 run alone (--only) in a fresh checkout: the CSVs hold all
     three as if the sweep had run in one place; a cell done here replaces its committed rows; a changed spec
     keeps nothing committed."""
-    from rolora.reports.csv_files import read_rows
-    from rolora.reports.extract import LM_FILES, extract_sweeps
+    from rolora.lab.report.csv_files import read_rows
+    from rolora.lab.report.extract import LM_FILES, extract_sweeps
 
     cells = [(m, s, N50, "done", a) for m, accs in WIN.items() for s, a in enumerate(accs)]
     early = [(m, s, axes, "done" if s < 2 else "pending", a) for m, s, axes, _, a in cells]
@@ -590,11 +590,11 @@ lr = 0.01
 
 @pytest.mark.slow
 def test_a_real_tiny_sweep_reads_as_its_metrics_say(tmp_path):
-    """Two tiny-bert cells run by `rolora llm sweep`'s own code: the report's numbers are the runs'."""
+    """Two tiny-bert cells run by `rolora sweep`'s own code: the report's numbers are the runs'."""
     from rolora.llm.config import load_config, to_toml
     from rolora.llm.data import load_builtin, split
-    from rolora.llm.sweep import run_sweep
-    from rolora.llm.sweep_spec import load_spec
+    from rolora.lab.sweep.runner import run_sweep
+    from rolora.lab.sweep.spec import load_spec
 
     (tmp_path / "base.toml").write_text(to_toml(load_config(None, TINY_BERT)))
     (tmp_path / "clients.toml").write_text(REAL_SPEC)
@@ -617,8 +617,8 @@ def test_a_real_tiny_sweep_reads_as_its_metrics_say(tmp_path):
 
 
 def test_every_method_in_a_figure_has_its_own_colour():
-    from rolora.reports.lm_results import METHOD_ORDER
-    from rolora.reports.plots import method_colours
+    from rolora.lab.report.lm_results import METHOD_ORDER
+    from rolora.lab.report.plots import method_colours
 
     extra = method_colours(["rolora", "fedavg-lora", "ffa-lora", "flexlora", "flora", "fedex-lora"])
     handover = method_colours(["rolora", "ffa-lora", "rolora-then-ffa-0.2", "rolora-then-ffa-0.5"])
@@ -632,7 +632,7 @@ def test_every_method_in_a_figure_has_its_own_colour():
 
 
 def test_a_sweep_run_on_two_machines_names_both_apart():
-    from rolora.reports.document import intro
+    from rolora.lab.report.document import intro
 
     cells = [{"sweep": "s", "cell": f"c{i}", "status": "done", "phase": "main", "wall_s": "60", "copied_from": "",
               "train_samples": "100", "device": device} for i, device in enumerate(["cpu, 1 thread", "cpu, 2 threads", "cpu, 1 thread"])]

@@ -1,5 +1,5 @@
 """``rolora report``'s learning-rate appendix: each lr cell's validation accuracy by round, from fake
-sweep folders (the format of ``rolora llm sweep``) into ``lm-lr-curves.csv`` and the markdown.
+sweep folders (the format of ``rolora sweep``) into ``lm-lr-curves.csv`` and the markdown.
 
 The lr cells here log validation scores only at some rounds (as ``run.eval_every`` does), so the
 tests check that exactly those rounds and values come through, with the cell's status.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rolora.reports.csv_files import read_rows
+from rolora.lab.report.csv_files import read_rows
 from test_reports import N50, WIN, clients_cells, make_sweep, report, section
 
 APPENDIX = "## Learning-rate selection: validation curves"
@@ -98,7 +98,7 @@ def test_the_lr_curve_rows_of_a_sweep_absent_here_are_kept_unless_dropped(tmp_pa
 
 def test_planned_rounds_scale_with_the_reference_clients_like_the_run_config():
     from rolora.llm.config import load_config
-    from rolora.reports.sweep_reader import planned_rounds
+    from rolora.lab.report.sweep_reader import planned_rounds
 
     for n in (3, 20, 50):
         config = load_config(None, ["federated.rounds=4", "federated.reference_clients=50", f"federated.clients={n}"])

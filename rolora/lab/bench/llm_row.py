@@ -1,0 +1,159 @@
+"""One row of ``rolora bench llm``: one federated round in this process, timed, with its peak RSS.
+
+Every row plays the same round: the same clients' samples (``prepare_data``), the same batches
+per local step (``batch_order`` with the run's seeds), the same initial adapter (``method.init``:
+PEFT's Kaiming A, B = 0) and head, AdamW, then FedAvg of A, B and the head by
+``rolora.federated`` (fedavg-lora), and the test loss and accuracy of the result. Rows:
+
+- ``peft-fp32`` / ``peft-bf16``: the loop users write: one ``get_peft_model`` model; per client
+  ``set_peft_model_state_dict``, tokenise its sentences, ``DataCollatorWithPadding``, a fresh
+  AdamW, the steps (``peft-bf16``: under ``torch.autocast(bfloat16)``),
+  ``get_peft_model_state_dict``;
+- ``ours-seq``, ``ours-batched`` (fp32) and ``ours-fast`` (client-batched, bf16 frozen base, each
+  pass drawing its own dropout masks): ``rolora.llm`` with ``train.client_batching`` off / auto.
+
+Timed: the round (local training of every client and the aggregation); not timed: loading, the
+evaluation. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import torch
+
+from rolora.federated import ClientUpdate, LayerSpec, method_from_spec
+from rolora.federated.round import run_round
+from rolora.federated.seeding import derive_seed
+from rolora.llm.config import load_config
+from rolora.llm.local_training import batch_order, learning_rate
+from rolora.llm.prepare import build, prepare_data, quiet_transformers
+from rolora.llm.tasks import encode, evaluate
+
+ROWS = {
+    "peft-fp32": "PEFT loop, fp32",
+    "peft-bf16": "PEFT loop, bf16 autocast",
+    "ours-seq": "rolora, clients one by one, fp32",
+    "ours-batched": "rolora, client-batched, fp32",
+    "ours-fast": "rolora, client-batched, bf16 base, per-pass dropout masks",
+}
+OURS = {"ours-seq": ["train.client_batching=off"], "ours-batched": ["train.client_batching=auto"],
+        "ours-fast": ["train.client_batching=auto", "model.dtype=bfloat16", "train.dropout_masks=fast"]}
+
+
+def config_for(size: list[str], row: str):
+    return load_config("minilm-rotten-tomatoes", ["federated.method=fedavg-lora", "federated.rounds=1"] + size
+                       + OURS.get(row, []))
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_ours(config) -> dict:
+    setup = build(config)
+    state = setup.initial_state()
+    clients = list(range(config.federated.clients))
+    from rolora.llm.evaluation import evaluate_round
+    from rolora.llm.training import local_training
+
+    start = time.perf_counter()
+    result = run_round(setup.method, state, clients, local_training(setup), {}, seed=config.run.seed)
+    wall = time.perf_counter() - start
+    done = list(result.results.values())
+    scores = evaluate_round(setup, result.state, result.kept, clients)
+    return {"wall_s": wall, "tokens": sum(r.metrics["tokens"] for r in done),
+            "computed_tokens": sum(r.metrics["computed_tokens"] for r in done), **_test(scores)}
+
+
+def _test(scores: dict) -> dict:
+    return {"test_loss": scores["loss"], "test_accuracy": scores["accuracy"]}
+
+
+def run_peft(config, autocast: bool) -> dict:
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from transformers import DataCollatorWithPadding
+
+    from rolora.llm.models import load_model
+
+    c = config
+    train_ds, test_ds, parts, labels = prepare_data(c)
+    with quiet_transformers():
+        model, tokenizer = load_model(c.model.name, "classification", num_labels=len(labels), seed=c.run.seed)
+    targets = tuple(c.lora.targets)
+    specs = {n: LayerSpec(m.out_features, m.in_features) for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in targets}
+    head = {k: v.detach().clone() for k, v in model.classifier.state_dict().items()}
+    method = method_from_spec("fedavg-lora", total_rounds=1)
+    state = method.init(specs, c.lora.rank, alpha=c.lora.alpha, seed=c.run.seed,
+                        dense={f"classifier.{k}": v for k, v in head.items()})
+    model = get_peft_model(model, LoraConfig(r=c.lora.rank, lora_alpha=c.lora.alpha, lora_dropout=c.lora.dropout,
+                                             target_modules=list(targets), modules_to_save=["classifier"]))
+    collator = DataCollatorWithPadding(tokenizer)
+    test = encode("classification", tokenizer, test_ds, c.model.max_length)
+    t, tr = 1, c.train
+    tokens = computed = 0
+
+    start = time.perf_counter()
+    updates = []
+    for k, samples in enumerate(parts):
+        set_peft_model_state_dict(model, to_peft(state.layers, state.dense))
+        texts = [train_ds.texts[i] for i in samples]
+        enc = tokenizer(texts, truncation=True, max_length=c.model.max_length)
+        label = train_ds.labels[samples]
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate(c, t))
+        model.train()
+        for positions in batch_order(len(samples), tr.batch_size, tr.local_steps, tr.local_epochs,
+                                     derive_seed(c.run.seed, "batches", t, k)):
+            features = [{key: enc[key][i] for key in enc} for i in positions]
+            batch = collator(features)
+            batch["labels"] = torch.as_tensor(label[positions])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = model(**batch)
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            tokens += int(batch["attention_mask"].sum())
+            computed += batch["attention_mask"].numel()
+        layers, dense = from_peft(get_peft_model_state_dict(model), specs)
+        updates.append(ClientUpdate(k, float(len(samples)), layers, dense=dense))
+    state = method.aggregate(state, updates, t)
+    wall = time.perf_counter() - start
+
+    set_peft_model_state_dict(model, to_peft(state.layers, state.dense))
+    scores = evaluate(model, test, c.run.eval_batch_size)
+    return {"wall_s": wall, "tokens": tokens, "computed_tokens": computed, **_test(scores)}
+
+
+def to_peft(layers: dict, dense: dict) -> dict:
+    out = {f"base_model.model.{name}.lora_{f}.weight": x for name, t in layers.items() for f, x in t.items()}
+    out.update({f"base_model.model.{k}": v for k, v in dense.items()})
+    return out
+
+
+def from_peft(sd: dict, specs: dict) -> tuple[dict, dict]:
+    layers = {name: {f: sd[f"base_model.model.{name}.lora_{f}.weight"].detach().clone() for f in ("A", "B")}
+              for name in specs}
+    dense = {k.removeprefix("base_model.model."): v.detach().clone() for k, v in sd.items() if ".lora_" not in k}
+    return layers, dense
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rolora.lab.bench.llm_row")
+    p.add_argument("row", choices=sorted(ROWS))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--set", nargs="*", default=[], help="config overrides (section.key=value)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = config_for(args.set, args.row)
+    out = run_peft(config, args.row == "peft-bf16") if args.row.startswith("peft") else run_ours(config)
+    print(json.dumps({"row": args.row, **out, "peak_rss_mib": peak_rss_mib()}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

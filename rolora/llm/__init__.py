@@ -1,0 +1,35 @@
+"""Federated fine-tuning of Hugging Face models (BERT/RoBERTa classifiers, Llama decoders).
+
+.. code-block:: python
+
+    from rolora.llm import load_config, run
+
+    config = load_config("minilm-rotten-tomatoes", ["federated.method=rolora", "federated.clients=20"])
+    history = run(config, "runs/rt-rolora")          # the run folder: metrics, curves, checkpoints, log
+    print(history.rows[-1])                          # test loss/accuracy, bytes, wall time, tokens/s
+
+One process holds ONE frozen base model; every simulated client is only its adapter tensors. Rounds
+go through the core's round protocol (:mod:`rolora.federated.round`) and every aggregation is the
+method's own (:mod:`rolora.federated`). Layout: ``config`` (TOML + overrides), ``prepare`` (data,
+partition, tokens, model, adapters), ``local_training`` (clients' steps; client-batched in
+``batched_training`` over ``client_layers``/``client_streams``/``model_dropouts``), ``evaluation``, ``engine``
+(the loop, checkpoints, resume), ``run_folder``, ``checkpoint``, ``export``/``export_run`` (PEFT),
+``data``/``partition``/``tasks`` (datasets and losses), ``models``/``adapters``/``federated_linear``.
+Heavy imports (transformers) happen on first use of ``run``.
+"""
+
+from rolora.llm.config import ConfigError, RunConfig, load_config
+
+__all__ = ["ConfigError", "RunConfig", "export_run", "load_config", "run"]
+
+
+def __getattr__(name: str):
+    if name == "run":
+        from rolora.llm.engine import run
+
+        return run
+    if name == "export_run":
+        from rolora.llm.export_run import export_run
+
+        return export_run
+    raise AttributeError(f"module 'rolora.llm' has no attribute {name!r}")

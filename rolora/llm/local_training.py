@@ -1,0 +1,128 @@
+"""Clients' local steps on the shared base model: the ``LocalTraining`` callable of a round.
+
+Every participant gets a fresh optimiser (AdamW or SGD) over the tensors its method trains this
+round (``ClientStart.trainable``) plus the classification head, runs ``local_steps`` steps of
+``batch_size`` samples (or ``local_epochs`` passes), and returns its tensors. Reproducible and
+independent of history: the batch order and every dropout mask of client k in round t come from
+seeds derived from (run seed, t, k), so a resumed run replays exactly the same steps.
+
+This module is the reference: :func:`sequential_training` trains the participants one after another
+through :func:`train_client`. :mod:`rolora.llm.batched_training` trains them together (the same
+results), and :func:`rolora.llm.training.local_training` picks one of the two for a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from rolora.federated.round import ClientResult, ClientStart
+from rolora.federated.seeding import derive_seed
+from rolora.llm.adapters import load_head, load_tensors, read_head, read_tensors
+from rolora.llm.prepare import RunSetup
+from rolora.llm.tasks import batch, loss
+
+log = logging.getLogger("rolora.llm")
+
+
+def learning_rate(config, t: int) -> float:
+    """The round-t learning rate: linear warm-up over ``warmup_rounds``, then the schedule to the last round."""
+    tr, total = config.train, config.total_rounds
+    if tr.warmup_rounds and t <= tr.warmup_rounds:
+        return tr.lr * t / tr.warmup_rounds
+    if tr.schedule == "constant" or total <= tr.warmup_rounds + 1:
+        return tr.lr
+    progress = (t - tr.warmup_rounds - 1) / (total - tr.warmup_rounds - 1)  # 0 at the first decayed round
+    if tr.schedule == "linear":
+        return tr.lr * (1 - progress) + tr.lr * 1e-2 * progress  # ends at 1 % (a zero lr wastes the last round)
+    return tr.lr * (1e-2 + (1 - 1e-2) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batch_order(n: int, batch_size: int, steps: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
+    """Positions (0..n-1) of each local step's samples: ``epochs`` shuffled passes if > 0, else
+    ``steps`` batches drawn from successive shuffles (a batch never holds a sample twice)."""
+    rng = np.random.default_rng(seed)
+    size = min(batch_size, n)
+    if epochs > 0:
+        for _ in range(epochs):
+            order = rng.permutation(n)
+            for start in range(0, n, size):
+                yield order[start:start + size]
+        return
+    order, pos = rng.permutation(n), 0
+    for _ in range(steps):
+        if pos + size > n:
+            order, pos = rng.permutation(n), 0
+        yield order[pos:pos + size]
+        pos += size
+
+
+def make_optimizer(config, params: list, lr: float) -> torch.optim.Optimizer:
+    tr = config.train
+    if tr.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
+    if tr.optimizer == "galore":  # per tensor, so one optimiser over many clients' tensors is still one each
+        from rolora.optim import GaLoreAdamW, galore_groups
+
+        groups = galore_groups(params, tr.galore_rank, tr.galore_period, tr.galore_scale)
+        return GaLoreAdamW(groups, lr=lr, weight_decay=tr.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=tr.weight_decay)
+
+
+def train_client(setup: RunSetup, start: ClientStart, lr: float) -> ClientResult | None:
+    """One client's local training from ``start``; None if its loss turns non-finite (it is dropped)."""
+    c, k, t = setup.config, start.client, start.t
+    model = setup.model
+    params = load_tensors(setup.adapters, start.tensors, start.trainable, setup.method, c.lora.alpha)
+    if setup.train_head:
+        params += load_head(model, start.dense, trainable=True)
+    if not params:
+        raise ValueError(f"round {t}, client {k}: method {setup.method.name} trains nothing this round")
+    optimizer = make_optimizer(c, params, lr)
+    samples = setup.clients[k]
+    torch.manual_seed(derive_seed(c.run.seed, "dropout", t, k))  # dropout masks: LoRA's and the model's
+    model.train()
+    losses, tokens, computed, steps = [], 0, 0, 0
+    for positions in batch_order(len(samples), c.train.batch_size, c.train.local_steps, c.train.local_epochs,
+                                 derive_seed(c.run.seed, "batches", t, k)):
+        tensors = {name: x.to(setup.device) for name, x in batch(setup.train, samples[positions]).items()}
+        value = loss(model, tensors, c.model.task).mean()
+        if not bool(torch.isfinite(value)):
+            log.warning("round %d: client %s dropped, its loss is %s at local step %d", t, k, value.item(), steps + 1)
+            model.eval()
+            return None
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        if c.train.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, c.train.max_grad_norm)
+        optimizer.step()
+        losses.append(value.item())
+        tokens += int(tensors["attention_mask"].sum())
+        computed += tensors["attention_mask"].numel()
+        steps += 1
+    model.eval()
+    return ClientResult(
+        tensors=read_tensors(setup.adapters),
+        num_samples=float(len(samples)),
+        dense=read_head(model) if setup.train_head else {},
+        metrics={"train_loss": float(np.mean(losses)), "tokens": tokens, "computed_tokens": computed, "steps": steps},
+    )
+
+
+def sequential_training(setup: RunSetup, progress: Callable[[int], None] | None = None):
+    """A ``LocalTraining`` callable that trains the participants one after another."""
+
+    def train(t: int, starts: Sequence[ClientStart]) -> list[ClientResult | None]:
+        lr = learning_rate(setup.config, t)
+        results = []
+        for start in starts:
+            results.append(train_client(setup, start, lr))
+            if progress is not None:
+                progress(1)
+        return results
+
+    return train
