@@ -35,11 +35,31 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 ALIASES: dict[tuple[str, str], list[str]] = {("llm", "sweep"): ["sweep"], ("llm", "sweeps"): ["sweep", "--list"]}
 
 
-def flower_engine():
-    """``rolora llm run --engine flower``: the run as a Flower simulation (:mod:`rolora.flower.simulation`)."""
-    from rolora.flower.simulation import run
+def _flower_simulation():
+    from rolora.llm.config import ConfigError
 
-    return run
+    try:
+        import rolora.flower.simulation as simulation
+    except ImportError as err:
+        raise ConfigError(f"--engine flower needs Flower, which is not installed ({err}); install it with: "
+                          "pip install 'rolora[flower]'") from None
+    return simulation
+
+
+def _flower_run(config, out, *, resume: bool = False, quiet: bool = False):
+    return _flower_simulation().run(config, out, resume=resume, quiet=quiet)
+
+
+def _flower_check(config) -> None:
+    _flower_simulation().check(config)
+
+
+def flower_engine():
+    """``rolora llm run --engine flower``: the run as a Flower simulation (:mod:`rolora.flower.simulation`),
+    and its check of every config before the first run (SecAgg+ refuses some methods)."""
+    from rolora.llm.cli import Engine
+
+    return Engine(run=_flower_run, check=_flower_check)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,11 +89,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     args = parser.parse_args(head)  # unknown subcommand: usage on stderr, exit 2
+    name = " ".join(["rolora", *head])
+    try:
+        return _dispatch(args, rest)
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as err:
+        # The last net: each command checks its paths before it starts (one message, exit 2); a file
+        # system that fails it later (full, removed, read-only) is still a message, not a traceback.
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, rest: list[str]) -> int:
     if args.command == "llm":
         from rolora.llm.cli import ENGINES
         from rolora.llm.cli import main as llm_main
 
-        return int(llm_main(rest, engines={**ENGINES, "flower": flower_engine}) or 0)
+        return int(llm_main(rest, engines={**ENGINES, "flower": flower_engine()}) or 0)
     module = BENCHMARKS[args.bench][0] if args.command == "bench" else COMMANDS[args.command][0]
     return int(importlib.import_module(module).main(rest) or 0)
 

@@ -20,6 +20,8 @@ for var, sub in [
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+# model.dtype = "auto" picks bf16 on CPUs with native bf16: the tests' numbers must not depend on the machine.
+os.environ.setdefault("ROLORA_NATIVE_BF16", "0")
 
 import torch  # noqa: E402  (after the environment is set)
 from hypothesis import settings  # noqa: E402

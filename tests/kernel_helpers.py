@@ -1,5 +1,10 @@
 """Helpers for the kernel tests: the float64 reference, seeded problems, relative error, NaN poisoning,
-and the device each backend's tests run on.
+the device each backend's tests run on, and ``LoRALinear``: the op inside a module.
+
+``LoRALinear`` is test-side on purpose: the library's only layer is
+``rolora.llm.adapter_layer.FederatedLinear`` (federated tensors, methods); the kernel tests need just
+the op with PEFT's parameter names around it (phases, compile, checkpoint, PEFT parity). Like the
+library's layer it draws each training call's dropout seed with ``rolora.kernels.draw_dropout_seed``.
 
 Device: tests that pass ``backend="triton"`` run on CUDA tensors where a GPU exists (the kernels
 compiled) and on CPU tensors elsewhere (conftest.py turns Triton's interpreter on there), so the same
@@ -13,9 +18,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from rolora.kernels.phase import LoRAPhase
+from rolora.kernels import draw_dropout_seed, lora_linear
+from rolora.kernels.phase import LoRAPhase, phase_of
 
 HAS_CUDA = torch.cuda.is_available()
 TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -50,8 +56,6 @@ def lora_linear_float64(
     if bias is not None:
         y = y + bias.double()
     return y.reshape(*lead, weight.shape[0])
-
-
 
 
 def rel_err(out: Tensor, ref: Tensor) -> float:
@@ -147,3 +151,97 @@ def run_float64(pb: Problem, phase: str, keep: Tensor | None = None, dropout_p: 
     if y.requires_grad:
         y.backward(pb.grad_y.double())
     return y.detach(), x.grad, a.grad, b.grad
+
+
+class LoRALinear(nn.Module):
+    """y = x W0ᵀ + b + (alpha/r) · dropout(x) Aᵀ Bᵀ through ``lora_linear``, W0 and b frozen.
+
+    PEFT's names and shapes: ``weight`` out×in, ``bias``, ``lora_A`` r×in, ``lora_B`` out×r (zero, so
+    the layer starts as the frozen one). ``seed`` seeds W0 and A; dropout follows torch's RNG.
+    """
+
+    def __init__(self, in_features: int, out_features: int, r: int, alpha: float, dropout: float = 0.0,
+                 bias: bool = True, backend: str = "auto", seed: int = 0,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.weight = nn.Parameter((torch.randn(out_features, in_features, generator=gen)
+                                    * in_features ** -0.5).to(device), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
+        self.lora_A = nn.Parameter((torch.randn(r, in_features, generator=gen) * in_features ** -0.5).to(device))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, r, device=device))
+        self.r, self.alpha, self.dropout, self.backend, self.seed = r, alpha, dropout, backend, seed
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, r: int, alpha: float, dropout: float = 0.0,
+                    backend: str = "auto") -> LoRALinear:
+        """Around ``linear``: its weight and bias become W0 and b (shared, frozen); fp32 adapters."""
+        layer = cls(linear.in_features, linear.out_features, r, alpha, dropout, linear.bias is not None,
+                    backend, device=linear.weight.device)
+        layer.weight = linear.weight.requires_grad_(False)
+        if linear.bias is not None:
+            layer.bias = linear.bias.requires_grad_(False)
+        return layer
+
+    @property
+    def phase(self) -> LoRAPhase:
+        return phase_of(self.lora_A, self.lora_B)
+
+    def set_phase(self, phase: LoRAPhase | str) -> None:
+        phase = LoRAPhase(phase)
+        self.lora_A.requires_grad_(phase.trains_a)
+        self.lora_B.requires_grad_(phase.trains_b)
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.dropout if self.training else 0.0
+        seed = draw_dropout_seed() if p > 0.0 else 0  # eval and p = 0 leave torch's RNG untouched
+        return lora_linear(x, self.weight, self.bias, self.lora_A, self.lora_B, self.alpha / self.r, p, seed,
+                           self.backend)
+
+
+def inject_lora(model: nn.Module, targets: list[str], r: int, alpha: float, dropout: float = 0.0,
+                backend: str = "auto") -> list[str]:
+    """PEFT's ``get_peft_model`` with ours: every parameter frozen, each ``nn.Linear`` named a target
+    (or ending in ``"." + target``) replaced by a ``LoRALinear`` around it. Returns the names."""
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, nn.Linear) and any(n == t or n.endswith("." + t) for t in targets)]
+    assert names, f"no nn.Linear matches {targets}"
+    model.requires_grad_(False)
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        holder = model.get_submodule(parent) if parent else model
+        setattr(holder, child, LoRALinear.from_linear(getattr(holder, child), r, alpha, dropout, backend))
+    return names
+
+
+def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def set_phase(model: nn.Module, phase: LoRAPhase | str) -> None:
+    for layer in lora_modules(model).values():
+        layer.set_phase(phase)
+
+
+def peft_key(path: str, factor: str) -> str:
+    """PEFT's saved key (``get_peft_model_state_dict``) of factor "A" or "B" of the layer at ``path``."""
+    return f"base_model.model.{path}.lora_{factor}.weight"
+
+
+def peft_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The model's LoRA factors under PEFT's saved keys (detached clones)."""
+    return {peft_key(path, f): getattr(layer, f"lora_{f}").detach().clone()
+            for path, layer in lora_modules(model).items() for f in "AB"}
+
+
+def load_peft_state_dict(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
+    """Copy PEFT's saved factors into the model's ``LoRALinear`` layers: exactly their keys and shapes."""
+    layers = lora_modules(model)
+    wanted = {peft_key(path, f) for path in layers for f in "AB"}
+    assert set(state_dict) == wanted, f"keys differ: {sorted(set(state_dict) ^ wanted)[:4]}"
+    with torch.no_grad():
+        for path, layer in layers.items():
+            for f in "AB":
+                param, value = getattr(layer, f"lora_{f}"), state_dict[peft_key(path, f)]
+                assert value.shape == param.shape, (path, f, tuple(value.shape), tuple(param.shape))
+                param.copy_(value)

@@ -150,3 +150,23 @@ def test_a_node_outside_the_run_is_refused_clearly(fedsa):
         client_app.train(_message(RecordDict(), MessageType.TRAIN),
                          Context(run_id=1, node_id=3, node_config={}, state=RecordDict(), run_config={}))
     assert json.loads(text)["federated"]["method"] == "fedsa-lora"
+
+
+def test_the_server_loop_writes_the_embedded_engines_row():
+    """One row function for both engines: a Flower round's record gives the embedded row's keys and
+    values; the server loop only adds the flower_* bytes (tests/test_flower_engines.py compares runs)."""
+    from rolora.federated import CommCost
+    from rolora.federated.round import ClientResult
+    from rolora.flower import server_loop
+    from rolora.flower.strategy import RoundRecord
+    from rolora.llm import engine
+    from rolora.llm.round_row import round_row
+
+    assert server_loop.round_row is engine.round_row is round_row
+    results = {1: ClientResult({}, 2, metrics={"train_loss": 0.5, "tokens": 12.0})}
+    rec = RoundRecord(t=3, participants=[1], results=results, communication=CommCost(4, 6),
+                      flower_upload_bytes=100, flower_download_bytes=200)
+    config = load_config(None, ["federated.rounds=3"])
+    row = round_row(config, rec.t, rec, 2.0)
+    assert row == {"round": 3, "train_loss": 0.5, "lr": learning_rate(config, 3), "participants": 1, "dropped": [],
+                   "upload_bytes": 16, "download_bytes": 24, "wall_s": 2.0, "tokens": 12, "tokens_per_s": 6.0}

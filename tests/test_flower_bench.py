@@ -1,4 +1,4 @@
-"""``python -m rolora.lab.bench.flower``: its tables and its memory probe (the measurement itself is too slow
+"""``rolora bench flower``: its tables and its memory probe (the measurement itself is too slow
 for the suite; its numbers are in BENCHMARKS.md, "Flower")."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``torch.compile(fullgraph=True)`` traces a model built from ``LoRALinear`` (torch path on CPU).
+"""``torch.compile(fullgraph=True)`` traces a model of ``lora_linear`` layers (torch path on CPU).
 
 The custom ops ``rolora::lora_linear_fwd`` / ``_bwd`` have fake implementations, so dynamo keeps them
 as single nodes instead of breaking the graph. Compiled and eager results agree to rtol 1e-5 (fp32).
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from rolora.kernels import LoRALinear
+from kernel_helpers import LoRALinear
 
 
 class TwoLayer(nn.Module):

@@ -16,9 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from kernel_helpers import device_for
+from kernel_helpers import device_for, inject_lora, load_peft_state_dict, set_phase
 
-from rolora.kernels import inject_lora, load_peft_state_dict, set_phase
 from rolora.kernels.op import triton_available
 
 TARGETS = ["fc1", "fc2"]

@@ -1,8 +1,9 @@
 """Dropout seeds drawn from torch's RNG: checkpoint re-runs and ``torch.compile`` stay correct.
 
-``LoRALinear`` draws each training call's dropout seed from torch's default CPU generator (as
-``nn.Dropout`` does), so ``torch.utils.checkpoint`` — which saves and restores that RNG state for its
-re-run — regenerates the same mask, and dynamo sees no changing Python attribute to guard on.
+A layer (``kernel_helpers.LoRALinear`` here, the library's ``FederatedLinear`` alike) draws each
+training call's dropout seed with ``rolora.kernels.draw_dropout_seed`` from torch's default CPU
+generator (as ``nn.Dropout`` does), so ``torch.utils.checkpoint`` — which saves and restores that RNG
+state for its re-run — regenerates the same mask, and dynamo sees no changing Python attribute to guard on.
 Checkpointed and plain runs must agree exactly up to fp32 re-association (rtol 1e-6); compiled and
 eager runs under the same ``torch.manual_seed`` to rtol 1e-5.
 """
@@ -13,9 +14,9 @@ import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from kernel_helpers import device_for
+from kernel_helpers import LoRALinear, device_for
 
-from rolora.kernels import LoRALinear, lora_linear
+from rolora.kernels import lora_linear
 from rolora.kernels.op import triton_available
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernel_helpers import device_for
+from kernel_helpers import LoRALinear, device_for
 
-from rolora.kernels import LoRALinear, LoRAPhase
+from rolora.kernels import LoRAPhase
 from rolora.kernels.op import triton_available
 
 M, K, N, R = 24, 40, 56, 8

@@ -119,7 +119,7 @@ def test_autocast_on_cuda_with_fp32_adapters(dtype, backend):
 @gpu
 @needs_cuda
 def test_compiled_module_with_triton_backend_on_gpu():
-    from rolora.kernels import LoRALinear
+    from kernel_helpers import LoRALinear
 
     torch.manual_seed(0)
     layer = LoRALinear(256, 128, r=8, alpha=16, backend="triton", device="cuda")

@@ -17,7 +17,8 @@ functions; ``from pkg import name`` counts as importing ``pkg.name`` when that i
 4. No circles between modules, lazy imports inside functions included.
 5. Outside ``federated/`` only its public modules are imported: the package itself, ``api``,
    ``round``, ``serial``, ``dense``, ``registry``, ``seeding``, ``diagnostics``, ``synthetic`` (seeded
-   stand-in uploads, for tests and the aggregation bench) and ``validation`` (input checks). So no
+   stand-in uploads, for tests and the aggregation bench), ``validation`` (input checks), ``atomic``
+   (atomic file writes) and ``partition`` (which client holds which examples). So no
    aggregation arithmetic (``weights``, ``svd``, ``lora_base``, a method's module, ...) is reused, or
    re-implemented around its internals, outside the core.
 6. ``llm/`` and ``flower/`` contain no hand-written weighted sum over clients' tensors. Flagged, in
@@ -53,7 +54,7 @@ KERNELS_THIRD_PARTY = {"torch", "triton", "numpy"}
 OPTIM_THIRD_PARTY = {"torch", "numpy"}
 PUBLIC_FEDERATED = {
     f"rolora.federated{s}" for s in ("", ".api", ".round", ".serial", ".dense", ".registry", ".seeding", ".diagnostics",
-                                     ".synthetic", ".validation")
+                                     ".synthetic", ".validation", ".atomic", ".partition")
 }
 NOT_AGGREGATION = "# not an aggregation"
 SKIP_DIRS = {"tests", "docs", "build", "dist", "out", ".venv", ".git", "__pycache__", ".hypothesis"}

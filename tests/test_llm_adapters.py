@@ -17,7 +17,7 @@ from rolora.llm.adapters import (
     read_head,
     read_tensors,
 )
-from rolora.llm.federated_linear import FederatedLinear
+from rolora.llm.adapter_layer import FederatedLinear
 from rolora.llm.models import load_model
 
 MODELS = {"bert": ("tiny-bert", "classification"), "roberta": ("tiny-roberta", "classification"),

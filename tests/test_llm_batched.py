@@ -265,11 +265,11 @@ def test_cpu_runs_bound_the_matmul_cache_unless_the_user_chose(monkeypatch):
 
 @pytest.mark.parametrize("spec", ["fedavg-lora", "flexlora"])
 def test_clients_split_into_several_stacks_still_equal_sequential(setup, spec, monkeypatch):
-    from rolora.llm import client_layers
+    from rolora.llm import adapter_layer
 
     # ranks 2 (or mixed 1-3): one or two clients a stack, whatever the dtype
-    monkeypatch.setattr(client_layers, "STACKED_RANK", {})
-    monkeypatch.setattr(client_layers, "STACKED_RANK_DEFAULT", 3)
+    monkeypatch.setattr(adapter_layer, "STACKED_RANK", {})
+    monkeypatch.setattr(adapter_layer, "STACKED_RANK_DEFAULT", 3)
     s = _for(setup, spec)
     (u_seq, _, g_seq), = _rounds(s, sequential_training)
     (u_bat, _, g_bat), = _rounds(s, batched_training)
@@ -279,7 +279,7 @@ def test_clients_split_into_several_stacks_still_equal_sequential(setup, spec, m
 
 
 def test_the_block_scale_gives_each_row_its_own_clients_columns():
-    from rolora.llm.client_layers import Rows
+    from rolora.llm.adapter_layer import Rows
 
     rows = Rows.of([4, 4, 1, 7, 7, 7])
     mask = rows.block_scale(rows.segments, [2, 1, 3], 6.0, torch.float32, "cpu")
@@ -304,3 +304,35 @@ def test_the_attention_softmax_equals_torch_s_up_to_one_rounding(keys, dtype):
     ref = w.detach().double().requires_grad_()
     (torch.softmax(ref, dim=-1) * g.double()).sum().backward()
     assert torch.allclose(w.grad.double(), ref.grad, atol=4 * ulp * g.abs().max().item())
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_head_lr_takes_effect_and_both_paths_still_agree(setup, optimizer):
+    """train.head_lr steps the head at its own rate (adapters untouched by it), in both paths alike."""
+    same = _for(setup, "fedavg-lora", optimizer=optimizer, momentum=0.9)
+    other = _for(setup, "fedavg-lora", optimizer=optimizer, momentum=0.9, head_lr=5 * same.config.train.lr)
+    starts = client_starts(same.method, same.initial_state(), [0, 1, 2])
+    default = sequential_training(same)(1, starts)
+    seq, bat = sequential_training(other)(1, starts), batched_training(other)(1, starts)
+    for a, b, d, start in zip(seq, bat, default, starts):
+        _assert_close(a.tensors, b.tensors, "head_lr: adapters, batched vs sequential")
+        _assert_close(dict(a.dense), dict(b.dense), "head_lr: head, batched vs sequential")
+        # Only the head's rate changed: its step from the start is larger than at the default rate.
+        for key, x in start.dense.items():
+            moved, moved_default = (a.dense[key] - x).abs().sum(), (d.dense[key] - x).abs().sum()
+            assert moved > 2 * moved_default, key
+    explicit = _for(setup, "fedavg-lora", optimizer=optimizer, momentum=0.9, head_lr=same.config.train.lr)
+    for a, b in zip(default, sequential_training(explicit)(1, starts)):  # 0 means "the same as lr"
+        _assert_close(a.tensors, b.tensors, "head_lr = lr")
+        _assert_close(dict(a.dense), dict(b.dense), "head_lr = lr")
+
+
+def test_head_lr_follows_the_lr_schedule():
+    from rolora.llm.local_training import head_learning_rate, learning_rate
+
+    c = load_config(None, ["train.lr=1e-3", "train.head_lr=4e-3", "train.warmup_rounds=2", "federated.rounds=6",
+                           "train.schedule=cosine"])
+    for t in range(1, 7):
+        assert head_learning_rate(c, t) == pytest.approx(4 * learning_rate(c, t))
+    with pytest.raises(ConfigError, match="train.head_lr"):
+        load_config(None, ["train.head_lr=-1"])

@@ -164,6 +164,43 @@ def _write(tmp_path: Path, overrides: list[str]) -> Path:
     return path
 
 
+def _fake_round():
+    """A round's outcome as both engines hand it over: results, participants, dropped, communication."""
+    from types import SimpleNamespace
+
+    from rolora.federated import CommCost
+    from rolora.federated.round import ClientResult
+
+    results = {0: ClientResult({}, 3, metrics={"train_loss": 1.0, "tokens": 30.0}),
+               2: ClientResult({}, 1, metrics={"train_loss": 5.0, "tokens": 10.0})}
+    comm = CommCost(upload_params=5, download_params=7, bytes_per_param=2, per_client={0: (5, 7), 2: (6, 8)})
+    return SimpleNamespace(results=results, participants=[0, 1, 2], dropped=[1], communication=comm)
+
+
+def test_the_round_row_weights_the_loss_by_samples_and_counts_the_bytes_and_tokens():
+    from rolora.llm import engine
+    from rolora.llm.round_row import round_row
+
+    assert engine.round_row is round_row  # the embedded engine writes its rows with it (Flower: test_flower_app.py)
+    config = load_config(None, ["train.lr=0.01", "train.warmup_rounds=4", "federated.rounds=8"])
+    assert round_row(config, 2, _fake_round(), 4.0) == {
+        "round": 2, "train_loss": (3 * 1.0 + 1 * 5.0) / 4, "lr": 0.01 * 2 / 4, "participants": 3, "dropped": [1],
+        "upload_bytes": (5 + 6) * 2, "download_bytes": (7 + 8) * 2, "wall_s": 4.0, "tokens": 40, "tokens_per_s": 10.0,
+    }
+    assert round_row(config, 2, _fake_round(), 0.0)["tokens_per_s"] is None  # no rate from a zero-length clock
+
+
+def test_an_engines_carried_keys_follow_the_methods_byte_counts():
+    from rolora.llm.round_row import round_row
+
+    config = load_config(None, [])
+    plain = round_row(config, 1, _fake_round(), 2.0)
+    carried = round_row(config, 1, _fake_round(), 2.0, {"flower_upload_bytes": 9, "flower_download_bytes": 11})
+    assert carried == {**plain, "flower_upload_bytes": 9, "flower_download_bytes": 11}
+    keys = list(carried)  # metrics.csv's column order
+    assert keys[keys.index("download_bytes") + 1:][:2] == ["flower_upload_bytes", "flower_download_bytes"]
+
+
 def test_a_client_with_a_nan_loss_is_dropped_and_the_round_goes_on(tmp_path, monkeypatch):
     import rolora.llm.local_training as lt
 

@@ -8,7 +8,7 @@ import torch
 
 from rolora.federated import get_method
 from rolora.llm.adapters import Targets, attach, layer_specs, load_head, load_tensors, read_head
-from rolora.llm.export import export_merged, export_peft
+from rolora.llm.export import export_merged, export_peft, peft_key
 from rolora.llm.models import load_model
 
 peft = pytest.importorskip("peft")
@@ -70,6 +70,9 @@ def test_keys_follow_peft(tmp_path):
     assert f"base_model.model.{layer}.lora_A.weight" in keys and f"base_model.model.{layer}.lora_B.weight" in keys
     assert {"base_model.model.classifier.dense.weight", "base_model.model.classifier.out_proj.bias"} <= keys
     assert len(keys) == 2 * len(adapters) + 4
+    assert peft_key(layer, "B") == f"base_model.model.{layer}.lora_B.weight"
+    with pytest.raises(ValueError, match="factor must be 'A' or 'B'"):
+        peft_key(layer, "C")
 
 
 def test_fed_alora_exports_as_a_rank_r_lora(tmp_path):

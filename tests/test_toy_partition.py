@@ -1,12 +1,15 @@
-"""Federated splits: label-disjoint clients hold exactly (and all of) their labels; IID and Dirichlet
-partitions cover every sample exactly once."""
+"""The toy's split names: 5x2 and 10x1 are label-disjoint (each client holds all images of its digits),
+iid and dirichlet take the configured clients and alpha, and all four stay the splits the committed
+results (docs/toy-mnist*.csv) were drawn with. Scheme properties: tests/test_federated_partition.py."""
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import pytest
 
-from rolora.toy.partition import label_disjoint, make_partition, subsample
+from rolora.toy.partition import DIRICHLET_MIN_CLIENT_SIZE, SPLITS, make_partition
 
 
 @pytest.fixture(scope="module")
@@ -25,49 +28,36 @@ def test_label_disjoint_clients_hold_all_images_of_exactly_their_labels(labels, 
         np.testing.assert_array_equal(idx, np.flatnonzero(np.isin(labels, list(own))))
 
 
-def _assert_exact_cover(parts, n):
-    everything = np.concatenate(parts)
-    assert len(everything) == n, "some sample is missing or duplicated"
-    np.testing.assert_array_equal(np.sort(everything), np.arange(n))
+def _digest(parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(np.asarray(p, dtype=np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:16]
 
 
-@pytest.mark.parametrize("split", ["iid", "dirichlet"])
-def test_iid_and_dirichlet_cover_every_sample_once(labels, split):
+@pytest.mark.parametrize("split,sizes,digest", [
+    ("iid", [429, 429, 429, 429, 428, 428, 428], "9324db39c4f863a4"),
+    ("dirichlet", [247, 565, 417, 721, 432, 161, 457], "cb3bb6dcfb8ece27"),
+])
+def test_random_splits_are_the_ones_the_committed_results_used(labels, split, sizes, digest):
+    """Pinned from the toy's own partition code before it moved to rolora.federated.partition
+    (flwr-datasets 0.6.1, datasets 4.8). A change here means the committed toy results no longer
+    reproduce: find out why (a library upgrade, the Dirichlet minimum client size) before re-pinning."""
     parts = make_partition(split, labels, seed=3, num_clients=7, alpha_dir=0.3)
-    assert len(parts) == 7
-    _assert_exact_cover(parts, len(labels))
-    if split == "iid":
-        assert max(map(len, parts)) - min(map(len, parts)) <= 1
-        # shuffled: each IID shard holds (nearly) every label
-        assert all(len(np.unique(labels[p])) == 10 for p in parts)
-    again = make_partition(split, labels, seed=3, num_clients=7, alpha_dir=0.3)
-    for a, b in zip(parts, again):
-        np.testing.assert_array_equal(a, b)
+    assert [len(p) for p in parts] == sizes
+    assert _digest(parts) == digest
 
 
-def test_dirichlet_skew_follows_alpha(labels):
-    def mean_top_label_share(alpha):
-        parts = make_partition("dirichlet", labels, seed=0, num_clients=5, alpha_dir=alpha)
-        return np.mean([np.bincount(labels[p], minlength=10).max() / len(p) for p in parts])
-    assert mean_top_label_share(0.1) > mean_top_label_share(100.0) + 0.2
+def test_dirichlet_clients_hold_at_least_the_minimum(labels):
+    parts = make_partition("dirichlet", labels, seed=0, num_clients=20, alpha_dir=0.1)
+    assert min(map(len, parts)) >= DIRICHLET_MIN_CLIENT_SIZE == 10
 
 
-def test_subsample_keeps_a_seeded_fraction_of_each_client(labels):
-    parts = label_disjoint(labels, 5, 2)
-    small = subsample(parts, 0.1, seed=1)
-    for full, sub in zip(parts, small):
-        assert len(sub) == round(0.1 * len(full))
-        assert np.isin(sub, full).all() and len(np.unique(sub)) == len(sub)
-    for a, b in zip(small, subsample(parts, 0.1, seed=1)):
-        np.testing.assert_array_equal(a, b)
-    assert any(not np.array_equal(a, b) for a, b in zip(small, subsample(parts, 0.1, seed=2)))
-    for a, b in zip(parts, subsample(parts, 1.0, seed=1)):
-        np.testing.assert_array_equal(a, b)
-
-
-@pytest.mark.parametrize("bad", [dict(split="3x3"), dict(split="dirichlet", alpha_dir=0.0)])
-def test_bad_split_arguments_raise(labels, bad):
-    with pytest.raises(ValueError):
-        make_partition(labels=labels, seed=0, **bad)
-    with pytest.raises(ValueError, match="fraction"):
-        subsample([np.arange(5)], 0.0, seed=0)
+def test_every_split_name_builds_and_a_bad_one_is_named(labels):
+    for split in SPLITS:
+        assert sum(map(len, make_partition(split, labels, seed=0, num_clients=4))) == len(labels)
+    with pytest.raises(ValueError, match=r"unknown split '3x3'; choose one of 5x2, 10x1, iid, dirichlet"):
+        make_partition("3x3", labels, seed=0)
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        make_partition("dirichlet", labels, seed=0, alpha_dir=0.0)

@@ -7,7 +7,8 @@
     state = method.init({"q": LayerSpec(64, 32)}, ranks=8, alpha=16.0, seed=0)
 
 See :mod:`rolora.federated.api` for the data and the method contract, :mod:`rolora.federated.round`
-for the round protocol (``run_round``).
+for the round protocol (``run_round``), :mod:`rolora.federated.partition` for who holds which
+examples (seeded client partitions of a training set).
 """
 
 from rolora.federated.api import (

@@ -8,7 +8,10 @@ One round t = state.round + 1:
 3. the caller's local training turns ALL participants' starts into results at once
    (:data:`LocalTraining`) — a loop over clients (:func:`one_by_one`) or one batched pass over many;
 4. each result is kept (``method.client_keep``) and uploaded (``method.client_upload``);
-5. ``method.aggregate`` computes the new state (it validates first and never mutates).
+5. ``method.aggregate`` computes the new state (it validates first and never mutates);
+6. beside it, the round's product-averaging gap and client drift are measured from the uploads
+   (:func:`upload_diagnostics`, :mod:`rolora.federated.diagnostics`): what averaging A and B
+   separately would lose this round, and how far the clients' updates spread.
 
 .. code-block:: python
 
@@ -43,6 +46,8 @@ from torch import Tensor
 
 from rolora.federated.api import AggregationError, ClientUpdate, CommCost, GlobalState, Method, ModelTensors, Weighting
 from rolora.federated.dense import dense_params
+from rolora.federated.diagnostics import LayerDiagnostics, check_one_factor_gap, round_diagnostics
+from rolora.federated.weights import client_weights
 
 ClientId = int | str
 
@@ -93,6 +98,8 @@ class RoundResult:
     dropped: list[ClientId]
     results: dict[ClientId, ClientResult]
     """The uploaded clients' results (for their metrics)."""
+    diagnostics: dict[str, LayerDiagnostics] = field(default_factory=dict)
+    """Per layer: the product-averaging gap and client drift of the round (:func:`upload_diagnostics`)."""
 
 
 class RoundFailed(AggregationError):
@@ -172,6 +179,22 @@ def next_model(method: Method, state: GlobalState, client: ClientId,
     return method.client_start(state, client, (kept or {}).get(client), state.round + 1)
 
 
+def upload_diagnostics(method: Method, state: GlobalState, updates: Sequence[ClientUpdate], t: int,
+                       weighting: Weighting = "samples") -> dict[str, LayerDiagnostics]:
+    """The round's gap and drift as the server sees them: client k's factors are its broadcast start
+    with its uploads in place (a factor it does not upload is the shared one). Personalised methods
+    keep part of each client's model private, so the server cannot measure them: ``{}``. A round
+    that trains one factor of A/B must show a gap of exactly zero (checked; AggregationError if not)."""
+    if method.personalised or not updates:
+        return {}
+    starts = [method.client_start(state, u.client, None, t) for u in updates]
+    ends = [{name: {**layer, **u.tensors.get(name, {})} for name, layer in start.items()}
+            for start, u in zip(starts, updates)]
+    diags = round_diagnostics(starts, ends, client_weights(updates, weighting), state.alpha)
+    check_one_factor_gap(diags, method.trains(t), t, method.name)
+    return diags
+
+
 def run_round(
     method: Method,
     state: GlobalState,
@@ -183,13 +206,15 @@ def run_round(
     seed: int | None = None,
     weighting: Weighting = "samples",
     bytes_per_param: int = 4,
+    diagnose: bool = True,
 ) -> RoundResult:
     """Play round t = state.round + 1 over ``clients`` (ids, or a count N for 0..N-1).
 
     ``fraction`` of them take part, sampled with ``seed`` (default: ``state.seed``). ``kept`` is
     every client's kept state from earlier rounds (not modified). Raises :class:`RoundFailed` when
     every participant's training returns ``None``, and :class:`AggregationError` on bad results; in
-    both cases the caller's state and kept dict are untouched.
+    both cases the caller's state and kept dict are untouched. ``diagnose`` measures the round's
+    product-averaging gap and client drift (:func:`upload_diagnostics`; off: ``{}``).
     """
     t = state.round + 1
     kept = dict(kept or {})
@@ -199,11 +224,12 @@ def run_round(
     if not updates:
         raise RoundFailed(f"round {t}: every participant failed ({dropped}); the state is unchanged")
     new_state = method.aggregate(state, updates, t, weighting=weighting)
+    diagnostics = upload_diagnostics(method, state, updates, t, weighting) if diagnose else {}
     kept.update(keeps)
     comm = method.communication(state.specs, state.ranks, t, clients=[u.client for u in updates],
                                 bytes_per_param=bytes_per_param, dense_params=dense_params(state))
     return RoundResult(state=new_state, kept=kept, communication=comm, participants=participants,
-                       dropped=dropped, results=done)
+                       dropped=dropped, results=done, diagnostics=diagnostics)
 
 
 def rounds_for_budget(base_rounds: int, base_clients: int, clients: int) -> int:

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from rolora.federated.api import AggregationError, GlobalState, LayerSpec, ModelTensors
+from rolora.federated.atomic import atomic_file
 
 FORMAT = "rolora.state/1"
 HEADER_KEY = "rolora"
@@ -151,24 +149,6 @@ def kept_from_flat(tensors: Mapping[str, Tensor], meta: Mapping) -> dict[int | s
         if isinstance(err, StateFormatError):
             raise
         raise StateFormatError(f"malformed kept-state metadata: {err!r}") from None
-
-
-@contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; when the block ends without error it is synced to disk
-    and renamed onto ``path`` (a reader sees the old file or the new one), else deleted."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_flat(path: str | Path, tensors: Mapping[str, Tensor], meta: Mapping) -> Path:

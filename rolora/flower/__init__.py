@@ -12,8 +12,7 @@ checkpoints, resume, the minimum of replies, reusing :mod:`rolora.llm`'s run fol
 (states and client results as ArrayRecords plus JSON metadata, never pickles; per-node download of
 only what changed), ``setups`` (one model per process), ``simulation`` (``rolora llm run --engine
 flower``), ``secagg`` (uploads through Flower's SecAgg+ for the methods whose rule is a weighted
-mean), ``bench`` (``python -m rolora.lab.bench.flower``: the engines compared, bytes per method),
-``app/pyproject.toml`` (``flwr run``). The README's Flower section lists the deployment
+mean), ``app/pyproject.toml`` (``flwr run``). Its benchmark is in the lab (``rolora bench flower``). The README's Flower section lists the deployment
 commands (SuperLink, SuperNodes, TLS, node authentication).
 """
 

@@ -25,13 +25,13 @@ from flwr.serverapp import Grid
 from rolora.federated.round import RoundFailed
 from rolora.flower.secagg import SecAggSettings, check_method
 from rolora.flower.setups import config_json, setup_for
-from rolora.flower.strategy import RoloraStrategy, RoundRecord
+from rolora.flower.strategy import RoloraStrategy
 from rolora.llm.checkpoint import latest_checkpoint, save_checkpoint
 from rolora.llm.config import RunConfig
 from rolora.llm.engine import History, RunStopped, attach_run_log, config_of_run, prefixed, start_state
 from rolora.llm.evaluation import evaluate_round
-from rolora.llm.local_training import learning_rate
 from rolora.llm.prepare import RunSetup
+from rolora.llm.round_row import round_row
 from rolora.llm.run_folder import plot_curves, read_metrics, write_metrics
 
 log = logging.getLogger("rolora.flower")
@@ -88,7 +88,8 @@ def _serve(grid: Grid, c: RunConfig, run_dir: Path, resume: bool, min_replies: i
             raise RunStopped(f"{err}. Resume the run from {resumable} when enough nodes are back") from err
         rec = strategy.record
         wall = time.perf_counter() - start
-        rows.append(_row(setup, rec, wall))
+        carried = {"flower_upload_bytes": rec.flower_upload_bytes, "flower_download_bytes": rec.flower_download_bytes}
+        rows.append(round_row(setup.config, rec.t, rec, wall, carried))
         uploaded = list(rec.results)
         pending.update(uploaded)
         if not stateful:
@@ -106,7 +107,7 @@ def _serve(grid: Grid, c: RunConfig, run_dir: Path, resume: bool, min_replies: i
             pending.clear()
             save_checkpoint(run_dir, strategy.state, kept, rows)
         write_metrics(run_dir, rows)
-        log.info("round %d: %s", t, {k: v for k, v in rows[-1].items() if k != "round"})
+        log.info("round %d: %s", t, {k: v for k, v in rows[-1].items() if k not in ("round", "layers")})
     plot_curves(run_dir, rows, f"{setup.method.name} · {c.model.name} · {c.data.dataset} · "
                                f"{c.federated.clients} clients · Flower")
     return History(rows=read_metrics(run_dir), state=strategy.state, kept=kept, run_dir=run_dir)
@@ -119,25 +120,3 @@ def _evaluate(grid: Grid, strategy: RoloraStrategy, setup: RunSetup, timeout: fl
     messages = strategy.configure_evaluate(rec.t, ArrayRecord(), ConfigRecord(), grid)
     scores = strategy.aggregate_evaluate(rec.t, grid.send_and_receive(messages, timeout=timeout))
     return {} if scores is None else dict(scores)
-
-
-def _row(setup: RunSetup, rec: RoundRecord, wall: float) -> dict:
-    """The embedded engine's row for the round, plus the bytes Flower carried."""
-    n = {k: r.num_samples for k, r in rec.results.items()}
-    train_loss = sum(n[k] * r.metrics["train_loss"] for k, r in rec.results.items()) / sum(n.values())
-    tokens = sum(int(r.metrics["tokens"]) for r in rec.results.values())
-    comm = rec.communication
-    return {
-        "round": rec.t,
-        "train_loss": train_loss,
-        "lr": learning_rate(setup.config, rec.t),
-        "participants": len(rec.participants),
-        "dropped": list(rec.dropped),
-        "upload_bytes": comm.total_upload_params * comm.bytes_per_param,
-        "download_bytes": comm.total_download_params * comm.bytes_per_param,
-        "flower_upload_bytes": rec.flower_upload_bytes,
-        "flower_download_bytes": rec.flower_download_bytes,
-        "wall_s": wall,
-        "tokens": tokens,
-        "tokens_per_s": tokens / wall if wall > 0 else None,
-    }

@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from rolora.flower.secagg import SecAggSettings, check_method, from_environment
 from rolora.llm.config import RunConfig
-from rolora.llm.engine import History
+from rolora.llm.engine import History, RunStopped
 
 ENV = {"FLWR_HOME": "flower-home", "RAY_TMPDIR": "ray"}
 
@@ -59,6 +60,14 @@ def flower_environment(run_dir: Path):
             shutil.rmtree(ray_dir, ignore_errors=True)
 
 
+def check(config: RunConfig, environ: Mapping[str, str] = os.environ) -> None:
+    """What ``rolora llm run --engine flower`` checks of every config of a call before its first run
+    starts: the SecAgg+ settings of ``ROLORA_FLOWER_SECAGG`` and, where SecAgg+ is on, the method
+    (:func:`rolora.flower.secagg.check_method`). ValueError naming the problem."""
+    if from_environment(environ) is not None:
+        check_method(config.federated.method)
+
+
 def run(config: RunConfig | None, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
         min_replies: int = 1, cpus_per_client: float = 1.0, timeout: float = 3600.0,
         secagg: SecAggSettings | None = None) -> History:
@@ -89,6 +98,6 @@ def run(config: RunConfig | None, run_dir: str | Path, *, resume: bool = False, 
     with flower_environment(run_dir):
         run_simulation(server_app=server, client_app=client_app, num_supernodes=config.federated.clients,
                        backend_config=backend, verbose_logging=False)
-    if not results:
-        raise RuntimeError(f"the Flower simulation ended without finishing the run; see {run_dir / 'run.log'}")
+    if not results:  # the server loop stopped (RunStopped, logged) or failed: the run folder keeps its checkpoint
+        raise RunStopped(f"the Flower simulation ended without finishing the run; see {run_dir / 'run.log'}")
     return results[0]

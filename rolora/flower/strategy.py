@@ -24,7 +24,7 @@ from flwr.serverapp.strategy import Strategy
 
 from rolora.federated import AggregationError, ClientUpdate, CommCost, GlobalState, Method
 from rolora.federated.dense import dense_params
-from rolora.federated.round import ClientResult, RoundFailed, sample_participants
+from rolora.federated.round import ClientResult, RoundFailed, sample_participants, upload_diagnostics
 from rolora.flower.codec import NEVER, Downloads, models_from_record, models_record, nbytes, state_content
 from rolora.flower.secagg import SecAggSettings, check_method, secure_mean, secure_weight
 
@@ -43,6 +43,8 @@ class RoundRecord:
     communication: CommCost | None = None
     flower_upload_bytes: int = 0
     flower_download_bytes: int = 0
+    diagnostics: dict = field(default_factory=dict)
+    """Layer -> the round's product-averaging gap and drift (none under SecAgg+: the server sees only the sum)."""
     flower_eval_download_bytes: int = 0
     """Personalised methods: the state after round t sent to the evaluated nodes (they then need no
     download at the start of round t+1, so the two columns together are the round's download)."""
@@ -168,6 +170,8 @@ class RoloraStrategy(Strategy):
                               f"update (failed or dropped: {rec.dropped}), fewer than the minimum {self.min_replies}; "
                               "the state is unchanged")
         new_state = self.method.aggregate(self.state, updates, rec.t, weighting=self.weighting)
+        if not self.secure:
+            rec.diagnostics = upload_diagnostics(self.method, self.state, updates, rec.t, self.weighting)
         rec.communication = self.method.communication(
             self.state.specs, self.state.ranks, rec.t, clients=list(rec.results),
             bytes_per_param=4, dense_params=dense_params(self.state))

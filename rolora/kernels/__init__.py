@@ -5,31 +5,23 @@ Public API:
 - ``lora_linear``: y = x W0ᵀ (+ b) + s · dropout(x) Aᵀ Bᵀ as a differentiable ``torch.library`` op
   (``rolora::lora_linear_fwd`` / ``rolora::lora_linear_bwd``); saves and computes only what the RoLoRA
   phase (which of A, B require grad) needs.
-- ``LoRALinear``, ``inject_lora``, ``set_phase``: the ``nn.Module`` and helpers for HF models.
-- ``peft_state_dict`` / ``load_peft_state_dict``: adapters in PEFT's key format.
+- ``draw_dropout_seed``: the per-call dropout seed a layer passes to ``lora_linear`` (torch's RNG).
 - ``LoRAPhase`` (``LoRAPhase.from_trainable(method.trains(t))``), ``phase_of``: which factors train.
 - ``dropout_keep_mask``: the dropout mask a path draws for a seed.
 
+No ``nn.Module`` lives here: the layer that calls the op is ``rolora.llm.adapter_layer.FederatedLinear``
+(one client's tensors, or many clients' stacked). ``addmm_lora`` is the benchmark's peer baseline.
 Triton is imported lazily: without it (or without a GPU) everything runs on the PyTorch path.
 """
 
-from rolora.kernels.layer import LoRALinear, inject_lora, lora_modules, set_phase
-from rolora.kernels.op import dropout_keep_mask, lora_linear, resolve_backend
-from rolora.kernels.peft_compat import load_peft_state_dict, parse_peft_key, peft_key, peft_state_dict
+from rolora.kernels.op import draw_dropout_seed, dropout_keep_mask, lora_linear, resolve_backend
 from rolora.kernels.phase import LoRAPhase, phase_of
 
 __all__ = [
-    "LoRALinear",
     "LoRAPhase",
+    "draw_dropout_seed",
     "dropout_keep_mask",
-    "inject_lora",
-    "load_peft_state_dict",
     "lora_linear",
-    "lora_modules",
-    "parse_peft_key",
-    "peft_key",
-    "peft_state_dict",
     "phase_of",
     "resolve_backend",
-    "set_phase",
 ]

@@ -39,7 +39,7 @@ class AddmmLoRAFunction(torch.autograd.Function):
 
 
 class AddmmLoRALinear(torch.nn.Module):
-    """Module around ``AddmmLoRAFunction`` with the same parameters as ``LoRALinear``."""
+    """Module around ``AddmmLoRAFunction``: frozen ``weight``, ``bias``; ``lora_A`` r×in, ``lora_B`` out×r."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
                  scale: float) -> None:

@@ -294,6 +294,17 @@ def _seed_tensor(seed: int | Tensor) -> Tensor:
     return torch.tensor(_seed_int(seed), dtype=torch.int64)
 
 
+def draw_dropout_seed() -> Tensor:
+    """A fresh per-call dropout seed for ``lora_linear``: a 0-d int64 tensor from torch's default CPU RNG.
+
+    Drawn from torch's RNG (as ``nn.Dropout`` draws its mask) on purpose: ``torch.utils.checkpoint``
+    saves and restores that state, so its re-run of the forward regenerates the same mask, and
+    ``torch.compile`` sees a tensor (data) rather than a changing Python attribute (no recompiles).
+    Consequence: dropout randomness follows ``torch.manual_seed``, exactly like nn.Dropout / PEFT.
+    """
+    return torch.randint(0, 2**31 - 1, (), dtype=torch.int64)
+
+
 def lora_linear(
     x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
     scale: float, dropout_p: float = 0.0, seed: int | Tensor = 0, backend: str = "auto",
@@ -310,9 +321,9 @@ def lora_linear(
         scale: s = alpha / r.
         dropout_p: dropout on the LoRA path's input; the mask is regenerated from ``seed``.
         seed: dropout seed (ignored when dropout_p = 0): a Python int or a 0-d integer tensor (what
-            ``LoRALinear`` passes, drawn from torch's RNG, so ``torch.compile`` does not specialise
-            on it). It is kept as a 0-d int64 tensor on the CPU whatever x's device: the ops read
-            it with ``.item()`` on the host and the kernels take it as a scalar argument (so a CUDA
+            ``draw_dropout_seed`` gives, drawn from torch's RNG, so ``torch.compile`` does not
+            specialise on it). It is kept as a 0-d int64 tensor on the CPU whatever x's device: the
+            ops read it with ``.item()`` on the host and the kernels take it as a scalar argument (so a CUDA
             graph capture freezes it: replays reuse one mask). Use a fresh one per call in training.
         backend: "auto" (Triton on CUDA when available and M > ``cublas_max_m``, else PyTorch),
             "torch" or "triton".

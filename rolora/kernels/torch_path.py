@@ -35,7 +35,7 @@ def torch_dropout_keep_mask(seed: int, rows: int, cols: int, p: float, device: t
     """Keep-mask (bool, rows×cols) of the PyTorch path for ``seed``: True with probability 1 − p.
 
     A private generator re-seeded per call, so forward and backward regenerate identical masks; this
-    function never touches the global RNG (``LoRALinear`` draws the per-call *seed* from it). One
+    function never touches the global RNG (``draw_dropout_seed`` draws the per-call *seed* from it). One
     generator per device and thread is kept: creating one costs more CPU time than the small-M call.
     """
     key = (str(device), threading.get_ident())

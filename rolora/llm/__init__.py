@@ -12,9 +12,10 @@ One process holds ONE frozen base model; every simulated client is only its adap
 go through the core's round protocol (:mod:`rolora.federated.round`) and every aggregation is the
 method's own (:mod:`rolora.federated`). Layout: ``config`` (TOML + overrides), ``prepare`` (data,
 partition, tokens, model, adapters), ``local_training`` (clients' steps; client-batched in
-``batched_training`` over ``client_layers``/``client_streams``/``model_dropouts``), ``evaluation``, ``engine``
+``batched_training`` over ``client_streams``/``model_dropouts``), ``evaluation``, ``engine``
 (the loop, checkpoints, resume), ``run_folder``, ``checkpoint``, ``export``/``export_run`` (PEFT),
-``data``/``partition``/``tasks`` (datasets and losses), ``models``/``adapters``/``federated_linear``.
+``data``/``partition``/``tasks`` (datasets and losses), ``models``/``adapters``/``adapter_layer``
+(the one layer: a frozen base plus one client's tensors, or many clients' stacked).
 Heavy imports (transformers) happen on first use of ``run``.
 """
 

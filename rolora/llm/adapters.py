@@ -1,4 +1,4 @@
-"""Put federated adapters into a frozen HF model, and move one client's tensors in and out of it.
+"""Put federated adapters into a frozen HF model, and move clients' tensors in and out of it.
 
 .. code-block:: python
 
@@ -10,21 +10,28 @@
     upload = read_tensors(adapters), read_head(model)
 
 The base model is never copied: memory is ``frozen_bytes(model)`` once, plus ``adapter_bytes`` for
-the client currently loaded. Averaging (of adapters and of the head) is rolora.federated's job.
+the client currently loaded. Many clients train in one pass through ``client_adapters`` +
+``rows_forward`` and ``ClientHeads`` (each batch row uses its own client's adapters and head; the
+layer itself is :mod:`rolora.llm.adapter_layer`). Averaging (of adapters and of the head) is
+rolora.federated's job.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rolora.federated import LayerSpec, Method, ModelTensors
-from rolora.llm.federated_linear import FederatedLinear, tensor_bytes
+from rolora.llm.adapter_layer import ClientAdapters, FederatedLinear, NotBatchable, Rows, tensor_bytes
+from rolora.llm.client_streams import ClientStreams
 from rolora.llm.models import default_targets, model_family
+from rolora.llm.pass_masks import PassMasks
 
 BLOCK_INDEX = re.compile(r"(?:^|\.)(?:encoder\.layer|layers)\.(\d+)\.")
 """The transformer block a module sits in: ``bert.encoder.layer.3.`` / ``model.layers.3.``."""
@@ -148,6 +155,29 @@ def read_tensors(adapters: dict[str, FederatedLinear]) -> ModelTensors:
     return {name: module.read() for name, module in adapters.items()}
 
 
+# --------------------------------------------------------------------------------- many clients at once
+def client_adapters(adapters: dict[str, FederatedLinear], starts_tensors: list[ModelTensors], trainable,
+                    method: Method, alpha: float, rows: Rows, streams: ClientStreams | PassMasks) -> dict[str, ClientAdapters]:
+    """Every adapted layer's :class:`ClientAdapters`: many clients' tensors at once (each client's
+    checked first, as :func:`load_tensors` checks one); NotBatchable if they cannot share a pass."""
+    for tensors in starts_tensors:
+        check_layers(adapters, tensors)
+    return {name: ClientAdapters(module, [t[name] for t in starts_tensors], frozenset(trainable), method, alpha,
+                                 rows, streams) for name, module in adapters.items()}
+
+
+@contextmanager
+def rows_forward(adapters: dict[str, FederatedLinear], layers: dict[str, ClientAdapters]):
+    """Every adapted layer computes with its :class:`ClientAdapters` (``layer.clients``) for the duration."""
+    try:
+        for name, module in adapters.items():
+            module.clients = layers[name]
+        yield
+    finally:
+        for module in adapters.values():
+            module.clients = None
+
+
 # --------------------------------------------------------------------------------- classification head
 def head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The classification head's parameters by model key (``classifier.*``); empty for causal LMs."""
@@ -183,6 +213,63 @@ def load_head(model: nn.Module, tensors: dict[str, Tensor], trainable: bool) -> 
 def read_head(model: nn.Module) -> dict[str, Tensor]:
     """Detached clones of the head's parameters (empty for causal LMs)."""
     return {key: p.detach().clone() for key, p in head_parameters(model).items()}
+
+
+class RowLinear(nn.Module):
+    """A head ``nn.Linear`` with one weight (and bias) per client slot, each row using its client's."""
+
+    def __init__(self, weights: list[nn.Parameter], biases: list[nn.Parameter] | None, rows: Rows) -> None:
+        super().__init__()
+        self.weights, self.biases, self.rows = weights, biases, rows
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([F.linear(x[a:b], self.weights[slot].to(x.dtype),
+                                   None if self.biases is None else self.biases[slot].to(x.dtype))
+                          for slot, a, b in self.rows.segments])
+
+
+class ClientHeads:
+    """The classification head's tensors for every client slot (fp32 masters), as ``RowLinear``s."""
+
+    def __init__(self, model: nn.Module, heads: list[dict[str, Tensor]], rows: Rows) -> None:
+        own = head_parameters(model)
+        linears = {f"classifier{'.' + n if n else ''}": m for n, m in model.classifier.named_modules()
+                   if isinstance(m, nn.Linear)}
+        covered = {f"{name}.{p}" for name, m in linears.items() for p, _ in m.named_parameters(recurse=False)}
+        if covered != set(own):
+            raise NotBatchable(f"head parameters {sorted(set(own) - covered)} are not in Linear modules")
+        for head in heads:
+            check_head(model, head)
+        device = next(iter(own.values())).device
+        self.params = [{k: nn.Parameter(v.detach().to(device=device, dtype=torch.float32, copy=True))
+                        for k, v in head.items()} for head in heads]
+        self.dtypes = {k: v.dtype for k, v in heads[0].items()}
+        self.model, self.linears = model, linears
+        self.modules = {name: RowLinear([p[f"{name}.weight"] for p in self.params],
+                                        None if m.bias is None else [p[f"{name}.bias"] for p in self.params], rows)
+                        for name, m in linears.items()}
+
+    def trainable(self, slot: int) -> list[nn.Parameter]:
+        return list(self.params[slot].values())
+
+    def read(self, slot: int) -> dict[str, Tensor]:
+        return {k: p.detach().to(self.dtypes[k]).clone() for k, p in self.params[slot].items()}
+
+    @contextmanager
+    def installed(self):
+        """The model's head Linears replaced by the per-client ones for the duration."""
+        try:
+            for name, module in self.modules.items():
+                _set_module(self.model, name, module)
+            yield
+        finally:
+            for name, module in self.linears.items():
+                _set_module(self.model, name, module)
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 # --------------------------------------------------------------------------------- memory

@@ -4,7 +4,7 @@ The same mathematics as :func:`rolora.llm.local_training.train_client` run once 
 reference beside it, and what the parity tests compare with), computed differently:
 
 - step j of every client in a group goes through the shared frozen base in a few passes, each row
-  using its own client's adapter and head (:mod:`rolora.llm.client_layers`);
+  using its own client's adapter and head (:mod:`rolora.llm.adapter_layer`);
 - a step's rows (all clients' step-j samples; each client's samples exactly those of its sequential
   step) are sorted by length and cut into passes of at most ``train.batch_tokens`` padded tokens, so
   almost nothing is computed on padding and activation memory stays bounded;
@@ -31,7 +31,8 @@ import torch
 from rolora.federated.round import ClientResult, ClientStart
 from rolora.federated.seeding import derive_seed
 from rolora.llm import local_training as reference
-from rolora.llm.client_layers import ClientHeads, NotBatchable, Rows, client_adapters, rows_forward
+from rolora.llm.adapter_layer import NotBatchable, Rows
+from rolora.llm.adapters import ClientHeads, client_adapters, rows_forward
 from rolora.llm.client_streams import ClientBatch, ClientStreams
 from rolora.llm.host_memory import release_freed_memory
 from rolora.llm.model_dropouts import client_dropouts
@@ -72,8 +73,10 @@ def chunks(lengths: np.ndarray, budget: int, max_padding: float = 0.1, min_token
     return out
 
 
-def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float) -> list[ClientResult | None]:
-    """Local training of ``starts`` together; one result (or None: dropped) per start."""
+def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float,
+                head_lr: float | None = None) -> list[ClientResult | None]:
+    """Local training of ``starts`` together (heads at ``head_lr``, default ``lr``); one result (or
+    None: dropped) per start."""
     c, model, t = setup.config, setup.model, starts[0].t
     seed, task = c.run.seed, c.model.task
     clients = [s.client for s in starts]
@@ -85,11 +88,13 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float) -> li
     layers = client_adapters(setup.adapters, [s.tensors for s in starts], starts[0].trainable, setup.method,
                              c.lora.alpha, rows, streams)
     heads = ClientHeads(model, [s.dense for s in starts], rows) if setup.train_head else None
-    params = [[p for layer in layers.values() for p in layer.trainable(slot)]
-              + (heads.trainable(slot) if heads else []) for slot in range(len(starts))]
+    adapted = [[p for layer in layers.values() for p in layer.trainable(slot)] for slot in range(len(starts))]
+    head = [heads.trainable(slot) if heads else [] for slot in range(len(starts))]
+    params = [a + h for a, h in zip(adapted, head)]
     if not params[0]:
         raise ValueError(f"round {t}: method {setup.method.name} trains nothing this round")
-    optimizer = reference.make_optimizer(c, [p for ps in params for p in ps], lr)
+    optimizer = reference.make_optimizer(c, [p for ps in adapted for p in ps], lr, [p for hs in head for p in hs],
+                                         head_lr)
     samples = [setup.clients[k] for k in clients]
     orders = [list(reference.batch_order(len(s), c.train.batch_size, c.train.local_steps, c.train.local_epochs,
                                          derive_seed(seed, "batches", t, k))) for s, k in zip(samples, clients)]
@@ -158,16 +163,16 @@ def batched_training(setup: RunSetup, progress=None):
     """A ``LocalTraining`` callable that trains the participants in client-batched groups."""
 
     def train(t: int, starts: Sequence[ClientStart]) -> list[ClientResult | None]:
-        lr = reference.learning_rate(setup.config, t)
+        lr, head_lr = reference.learning_rate(setup.config, t), reference.head_learning_rate(setup.config, t)
         size = group_size(setup, starts)
         results: list[ClientResult | None] = []
         for first in range(0, len(starts), size):
             group = starts[first:first + size]
             try:
-                results += train_group(setup, group, lr)
+                results += train_group(setup, group, lr, head_lr)
             except NotBatchable as err:
                 log.info("round %d: clients trained one by one (%s)", t, err)
-                results += [reference.train_client(setup, start, lr) for start in group]
+                results += [reference.train_client(setup, start, lr, head_lr) for start in group]
             if progress is not None:
                 progress(len(group))
         return results

@@ -8,35 +8,59 @@
     rolora llm run --config quickstart --engine flower                         # the same run as a Flower simulation
     rolora llm export RUN_DIR --out DIR [--client K]                          # PEFT adapter folder
     rolora llm configs                                                         # the shipped example configs
+
+Settings (``section.key=value``) may stand anywhere on the line, before or after the options.
+Every config of a call (one per method of ``--methods``) and every run folder is checked before
+the first run starts: bad input is one message and exit status 2, nothing written.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shutil
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
-from rolora.llm.config import CONFIG_DIR, ConfigError, load_config
+from rolora.llm.config import CONFIG_DIR, ConfigError, RunConfig, apply_overrides, check, from_dict, load_config
+from rolora.federated.atomic import folder_problem
 
 
-def embedded_engine():
-    """The default engine: one process, one frozen base (:func:`rolora.llm.engine.run`)."""
+def _embedded_run(config: RunConfig | None, out: Path, *, resume: bool = False, quiet: bool = False):
     from rolora.llm.engine import run
 
-    return run
+    return run(config, out, resume=resume, quiet=quiet)
 
 
-ENGINES = {"embedded": embedded_engine}
-"""Engine name -> a loader returning ``run(config, out, resume=False, quiet=False) -> History``. The
-CLI on top (``rolora.cli``) adds ``flower``: llm/ never imports the floor above it."""
+def _no_check(config: RunConfig) -> None:
+    """The embedded engine runs every config that passes the config's own checks."""
 
 
-def _parser(engines=ENGINES) -> argparse.ArgumentParser:
+@dataclasses.dataclass(frozen=True)
+class Engine:
+    """An engine of ``rolora llm run``. ``check(config)`` refuses, before any run of the call starts,
+    a config the engine cannot run (ConfigError or ValueError naming why); ``run(config, out,
+    resume=False, quiet=False) -> History`` runs one (each imports what it needs when called)."""
+
+    run: Callable
+    check: Callable[[RunConfig], None] = _no_check
+
+
+ENGINES = {"embedded": Engine(run=_embedded_run)}
+"""Engine name -> :class:`Engine`. The CLI on top (``rolora.cli``) adds ``flower``: llm/ never
+imports the floor above it."""
+
+
+def _parsers(engines=ENGINES) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """(the ``rolora llm`` parser, {action: its parser})."""
     parser = argparse.ArgumentParser(prog="rolora llm", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     run = sub.add_parser("run", help="run (or resume) a federated fine-tuning experiment",
-                         description="Run a federated fine-tuning experiment from a TOML config.")
+                         description="Run a federated fine-tuning experiment from a TOML config. Settings "
+                                     "(section.key=value) may stand anywhere on the line.")
     run.add_argument("--config", help="a TOML file, or the name of a shipped example (rolora llm configs)")
     run.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.lr=1e-3")
     run.add_argument("--out", type=Path, help="run folder (default runs/<config>-<method>)")
@@ -54,8 +78,20 @@ def _parser(engines=ENGINES) -> argparse.ArgumentParser:
     export.add_argument("--merged", action="store_true",
                         help="write W0 + the update as a plain Hugging Face model folder (any method; full-rank FedAvg needs it)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
-    sub.add_parser("configs", help="list the shipped example configs")
-    return parser
+    configs = sub.add_parser("configs", help="list the shipped example configs")
+    return parser, {"run": run, "export": export, "configs": configs}
+
+
+def _parse(argv: list[str], engines) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+    """The arguments and the parser of their action; ``run``'s settings may stand anywhere
+    (argparse's intermixed parsing, which a parser with sub-commands does not offer itself)."""
+    parser, actions = _parsers(engines)
+    if argv[:1] == ["run"]:
+        args = actions["run"].parse_intermixed_args(argv[1:])
+        args.action = "run"
+    else:
+        args = parser.parse_args(argv)
+    return args, actions[args.action]
 
 
 def _default_out(config_name: str | None, method: str) -> Path:
@@ -77,45 +113,139 @@ def _table(results: list[tuple[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def _run(args, engines) -> int:
-    run = engines[args.engine]()
-    if args.resume:
-        config = load_config(args.config, args.overrides) if (args.config or args.overrides) else None
-        history = run(config, args.resume, resume=True, quiet=args.quiet)
-        print(_table([(history.state and read_method(args.resume), history)]))
-        return 0
-    config = load_config(args.config, args.overrides)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else [config.federated.method]
-    results = []
-    for spec in methods:
-        import dataclasses
+def _method_specs(args, config: RunConfig) -> list[str]:
+    if args.methods is None:
+        return [config.federated.method]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError(f"--methods {args.methods!r}: no method named; give comma-separated method specs, "
+                          "e.g. --methods rolora,fedavg-lora")
+    twice = sorted({m for m in methods if methods.count(m) > 1})
+    if twice:
+        raise ConfigError(f"--methods names {', '.join(twice)} more than once: each method runs once, in its own folder")
+    return methods
 
-        cfg = dataclasses.replace(config, federated=dataclasses.replace(config.federated, method=spec))
+
+def _checked(config: RunConfig, engine: Engine, where: str = "") -> RunConfig:
+    """``config`` after every check that needs no data or model: its keys, its method spec (parameters
+    included) and the engine's own. ``where`` (e.g. ``--methods rolora``) starts the error message."""
+    from rolora.federated import method_from_spec
+
+    try:
+        check(config)
+        method_from_spec(config.federated.method, total_rounds=config.total_rounds)
+        engine.check(config)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}" if where else str(err)) from None
+    return config
+
+
+def _check_run_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a run folder that cannot be written, or that holds a run (or anything else, with
+    --overwrite) that would be lost; touches nothing."""
+    problem = folder_problem(out)
+    if problem:
+        raise ConfigError(f"--out {out}: cannot write the run there: {problem}")
+    if not overwrite and (out / "config.json").exists():
+        raise ConfigError(f"{out} already holds a run: pass --resume {out} to continue it, --overwrite to replace "
+                          "it, or choose another --out")
+    if overwrite and not (out / "config.json").is_file() and out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"--overwrite: {out} exists but is not a run folder; not deleting it")
+
+
+def _run_or_clean_up(out: Path, start: Callable):
+    """``start()``, the run in ``out``; a run refused before it began (its data or model, found
+    wrong while loading) leaves ``out`` as it was: the folder (or the files) the engine made go."""
+    new = [p for p in (out, *out.parents) if not p.exists()]  # the folders the run will make
+    before = set() if new else set(out.iterdir())
+    try:
+        return start()
+    except (ValueError, OSError):
+        if (out / "config.json").exists():
+            raise
+        if new:
+            shutil.rmtree(new[-1], ignore_errors=True)
+        for path in set(out.iterdir() if out.is_dir() else ()) - before:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise
+
+
+def _stopped(err: BaseException, out: Path) -> int:
+    """A run that stopped (every participant failed, an upload went non-finite, or Ctrl-C): its latest
+    checkpoint is kept; say so and how to continue, exit 1 (130 for Ctrl-C)."""
+    why = "was interrupted" if isinstance(err, KeyboardInterrupt) else f"stopped: {err}"
+    if "non-finite" in why:
+        why += " (the training diverged: a smaller train.lr may help)"
+    then = (f"Its latest checkpoint is kept in {out}; to continue it: rolora llm run --resume {out}"
+            if (out / "config.json").is_file() else "It had not started: nothing to resume.")
+    print(f"rolora llm: the run {why}\n{then}", file=sys.stderr)
+    return 130 if isinstance(err, KeyboardInterrupt) else 1
+
+
+def _resume(args, engine: Engine) -> int:
+    from rolora.federated import AggregationError
+    from rolora.llm.engine import RunStopped
+    from rolora.llm.run_folder import read_config
+
+    for option in ("methods", "out", "overwrite"):
+        if getattr(args, option):
+            raise ConfigError(f"--{option} does not go with --resume: the run continues in {args.resume} with "
+                              "its own method and config")
+    saved = read_config(args.resume)  # not a run folder: named here, before anything starts
+    if args.config:
+        config = load_config(args.config, args.overrides)
+    else:  # settings alone change the saved config (which resuming then refuses, naming just those keys)
+        config = from_dict(apply_overrides(saved.to_dict(), args.overrides), "--resume") if args.overrides else None
+    _checked(config or saved, engine)
+    try:
+        history = engine.run(config, args.resume, resume=True, quiet=args.quiet)
+    except (RunStopped, AggregationError, KeyboardInterrupt) as err:
+        return _stopped(err, args.resume)
+    print(_table([(saved.federated.method, history)]))
+    return 0
+
+
+def _run(args, engine: Engine) -> int:
+    config = load_config(args.config, args.overrides)
+    runs = []  # (method spec, its config, its run folder): all checked before the first run starts
+    methods = _method_specs(args, config)
+    for spec in methods:
+        cfg = _checked(dataclasses.replace(config, federated=dataclasses.replace(config.federated, method=spec)),
+                       engine, f"--methods {spec}" if args.methods else "")
         out = args.out / spec.replace(":", "_") if (args.out and len(methods) > 1) else (args.out or _default_out(args.config, spec))
+        _check_run_folder(out, args.overwrite)
+        runs.append((spec, cfg, out))
+    from rolora.federated import AggregationError
+    from rolora.llm.engine import RunStopped
+
+    results = []
+    for spec, cfg, out in runs:
         if not args.quiet:
             print(f"[rolora llm] {spec}: {cfg.model.name} on {cfg.data.dataset}, {cfg.federated.clients} clients, "
                   f"{cfg.total_rounds} rounds -> {out}", file=sys.stderr)
         if args.overwrite:
             remove_run(out)
-        results.append((spec, run(cfg, out, quiet=args.quiet)))
+        try:
+            results.append((spec, _run_or_clean_up(out, partial(engine.run, cfg, out, quiet=args.quiet))))
+        except (RunStopped, KeyboardInterrupt) as err:
+            return _stopped(err, out)
+        except AggregationError as err:  # a client's upload found bad (non-finite: diverged) once the run began
+            if not (out / "config.json").is_file():
+                raise
+            return _stopped(err, out)
     print(_table(results))
     return 0
 
 
 def remove_run(run_dir: Path) -> None:
     """Delete an earlier run folder (only one that holds a run: a config.json)."""
-    import shutil
-
     if (run_dir / "config.json").is_file():
         shutil.rmtree(run_dir)
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"--overwrite: {run_dir} exists but is not a run folder; not deleting it")
-
-
-def read_method(run_dir: Path) -> str:
-    from rolora.llm.run_folder import read_config
-
-    return read_config(run_dir).federated.method
 
 
 def list_tomls(folder: Path) -> None:
@@ -127,7 +257,16 @@ def list_tomls(folder: Path) -> None:
 
 def _export(args) -> int:
     from rolora.llm.export_run import export_run
+    from rolora.llm.run_folder import read_config
 
+    read_config(args.run_dir)  # not a run folder: named before the model loads
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a file; the export is a folder: choose another --out")
+    if args.out.exists() and not args.overwrite:
+        raise ConfigError(f"--out {args.out} exists: pass --overwrite to replace it, or choose another --out")
+    problem = folder_problem(args.out)
+    if problem:
+        raise ConfigError(f"--out {args.out}: cannot write the export there: {problem}")
     client = args.client
     if client is not None and client.lstrip("-").isdigit():
         client = int(client)
@@ -137,15 +276,16 @@ def _export(args) -> int:
 
 
 def main(argv: list[str] | None = None, engines=ENGINES) -> int:
-    args = _parser(engines).parse_args(argv)
+    args, parser = _parse(list(sys.argv[1:] if argv is None else argv), engines)
     try:
         if args.action == "configs":
             list_tomls(CONFIG_DIR)
             return 0
         if args.action == "run":
             if not args.config and not args.resume:
-                _parser(engines).error("run needs --config FILE (or --resume RUN_DIR)")
-            return _run(args, engines)
+                parser.error("run needs --config FILE (or --resume RUN_DIR)")
+            engine = engines[args.engine]
+            return _resume(args, engine) if args.resume else _run(args, engine)
         return _export(args)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"rolora llm: error: {err}", file=sys.stderr)

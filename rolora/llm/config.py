@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -19,11 +20,12 @@ TASKS = ("classification", "generation-classification", "instruction")
 PARTITIONS = ("iid", "dirichlet", "k-labels", "natural")
 OPTIMIZERS = ("adamw", "sgd", "galore")
 SCHEDULES = ("constant", "linear", "cosine")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 CLIENT_BATCHING = ("auto", "off")
 DROPOUT_MASKS = ("exact", "fast")
 FROZEN_PREFIX = ("off", "no-dropout", "cache")  # llm/frozen_prefix.py
 EVAL_SPLITS = ("val", "test")
+WEIGHTINGS = ("samples", "uniform")
 
 
 class ConfigError(ValueError):
@@ -37,8 +39,10 @@ class ModelConfig:
     task: str = "classification"
     """classification (encoder) | generation-classification | instruction (decoder)."""
     max_length: int = 128
-    dtype: str = "float32"
-    """Dtype of the frozen base weights; adapters and optimiser state stay float32."""
+    dtype: str = "auto"
+    """Dtype of the frozen base weights; adapters and optimiser state stay float32. auto: bfloat16
+    where the device computes it natively (CUDA; a CPU with AVX-512 BF16 or AMX), else float32
+    (``llm/base_dtype.py``; the choice and its reason are written to run.log and versions.json)."""
     backend: str = "auto"
     """LoRA kernel backend: auto (CUDA: Triton with LoRA dropout above M = 512, else cuBLAS; CPU: PyTorch)
     | torch | triton (see ``rolora.kernels.op.choose_backend``)."""
@@ -121,6 +125,9 @@ class TrainConfig:
     galore_period: int = 200
     galore_scale: float = 0.25
     lr: float = 5e-4
+    head_lr: float = 0.0
+    """Learning rate of the classification head when it trains (``lora.train_head``), following the
+    same warm-up and schedule as ``lr`` (0: the same as ``lr``)."""
     weight_decay: float = 0.0
     momentum: float = 0.0
     max_grad_norm: float = 0.0
@@ -141,6 +148,9 @@ class TrainConfig:
     """off | no-dropout (dropout off in the embeddings and the blocks below the lowest adapted one) |
     cache (as no-dropout, and those blocks' output is computed once per training sample and reused
     every step and round: for LoRA on the top blocks only; BERT/RoBERTa; llm/frozen_prefix.py)."""
+    compile: bool = False
+    """Client batching: run each pass's forward/backward under ``torch.compile`` (lengths bucketed,
+    ``llm/compiled_step.py``); off by default (BENCHMARKS.md "llm/ speed" says whether it pays)."""
     dropout_masks: str = "exact"
     """Client batching: exact (every client's dropout masks are the bits it draws trained alone, so
     the results equal one-by-one training) | fast (each pass draws its own: the same distribution,
@@ -294,72 +304,108 @@ def _fail(key: str, message: str) -> None:
     raise ConfigError(f"{key}: {message}")
 
 
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.task": TASKS,
+    "model.dtype": DTYPES,
+    "data.partition": PARTITIONS,
+    "train.optimizer": OPTIMIZERS,
+    "train.schedule": SCHEDULES,
+    "train.client_batching": CLIENT_BATCHING,
+    "train.frozen_prefix": FROZEN_PREFIX,
+    "train.dropout_masks": DROPOUT_MASKS,
+    "federated.weighting": WEIGHTINGS,
+}
+"""Keys whose value must be one of a fixed set."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """An allowed range of a number: ``text`` says it in the error, ``holds`` tests it (written so that
+    NaN fails every range)."""
+
+    text: str
+    holds: Callable[[float], bool]
+
+
+AT_LEAST_1 = Range("≥ 1", lambda v: v >= 1)
+AT_LEAST_0 = Range("≥ 0", lambda v: v >= 0)
+ABOVE_0 = Range("> 0", lambda v: v > 0)
+FRACTION_OF_ONE = Range("in (0, 1]", lambda v: 0 < v <= 1)
+PROBABILITY = Range("in [0, 1)", lambda v: 0 <= v < 1)
+COUNT_OR_FRACTION = Range("> 0 (a count or a fraction)", lambda v: v > 0)
+
+RANGES: dict[str, Range] = {
+    "model.max_length": AT_LEAST_1,
+    "data.test_size": COUNT_OR_FRACTION,
+    "data.val_size": AT_LEAST_0,
+    "data.max_train_samples": AT_LEAST_0,
+    "data.dirichlet_alpha": ABOVE_0,
+    "lora.rank": AT_LEAST_1,
+    "lora.alpha": ABOVE_0,
+    "lora.dropout": PROBABILITY,
+    "federated.clients": AT_LEAST_1,
+    "federated.participation": FRACTION_OF_ONE,
+    "federated.rounds": AT_LEAST_1,
+    "federated.reference_clients": AT_LEAST_0,
+    "train.local_steps": AT_LEAST_0,
+    "train.local_epochs": AT_LEAST_0,
+    "train.batch_size": AT_LEAST_1,
+    "train.galore_rank": AT_LEAST_1,
+    "train.galore_period": AT_LEAST_1,
+    "train.galore_scale": ABOVE_0,
+    "train.lr": ABOVE_0,
+    "train.head_lr": AT_LEAST_0,
+    "train.weight_decay": AT_LEAST_0,
+    "train.momentum": AT_LEAST_0,
+    "train.max_grad_norm": AT_LEAST_0,
+    "train.warmup_rounds": AT_LEAST_0,
+    "train.batch_tokens": AT_LEAST_1,
+    "train.client_group": AT_LEAST_0,
+    "run.seed": AT_LEAST_0,
+    "run.eval_every": AT_LEAST_1,
+    "run.eval_batch_size": AT_LEAST_1,
+    "run.checkpoint_every": AT_LEAST_0,
+    "run.threads": AT_LEAST_0,
+}
+"""Numeric keys and their allowed range."""
+
+
+def _value_of(c: RunConfig, key: str) -> object:
+    section, _, name = key.partition(".")
+    return getattr(getattr(c, section), name)
+
+
+def _method_name(spec: str) -> str:
+    """The method's name in ``spec``; a malformed spec is refused naming federated.method."""
+    from rolora.federated import AggregationError, parse_method_spec  # here: it loads torch, the config does not
+
+    try:
+        return parse_method_spec(spec)[0]
+    except AggregationError as err:
+        raise ConfigError(f"federated.method: {err}") from None
+
+
 def check(c: RunConfig) -> None:
-    """Raise ConfigError naming the first bad key."""
-    if c.model.task not in TASKS:
-        _fail("model.task", f"must be one of {TASKS}, got {c.model.task!r}")
-    if c.model.dtype not in DTYPES:
-        _fail("model.dtype", f"must be one of {DTYPES}, got {c.model.dtype!r}")
-    if c.data.partition not in PARTITIONS:
-        _fail("data.partition", f"must be one of {PARTITIONS}, got {c.data.partition!r}")
-    if c.train.optimizer not in OPTIMIZERS:
-        _fail("train.optimizer", f"must be one of {OPTIMIZERS}, got {c.train.optimizer!r}")
-    if c.train.schedule not in SCHEDULES:
-        _fail("train.schedule", f"must be one of {SCHEDULES}, got {c.train.schedule!r}")
-    if c.train.client_batching not in CLIENT_BATCHING:
-        _fail("train.client_batching", f"must be one of {CLIENT_BATCHING}, got {c.train.client_batching!r}")
-    if c.train.frozen_prefix not in FROZEN_PREFIX:
-        _fail("train.frozen_prefix", f"must be one of {FROZEN_PREFIX}, got {c.train.frozen_prefix!r}")
-    if c.train.dropout_masks not in DROPOUT_MASKS:
-        _fail("train.dropout_masks", f"must be one of {DROPOUT_MASKS}, got {c.train.dropout_masks!r}")
-    if c.federated.weighting not in ("samples", "uniform"):
-        _fail("federated.weighting", f"must be 'samples' or 'uniform', got {c.federated.weighting!r}")
-    positive = {
-        "model.max_length": c.model.max_length, "lora.rank": c.lora.rank, "federated.clients": c.federated.clients,
-        "federated.rounds": c.federated.rounds, "train.batch_size": c.train.batch_size,
-        "run.eval_every": c.run.eval_every, "train.batch_tokens": c.train.batch_tokens, "run.eval_batch_size": c.run.eval_batch_size,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            _fail(key, f"must be ≥ 1, got {value}")
-    non_negative = {
-        "train.local_epochs": c.train.local_epochs, "train.local_steps": c.train.local_steps,
-        "train.weight_decay": c.train.weight_decay, "train.max_grad_norm": c.train.max_grad_norm,
-        "train.warmup_rounds": c.train.warmup_rounds, "train.momentum": c.train.momentum,
-        "run.seed": c.run.seed, "train.client_group": c.train.client_group, "run.checkpoint_every": c.run.checkpoint_every, "run.threads": c.run.threads,
-        "data.max_train_samples": c.data.max_train_samples, "federated.reference_clients": c.federated.reference_clients,
-        "data.val_size": c.data.val_size,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
-            _fail(key, f"must be ≥ 0, got {value}")
+    """Raise ConfigError naming the first bad key, its value and what is allowed."""
+    for key, choices in CHOICES.items():
+        value = _value_of(c, key)
+        if value not in choices:
+            _fail(key, f"must be one of {', '.join(choices)}, got {value!r}")
+    for key, allowed in RANGES.items():
+        value = _value_of(c, key)
+        if not (math.isfinite(value) and allowed.holds(value)):  # inf, like NaN, is never a setting
+            _fail(key, f"must be a finite number {allowed.text}, got {value}")
     if c.train.local_steps == 0 and c.train.local_epochs == 0:
         _fail("train.local_steps", "need local_steps ≥ 1 or local_epochs ≥ 1")
-    if any(r < 1 for r in c.lora.client_ranks):
+    if not all(AT_LEAST_1.holds(r) for r in c.lora.client_ranks):
         _fail("lora.client_ranks", f"every rank must be ≥ 1, got {c.lora.client_ranks}")
-    if not c.lora.alpha > 0:
-        _fail("lora.alpha", f"must be > 0, got {c.lora.alpha}")
-    if not 0 <= c.lora.dropout < 1:
-        _fail("lora.dropout", f"must be in [0, 1), got {c.lora.dropout}")
-    if not 0 < c.federated.participation <= 1:
-        _fail("federated.participation", f"must be in (0, 1], got {c.federated.participation}")
-    if not c.train.lr > 0:
-        _fail("train.lr", f"must be > 0, got {c.train.lr}")
-    for key in ("galore_rank", "galore_period"):
-        if getattr(c.train, key) < 1:
-            _fail(f"train.{key}", f"must be ≥ 1, got {getattr(c.train, key)}")
-    if not c.train.galore_scale > 0:
-        _fail("train.galore_scale", f"must be > 0, got {c.train.galore_scale}")
-    if c.train.optimizer == "galore" and c.federated.method.split(":")[0].strip() != "fedavg-full":
+    if c.train.optimizer == "galore" and _method_name(c.federated.method) != "fedavg-full":
         _fail("train.optimizer", f"galore trains full-rank updates: needs federated.method fedavg-full, "
                                  f"got {c.federated.method!r} (LoRA methods use adamw or sgd)")
-    if not c.data.test_size > 0:
-        _fail("data.test_size", f"must be > 0 (a count or a fraction), got {c.data.test_size}")
-    if not c.data.dirichlet_alpha > 0:
-        _fail("data.dirichlet_alpha", f"must be > 0, got {c.data.dirichlet_alpha}")
     splits = c.run.eval_splits
     if not splits or any(s not in EVAL_SPLITS for s in splits) or len(set(splits)) < len(splits):
-        _fail("run.eval_splits", f"must be a non-empty list of distinct names from {EVAL_SPLITS}, got {splits}")
+        _fail("run.eval_splits", f"must be a non-empty list of distinct names from {', '.join(EVAL_SPLITS)}, "
+                                 f"got {splits}")
     if list(splits) == ["val"] and c.data.val_size == 0:
         _fail("run.eval_splits", "is ['val'] but data.val_size = 0: there is no validation split")
 

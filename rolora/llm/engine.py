@@ -22,9 +22,9 @@ from rolora.federated.round import RoundFailed, run_round
 from rolora.llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rolora.llm.config import ConfigError, RunConfig, diff
 from rolora.llm.evaluation import eval_sets, evaluate_round
-from rolora.llm.local_training import learning_rate
 from rolora.llm.training import local_training
 from rolora.llm.prepare import RunSetup, build
+from rolora.llm.round_row import round_row
 from rolora.llm.run_folder import command_line, plot_curves, read_config, read_metrics, write_metrics, write_start
 
 log = logging.getLogger("rolora.llm")
@@ -118,7 +118,8 @@ def start_state(setup: RunSetup, run_dir: Path, resume: bool, logger: logging.Lo
         return ckpt.state, ckpt.kept, ckpt.rows
     if resume:
         logger.info("no checkpoint in %s: starting from round 0", run_dir)
-    write_start(run_dir, c, str(setup.device), command_line())
+    write_start(run_dir, c, str(setup.device), command_line(),
+                {"base_dtype": setup.base_dtype.name, "base_dtype_reason": setup.base_dtype.reason})
     state = setup.initial_state()
     rows = [{"round": 0, **evaluate_splits(setup, state, {}, list(range(c.federated.clients)), sets)}]
     write_metrics(run_dir, rows)
@@ -169,7 +170,7 @@ def _run(config: RunConfig, run_dir: Path, resume: bool, quiet: bool, setup: Run
                                  "change the config (e.g. a smaller train.lr) and start again, or resume") from err
             wall = time.perf_counter() - start
             state, kept = result.state, result.kept
-            rows.append(_round_row(setup, result, t, wall))
+            rows.append(round_row(setup.config, t, result, wall))
             if result.dropped:
                 log.warning("round %d: dropped clients %s (non-finite loss)", t, result.dropped)
             if t % c.run.eval_every == 0 or t == total:
@@ -180,32 +181,12 @@ def _run(config: RunConfig, run_dir: Path, resume: bool, quiet: bool, setup: Run
             rounds_bar.update(1)
             rounds_bar.set_postfix({k: f"{rows[-1][k]:.4g}" for k in ("train_loss", "val_accuracy", "test_accuracy")
                                     if rows[-1].get(k) is not None})
-            log.info("round %d: %s", t, {k: v for k, v in rows[-1].items() if k != "round"})
+            log.info("round %d: %s", t, {k: v for k, v in rows[-1].items() if k not in ("round", "layers")})
     finally:
         clients_bar.close()
         rounds_bar.close()
     plot_curves(run_dir, rows, f"{method.name} · {c.model.name} · {c.data.dataset} · {len(clients)} clients")
     return History(rows=read_metrics(run_dir), state=state, kept=kept, run_dir=run_dir)
-
-
-def _round_row(setup: RunSetup, result, t: int, wall: float) -> dict:
-    weights = {k: r.num_samples for k, r in result.results.items()}
-    total_n = sum(weights.values())
-    train_loss = sum(weights[k] * r.metrics["train_loss"] for k, r in result.results.items()) / total_n
-    tokens = sum(int(r.metrics["tokens"]) for r in result.results.values())
-    comm = result.communication
-    return {
-        "round": t,
-        "train_loss": train_loss,
-        "lr": learning_rate(setup.config, t),
-        "participants": len(result.participants),
-        "dropped": list(result.dropped),
-        "upload_bytes": comm.total_upload_params * comm.bytes_per_param,
-        "download_bytes": comm.total_download_params * comm.bytes_per_param,
-        "wall_s": wall,
-        "tokens": tokens,
-        "tokens_per_s": tokens / wall if wall > 0 else None,
-    }
 
 
 def _dying(train):

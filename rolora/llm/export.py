@@ -34,15 +34,23 @@ import torch
 from torch import Tensor, nn
 
 from rolora.federated import LayerTensors, Method, ModelTensors
-from rolora.kernels import peft_key
+from rolora.llm.adapter_layer import FederatedLinear
 from rolora.llm.adapters import check_head, check_layers, read_head
-from rolora.llm.federated_linear import FederatedLinear
 from rolora.llm.models import model_family
 
 ALORA_NAMES = frozenset({"A", "M", "B1", "B2", "B_base"})
 LORA_NAMES = (frozenset({"A", "B"}), frozenset({"A", "B", "base"}))
 PEFT_TASK = {"bert": "SEQ_CLS", "roberta": "SEQ_CLS", "llama": "CAUSAL_LM"}
 MERGED_BASE = "base_model"
+PEFT_PREFIX = "base_model.model."
+"""PEFT's saved keys name modules by their path in the base model behind this prefix."""
+
+
+def peft_key(module_path: str, factor: str) -> str:
+    """PEFT's saved key for factor "A" (r×in) or "B" (out×r) of the LoRA layer at ``module_path``."""
+    if factor not in ("A", "B"):
+        raise ValueError(f"factor must be 'A' or 'B', got {factor!r}")
+    return f"{PEFT_PREFIX}{module_path}.lora_{factor}.weight"
 
 
 def factorise(layer: str, tensors: LayerTensors, method: Method) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -172,7 +180,7 @@ def export_peft(model: nn.Module, adapters: dict[str, FederatedLinear], tensors:
         state[peft_key(name, "A")] = a.contiguous().clone()
         state[peft_key(name, "B")] = b.contiguous().clone()
     for key, value in head.items():  # PEFT's saved key for modules_to_save drops the adapter wrapper
-        state[f"base_model.model.{key}"] = value.contiguous().clone()
+        state[f"{PEFT_PREFIX}{key}"] = value.contiguous().clone()
     config = peft_config(model, adapters, {n: a.shape[0] for n, (a, _, _) in factors.items()}, alpha,
                          base_name_or_path, head)
     with atomic_folder(out, overwrite) as tmp:

@@ -42,6 +42,14 @@ def learning_rate(config, t: int) -> float:
     return tr.lr * (1e-2 + (1 - 1e-2) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def head_learning_rate(config, t: int) -> float:
+    """The round-t learning rate of the classification head: ``train.head_lr`` (0: ``train.lr``)
+    under the same warm-up and schedule as :func:`learning_rate`."""
+    tr = config.train
+    lr = learning_rate(config, t)
+    return lr if tr.head_lr == 0 else lr * tr.head_lr / tr.lr
+
+
 def batch_order(n: int, batch_size: int, steps: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
     """Positions (0..n-1) of each local step's samples: ``epochs`` shuffled passes if > 0, else
     ``steps`` batches drawn from successive shuffles (a batch never holds a sample twice)."""
@@ -61,28 +69,51 @@ def batch_order(n: int, batch_size: int, steps: int, epochs: int, seed: int) -> 
         pos += size
 
 
-def make_optimizer(config, params: list, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(config, params: list, lr: float, head: list = (), head_lr: float | None = None) -> torch.optim.Optimizer:
+    """The configured optimiser over ``params`` at ``lr`` and the ``head`` tensors at ``head_lr``
+    (param groups; every optimiser here is per tensor, so groups change nothing else)."""
     tr = config.train
-    if tr.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
+    head = list(head)
+    groups = [{"params": list(params) + head}]
     if tr.optimizer == "galore":  # per tensor, so one optimiser over many clients' tensors is still one each
-        from rolora.optim import GaLoreAdamW, galore_groups
+        from rolora.optim import galore_groups
 
-        groups = galore_groups(params, tr.galore_rank, tr.galore_period, tr.galore_scale)
+        groups = galore_groups(groups[0]["params"], tr.galore_rank, tr.galore_period, tr.galore_scale)
+    groups = _head_apart(groups, head, lr if head_lr is None else head_lr)
+    if tr.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
+    if tr.optimizer == "galore":
+        from rolora.optim import GaLoreAdamW
+
         return GaLoreAdamW(groups, lr=lr, weight_decay=tr.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=tr.weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=tr.weight_decay)
 
 
-def train_client(setup: RunSetup, start: ClientStart, lr: float) -> ClientResult | None:
-    """One client's local training from ``start``; None if its loss turns non-finite (it is dropped)."""
+def _head_apart(groups: list[dict], head: list, head_lr: float) -> list[dict]:
+    """Each group split in two: its non-head tensors (the optimiser's lr) and its head tensors (``head_lr``)."""
+    ids = {id(p) for p in head}
+    out = []
+    for g in groups:
+        rest = [p for p in g["params"] if id(p) not in ids]
+        mine = [p for p in g["params"] if id(p) in ids]
+        if rest:
+            out.append({**g, "params": rest})
+        if mine:
+            out.append({**g, "params": mine, "lr": head_lr})
+    return out
+
+
+def train_client(setup: RunSetup, start: ClientStart, lr: float, head_lr: float | None = None) -> ClientResult | None:
+    """One client's local training from ``start`` (the head at ``head_lr``, default ``lr``); None if
+    its loss turns non-finite (it is dropped)."""
     c, k, t = setup.config, start.client, start.t
     model = setup.model
-    params = load_tensors(setup.adapters, start.tensors, start.trainable, setup.method, c.lora.alpha)
-    if setup.train_head:
-        params += load_head(model, start.dense, trainable=True)
+    adapted = load_tensors(setup.adapters, start.tensors, start.trainable, setup.method, c.lora.alpha)
+    head = load_head(model, start.dense, trainable=True) if setup.train_head else []
+    params = adapted + head
     if not params:
         raise ValueError(f"round {t}, client {k}: method {setup.method.name} trains nothing this round")
-    optimizer = make_optimizer(c, params, lr)
+    optimizer = make_optimizer(c, adapted, lr, head, head_lr)
     samples = setup.clients[k]
     torch.manual_seed(derive_seed(c.run.seed, "dropout", t, k))  # dropout masks: LoRA's and the model's
     model.train()
@@ -117,10 +148,10 @@ def sequential_training(setup: RunSetup, progress: Callable[[int], None] | None 
     """A ``LocalTraining`` callable that trains the participants one after another."""
 
     def train(t: int, starts: Sequence[ClientStart]) -> list[ClientResult | None]:
-        lr = learning_rate(setup.config, t)
+        lr, head_lr = learning_rate(setup.config, t), head_learning_rate(setup.config, t)
         results = []
         for start in starts:
-            results.append(train_client(setup, start, lr))
+            results.append(train_client(setup, start, lr, head_lr))
             if progress is not None:
                 progress(1)
         return results

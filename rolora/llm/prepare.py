@@ -6,6 +6,7 @@ model in memory, each client only its adapter tensors (``rolora.llm.adapters``).
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,16 +16,17 @@ import torch
 from torch import nn
 
 from rolora.federated import GlobalState, Method, method_from_spec
+from rolora.llm.adapter_layer import FederatedLinear
 from rolora.llm.adapters import Targets, attach, layer_specs, read_head
+from rolora.llm.base_dtype import DtypeChoice, choose_dtype
 from rolora.llm.config import ConfigError, RunConfig
 from rolora.llm.data import BUILTIN_DATASETS, load_builtin, load_file, split
-from rolora.llm.federated_linear import FederatedLinear
 from rolora.llm.host_memory import limit_matmul_cache
 from rolora.llm.models import load_model
 from rolora.llm.partition import partition
 from rolora.llm.tasks import Encoded, encode
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+log = logging.getLogger("rolora.llm")
 
 
 @dataclass
@@ -48,6 +50,8 @@ class RunSetup:
     own head parameters, which every client's training overwrites."""
     prefix_cache: object = None
     """A :class:`rolora.llm.frozen_prefix.PrefixCache` when ``train.frozen_prefix = "cache"``."""
+    base_dtype: DtypeChoice = DtypeChoice("float32", "default")
+    """The frozen base's dtype (``model.dtype`` resolved) and why it was chosen."""
 
     @property
     def train_head(self) -> bool:
@@ -133,12 +137,14 @@ def build(config: RunConfig, quiet: bool = True) -> RunSetup:
     if device.type == "cpu":
         limit_matmul_cache()
     method = method_from_spec(c.federated.method, total_rounds=c.total_rounds)
+    base_dtype = choose_dtype(c.model.dtype, device)
+    log.info("frozen base in %s (%s)", base_dtype.name, base_dtype.reason)
     train_ds, test_ds, parts, labels = prepare_data(c)
 
     model_task = "classification" if c.model.task == "classification" else "causal-lm"
     with quiet_transformers():  # its load report lists the new head as "MISSING": expected, we train it
         model, tokenizer = load_model(c.model.name, model_task, num_labels=len(labels) or None,
-                                      dtype=DTYPES[c.model.dtype], seed=c.run.seed)
+                                      dtype=base_dtype.dtype, seed=c.run.seed)
     options = {}
     if c.model.task == "generation-classification":
         if c.data.template:
@@ -165,7 +171,7 @@ def build(config: RunConfig, quiet: bool = True) -> RunSetup:
     return RunSetup(config=c, method=method, model=model, tokenizer=tokenizer, adapters=adapters, train=train,
                     test=test, clients=[np.asarray(p, dtype=np.int64) for p in parts], label_names=labels,
                     device=device, ranks=client_ranks(c), initial_head={k: x.cpu() for k, x in read_head(model).items()},  # the server state lives on the CPU
-                    prefix_cache=prefix_cache)
+                    prefix_cache=prefix_cache, base_dtype=base_dtype)
 
 
 @contextmanager

@@ -24,7 +24,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from rolora.federated.serial import atomic_file
+from rolora.federated.atomic import atomic_file
 from rolora.llm.config import RunConfig, from_dict, to_toml
 
 CHECKPOINTS = "checkpoints"
@@ -59,12 +59,12 @@ def versions(device: str) -> dict:
     return out
 
 
-def write_start(run_dir: Path, config: RunConfig, device: str, command: str) -> None:
-    """The files describing how the run was started."""
+def write_start(run_dir: Path, config: RunConfig, device: str, command: str, extra: dict | None = None) -> None:
+    """The files describing how the run was started (``extra``: more fields of versions.json)."""
     write_atomic(run_dir / "config.toml", to_toml(config, header=f"{command}\nresolved config of this run"))
     write_atomic(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     write_atomic(run_dir / "command.txt", command + "\n")
-    write_atomic(run_dir / "versions.json", json.dumps(versions(device), indent=2) + "\n")
+    write_atomic(run_dir / "versions.json", json.dumps({**versions(device), **(extra or {})}, indent=2) + "\n")
 
 
 def read_config(run_dir: Path) -> RunConfig:

@@ -15,7 +15,7 @@ Modules:
 - ``algorithms``: RoLoRA (analysed Alt-min-GD form), FFA-LoRA, FedAvg-LoRA, centralised references.
 - ``reference``: slow, obviously-correct versions of the rounds on raw data (for parity tests).
 - ``stochastic``: RoLoRA with local minibatch SGD on one factor (the non-convex rate experiment).
-- ``experiments``: one function per experiment; ``plots``: one figure per experiment; ``cli``.
+- ``analyses``: one function per analysis (the five "experiments" of ``rolora theory``); ``plots``: one figure each; ``cli``.
 
 This package imports only NumPy, SciPy, Matplotlib (lazily, in ``plots``) and tqdm; never torch.
 """

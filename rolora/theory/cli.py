@@ -16,9 +16,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from rolora.theory import experiments as ex
+from rolora.theory import analyses as ex
 from rolora.theory import plots
-from rolora.theory.outputs import write_csv, write_json
+from rolora.theory.outputs import make_output_folder, write_csv, write_json
 
 FIGURES = {  # experiment -> (file stem, plot function)
     "theorem": ("fig1_theorem_contraction", plots.plot_theorem),
@@ -29,6 +29,17 @@ FIGURES = {  # experiment -> (file stem, plot function)
 }
 
 
+def _seed(text: str) -> int:
+    """argparse type: a seed, an integer ≥ 0 (NumPy's seeds are)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rolora theory",
@@ -37,14 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("out/theory"), help="output folder (default: ./out/theory)")
     p.add_argument("--quick", action="store_true", help="small grids (a few seconds; for tests and smoke runs)")
-    p.add_argument("--seed", type=int, default=0, help="base seed; same seed, same numbers (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="base seed; same seed, same numbers (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it also hides itself off a TTY)")
     p.add_argument("--only", nargs="+", choices=list(ex.EXPERIMENTS), metavar="NAME",
                    help=f"run only these experiments ({', '.join(ex.EXPERIMENTS)})")
     return p
 
 
-def _plot(name: str, result: ex.ExperimentResult, path: Path, quick: bool) -> Path:
+def _plot(name: str, result: ex.AnalysisResult, path: Path, quick: bool) -> Path:
     if name == "finite_samples":
         cfg = ex.samples_grid(quick)["config"]
         return plots.plot_finite_samples(result, path, cfg.d, cfg.n_clients)
@@ -92,10 +103,13 @@ def results_table(summaries: dict[str, dict[str, Any]], quick: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the experiments, write figures, CSVs and summary.json, print the results table."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    problem = make_output_folder(args.out)
+    if problem:
+        parser.error(f"argument --out: cannot write the figures to {args.out}: {problem}")
     names = args.only or list(ex.EXPERIMENTS)
     start = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
     total = sum(ex.n_units(n, args.quick) for n in names)
     summaries: dict[str, dict[str, Any]] = {}
     written: list[Path] = []

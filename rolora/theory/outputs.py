@@ -5,8 +5,24 @@ from __future__ import annotations
 import csv
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
+
+
+def make_output_folder(path: Path) -> str | None:
+    """Make the output folder (it is about to be written) and check a file can be made in it; None,
+    or why not: a file in the way, permissions, a read-only or virtual file system."""
+    try:
+        blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            return f"{blocking} is a file, not a folder"
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):  # nameless: gone when closed
+            pass
+    except OSError as err:
+        return str(err.strerror or err).lower() + (f" ({err.filename})" if err.filename else "")
+    return None
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:

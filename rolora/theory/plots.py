@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from rolora.theory.experiments import ExperimentResult
+from rolora.theory.analyses import AnalysisResult
 
 FLOOR = 1e-18  # log-scale plots clip at this (exact zeros and round-off)
 COLORS = {"rolora": "C0", "ffa": "C1", "fedavg": "C2", "centralised": "k"}
@@ -38,7 +38,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_theorem(res: ExperimentResult, path: Path) -> Path:
+def plot_theorem(res: AnalysisResult, path: Path) -> Path:
     """Left: sin θ per round (seed 0) with the bound's envelope δ0·ρ^t. Right: rates vs bound."""
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -64,7 +64,7 @@ def plot_theorem(res: ExperimentResult, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_ffa_floor(res: ExperimentResult, path: Path) -> Path:
+def plot_ffa_floor(res: AnalysisResult, path: Path) -> Path:
     """Left: FFA-LoRA's error floor vs ‖b*‖²δ0² (and RoLoRA's final error). Right: the ratio 1 + c̃."""
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -85,7 +85,7 @@ def plot_ffa_floor(res: ExperimentResult, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_comparison(res: ExperimentResult, path: Path) -> Path:
+def plot_comparison(res: AnalysisResult, path: Path) -> Path:
     """Per setting: population error and sin θ over rounds (median over seeds) for every method."""
     plt = _pyplot()
     settings = list(res.summary)
@@ -105,7 +105,7 @@ def plot_comparison(res: ExperimentResult, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_finite_samples(res: ExperimentResult, path: Path, d: int, n_clients: int) -> Path:
+def plot_finite_samples(res: AnalysisResult, path: Path, d: int, n_clients: int) -> Path:
     """Final sin θ vs samples per client m (median, min–max band over seeds)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -122,7 +122,7 @@ def plot_finite_samples(res: ExperimentResult, path: Path, d: int, n_clients: in
     return _save(fig, path)
 
 
-def plot_rate(res: ExperimentResult, path: Path) -> Path:
+def plot_rate(res: AnalysisResult, path: Path) -> Path:
     """min_{t<=T} ‖∇F‖² vs T (log-log) with the fitted slope printed and a T^(-1/2) reference."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))

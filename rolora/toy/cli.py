@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from rolora.federated.atomic import folder_problem
 from rolora.toy.partition import SPLITS
 from rolora.toy.train import OPTIMIZERS, ToyConfig
 
@@ -57,9 +59,21 @@ def _non_negative_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
     return value
+
+
+def check_optimizer(cfg: ToyConfig, method) -> None:
+    """GaLore trains full-rank W tensors: refuse it (ValueError naming the run's method spec) for a
+    method that trains no W in some round of the run, as every LoRA method does."""
+    if cfg.optimizer != "galore":
+        return
+    for t in range(1, cfg.rounds + 1):
+        if "W" not in method.trains(t):
+            raise ValueError(f"method {cfg.method!r}: optimizer galore trains full-rank W tensors, but "
+                             f"{method.name} trains {sorted(method.trains(t))} in round {t}; use optimizer sgd "
+                             "or adam for LoRA methods (galore is for fedavg-full)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,13 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the experiment grid, write PNG / CSV / JSON, print the summary. Returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     import dataclasses
 
     from rolora.federated import AggregationError, available_methods, method_from_spec
     from rolora.toy.method_spec import split_spec, with_spec_training_keys
 
-    methods = available_methods() if args.methods == "all" else _csv_list()(args.methods)
+    try:
+        methods = available_methods() if args.methods == "all" else _csv_list()(args.methods)
+    except argparse.ArgumentTypeError as err:
+        parser.error(f"argument --methods: {err}")
     base = ToyConfig(
         model=args.model, rank=args.rank, alpha=args.alpha, rounds=args.rounds,
         local_epochs=args.local_epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
@@ -132,16 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     for spec in methods:  # fail before any training, naming the bad spec
         try:
-            with_spec_training_keys(dataclasses.replace(base, method=spec)).check()
-            method_from_spec(split_spec(spec)[0], total_rounds=args.rounds)
+            cfg = with_spec_training_keys(dataclasses.replace(base, method=spec))
+            cfg.check()
+            check_optimizer(cfg, method_from_spec(split_spec(spec)[0], total_rounds=args.rounds))
         except (AggregationError, ValueError) as err:
             print(f"rolora toy: error: {err}", file=sys.stderr)
             return 2
+    problem = folder_problem(args.out)
+    if problem:
+        parser.error(f"argument --out: cannot write the results to {args.out}: {problem}")
 
     import torch
 
     from rolora.toy.data import MnistDataError, load_mnist
-    from rolora.toy.experiment import run_grid, summary_table
+    from rolora.toy.grid import run_grid, summary_table
     from rolora.toy.plots import plot_histories, write_csv
 
     torch.set_num_threads(args.threads)
@@ -151,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     except MnistDataError as err:
         print(f"rolora toy: error: {err}", file=sys.stderr)
         return 1
-    histories = run_grid(args.split, methods, base, data, progress=not args.no_progress)
+    try:
+        histories = run_grid(args.split, methods, base, data, progress=not args.no_progress)
+    except AggregationError as err:  # the specs were checked: a client's upload went wrong while training
+        hint = " The training diverged: try a smaller --lr." if "non-finite" in str(err) else ""
+        print(f"rolora toy: error: a run failed, nothing was written: {err}.{hint}", file=sys.stderr)
+        return 1
     elapsed = time.perf_counter() - start
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,21 @@ def split_spec(spec: str) -> tuple[str, dict[str, object]]:
     """
     name, params = parse_method_spec(spec)
     training = {k: params[k] for k in TRAINING_KEYS if k in params}
-    kept = [part for part in spec.strip().split(":")[1:] if part.partition("=")[0].strip() not in TRAINING_KEYS]
-    return ":".join([name, *kept]), training
+    method_params = {k: v for k, v in params.items() if k not in TRAINING_KEYS}
+    return _spec_text(name, method_params), training
+
+
+def _spec_text(name: str, params: dict[str, object]) -> str:
+    """The spec that :func:`parse_method_spec` reads back as exactly ``(name, params)``."""
+    return ":".join([name, *(f"{k}={_value_text(v)}" for k, v in params.items())])
+
+
+def _value_text(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)  # repr: the float reads back bit for bit
 
 
 def with_spec_training_keys(cfg):

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rolora.federated.api import Method
+from rolora.federated.partition import subsample
 from rolora.federated.registry import method_from_spec
 from rolora.federated.round import ClientResult, ClientStart, next_model, one_by_one, run_round
 from rolora.optim import GaLoreAdamW
@@ -36,7 +37,7 @@ from rolora.toy.data import NUM_CLASSES, NUM_PIXELS, Mnist
 from rolora.toy.init_state import initial_state
 from rolora.toy.method_spec import split_spec, with_spec_training_keys
 from rolora.toy.model import LAYER, logits, make_w_out
-from rolora.toy.partition import make_partition, subsample
+from rolora.toy.partition import make_partition
 
 OPTIMIZERS = ("sgd", "adam", "galore")
 

@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -37,6 +38,7 @@ from rolora.federated.registry import available_methods, get_method
 from rolora.federated.round import run_round
 from rolora.federated.synthetic import synthetic_round, synthetic_training
 from rolora.federated.validation import check_updates
+from rolora.federated.atomic import file_problem
 
 QUICK = {"layers": 4, "shape": (1024, 768), "clients": [10, 50], "repeats": 3}
 """``--quick``: small enough for a 2-core CPU in well under a minute (overrides --layers/--dim/--shape/--clients)."""
@@ -286,9 +288,15 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [m for m in args.methods.split(",") if m.strip() not in available_methods()]
         if unknown:
             parser.error(f"--methods: unknown {unknown}; valid: {', '.join(available_methods())}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device!r}: not a torch device (e.g. cpu, cuda, cuda:1)")
+    if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda requested but no CUDA GPU is available")
-    device = torch.device(args.device)
+    problem = args.json and file_problem(Path(args.json))
+    if problem:
+        parser.error(f"--json {args.json}: cannot write it: {problem}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if device.type == "cpu" and not args.no_memory:

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from rolora.llm.config import load_config
+from rolora.llm.config import ConfigError, load_config
 from rolora.llm.tasks import label_word_scores, label_word_scores_by_sequence, one_token_words
 
 DEFAULTS = ["model.dtype=bfloat16", "lora.rank=4", "lora.alpha=8.0", "data.val_size=0", "run.eval_batch_size=50"]
@@ -41,8 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     args = p.parse_args(argv)
-    config = load_config(args.config, DEFAULTS + [f"data.test_size={args.prompts}", f"run.threads={args.threads}",
-                                                  *args.set])
+    for option in ("prompts", "threads"):
+        if getattr(args, option) < 1:
+            p.error(f"--{option} must be ≥ 1, got {getattr(args, option)}")
+    try:
+        config = load_config(args.config, DEFAULTS + [f"data.test_size={args.prompts}", f"run.threads={args.threads}",
+                                                      *args.set])
+    except ConfigError as err:
+        print(f"rolora bench eval: error: {err}", file=sys.stderr)
+        return 2
     if config.model.task != "generation-classification":
         print(f"rolora bench eval: error: {args.config} is a {config.model.task} config; this benchmark scores "
               "label words (model.task = \"generation-classification\")", file=sys.stderr)
@@ -50,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     from rolora.llm.prepare import build
 
     torch.set_num_threads(args.threads)
-    setup = build(config)
+    try:
+        setup = build(config)
+    except ConfigError as err:  # the data or the model of the config
+        print(f"rolora bench eval: error: {err}", file=sys.stderr)
+        return 2
     enc, model, n = setup.test, setup.model.eval(), len(setup.test)
     classes, batch = len(enc.label_word_ids), config.run.eval_batch_size
     if not one_token_words(enc):

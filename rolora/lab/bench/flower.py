@@ -1,4 +1,4 @@
-"""``python -m rolora.lab.bench.flower``: the Flower simulation engine against the embedded engine, and the
+"""``rolora bench flower``: the Flower simulation engine against the embedded engine, and the
 bytes every method sends over Flower. Prints Markdown tables.
 
 1. **Engines**: one round of the llm bench setting (MiniLM on Rotten Tomatoes, ``fedavg-lora``, r = 8,
@@ -14,8 +14,8 @@ bytes every method sends over Flower. Prints Markdown tables.
 
 .. code-block:: bash
 
-    OMP_NUM_THREADS=1 taskset -c 1 python -m rolora.lab.bench.flower --set train.local_steps=2
-    python -m rolora.lab.bench.flower --part bytes
+    OMP_NUM_THREADS=1 taskset -c 1 rolora bench flower --set train.local_steps=2
+    rolora bench flower --part bytes
 """
 
 from __future__ import annotations
@@ -163,6 +163,27 @@ def versions() -> str:
             f"torch {torch.__version__}, flwr {flwr.__version__}, ray {ray.__version__}")
 
 
+def _usage_problem(args) -> str | None:
+    """What is wrong with the command line (checked before any subprocess starts), or None."""
+    import importlib.util
+
+    from rolora.llm.config import ConfigError, load_config
+    from rolora.federated.atomic import folder_problem
+
+    missing = [name for name in ("flwr", "ray") if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"this benchmark needs Flower's simulation ({', '.join(missing)} not installed): pip install 'rolora[flower]'"
+    try:
+        load_config(None, BENCH + list(args.set))
+    except ConfigError as err:
+        return f"--set: {err}"
+    problem = args.work and folder_problem(args.work)
+    if problem:
+        return f"--work {args.work}: cannot write the runs there: {problem}"
+    held = [name for name in ("embedded", "flower", "bytes") if args.work and (args.work / name).exists()]
+    return f"--work {args.work} already holds runs ({', '.join(held)}): name a new or empty folder" if held else None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
@@ -179,9 +200,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="overrides of the engines' config (e.g. train.local_steps=2)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temporary one)")
     args = parser.parse_args(argv)
+    problem = _usage_problem(args)
+    if problem:
+        parser.error(problem)
     work = args.work or Path(tempfile.mkdtemp(prefix="rolora-flower-bench-"))
     print(versions())
-    print(f"command: {' '.join(['python -m rolora.lab.bench.flower', *argv])}\n")
+    print(f"command: {' '.join(['rolora bench flower', *argv])}\n")
     if args.part in ("all", "engines"):
         print(f"One round, MiniLM on Rotten Tomatoes, {' '.join(BENCH + args.set)}:\n")
         print(engines_table(args.set, work) + "\n", flush=True)

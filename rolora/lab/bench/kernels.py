@@ -300,7 +300,16 @@ def measure(cfg: Config, method: str, p: float, wt: Weights, inputs: Inputs, tim
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the table (and write --csv / --out). Returns 0."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from pathlib import Path
+
+    from rolora.federated.atomic import file_problem, folder_problem
+
+    for option, problem in (("--out", args.out and folder_problem(Path(args.out))),
+                            ("--csv", args.csv and file_problem(Path(args.csv)))):
+        if problem:
+            parser.error(f"{option} {getattr(args, option[2:])}: cannot write there: {problem}")
     threads = torch.get_num_threads()
     try:
         return _run(args)

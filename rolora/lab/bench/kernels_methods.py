@@ -5,7 +5,8 @@
     peft         PEFT's LoRA ``Linear`` layer called directly (no PeftModel wrapper)
     peft-B       the same with lora_A frozen: the fair comparator of our B-only phase
     addmm        cuBLAS addmm_ LoRA with a hand-written backward (Unsloth style)
-    full, B, A   ours in each RoLoRA phase, backend "auto" (Triton, or cuBLAS at M ≤ CUBLAS_MAX_M)
+    full, B, A   ours in each RoLoRA phase, backend "auto" (Triton, or cuBLAS at M ≤ CUBLAS_MAX_M):
+                 the layer training runs on (``rolora.llm.adapter_layer.FederatedLinear``, plain LoRA)
     full@triton, B@triton, full@torch, B@torch   ours with the backend forced (the small-M rule's data)
 
 Correctness: the worst relative error of y, dx and the trained factors' gradients against fp32
@@ -59,8 +60,9 @@ class RawFloor(nn.Module):
 
 def build(method: str, wt: Weights, p: float, adapter_dtype: torch.dtype | None = None) -> nn.Module:
     """The module for ``method`` on the shared weights (copies: methods never share gradients)."""
+    from rolora.federated import get_method
     from rolora.kernels.addmm_lora import AddmmLoRALinear
-    from rolora.kernels.layer import LoRALinear
+    from rolora.llm.adapter_layer import FederatedLinear
 
     n, k = wt.w.shape
     r = wt.a.shape[0]
@@ -88,13 +90,13 @@ def build(method: str, wt: Weights, p: float, adapter_dtype: torch.dtype | None 
     if method == "addmm":
         return AddmmLoRALinear(wt.w, None, wt.a.clone(), wt.b.clone(), scale=wt.scale)
     phase, _, backend = method.partition("@")
-    layer = LoRALinear(k, n, r, alpha=wt.scale * r, dropout=p, bias=False, backend=backend or "auto",
-                       device=device, dtype=dtype, adapter_dtype=adapter_dtype or dtype, init_weight=False)
-    with torch.no_grad():
-        layer.weight.copy_(wt.w)
-        layer.lora_A.copy_(wt.a)
-        layer.lora_B.copy_(wt.b)
-    layer.set_phase(LoRAPhase(phase))
+    frozen = nn.Linear(k, n, bias=False, device="meta")  # no init: W0 is the shared (frozen) wt.w
+    frozen.weight = nn.Parameter(wt.w, requires_grad=False)
+    layer = FederatedLinear(frozen, method, dropout=p, backend=backend or "auto",
+                            adapter_dtype=adapter_dtype or dtype)
+    trains = {LoRAPhase.FULL: {"A", "B"}, LoRAPhase.B_ONLY: {"B"}, LoRAPhase.A_ONLY: {"A"}}[LoRAPhase(phase)]
+    layer.load({"A": wt.a, "B": wt.b}, frozenset(trains), get_method("fedavg-lora"),
+               alpha=wt.scale * r)  # plain LoRA: the fused path
     return layer.train()
 
 
@@ -149,12 +151,11 @@ def max_rel_err(method: str, wt: Weights, p: float, x: Tensor, gy: Tensor,
     if is_ours(method):
         layer = build(method, wt, p, adapter_dtype)
         backend, seed = method.partition("@")[2] or "auto", 1234
-        y = lora_linear(x, layer.weight, None, layer.lora_A, layer.lora_B, layer.scale, p, seed, backend,
-                        layer.cublas_max_m)
+        factor_a, factor_b = layer.tensors["A"], layer.tensors["B"]
+        y = lora_linear(x, layer.weight, None, factor_a, factor_b, wt.scale, p, seed, backend)
         if p > 0.0:
-            path = choose_backend(backend, x.device, x.shape[0], layer.r, layer.cublas_max_m, p)
+            path = choose_backend(backend, x.device, x.shape[0], factor_a.shape[0], None, p)
             keep = dropout_keep_mask(seed, x.shape[0], x.shape[1], p, x.device, path)
-        factor_a, factor_b = layer.lora_A, layer.lora_B
     else:
         module = build(method, wt, 0.0, adapter_dtype)
         y = module(x)

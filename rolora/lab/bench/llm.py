@@ -1,13 +1,15 @@
 """``rolora bench llm``: one federated LoRA round, the usual PEFT loop against rolora's modes.
 
-One round of 20 clients × 20 local steps × batch 32, MiniLM on Rotten Tomatoes (1,000 held-out test
-sentences), r = 8 on query/value, dropout 0.1, AdamW 5e-4, max length 128: the same samples per
-client step, the same initial adapter and head in every row (:mod:`rolora.lab.bench.llm_row`). Each
-row runs in a fresh subprocess, so its peak RSS is its own. Then a sweep over the number of
-clients for the fastest mode. Prints Markdown tables and which targets are met.
+One round of 20 clients × 10 local steps × batch 32, MiniLM on Rotten Tomatoes (1,000 held-out test
+sentences), r = 8 on query/value, dropout 0.1, AdamW 5e-4 with weight decay 0.01 in every row, max
+length 128: the same samples per client step, the same initial adapter and head in every row
+(:mod:`rolora.lab.bench.llm_row`; tokenising is timed in no row). Each row runs in a fresh
+subprocess, so its peak RSS is its own. Then a sweep over the number of clients for the fastest
+mode. Prints the CPU's relevant capabilities, Markdown tables and which targets are met.
 
     rolora bench llm                 # the full benchmark (many minutes on a 2-core CPU)
     rolora bench llm --quick         # smoke test: tiny model, 3 clients × 2 steps
+    rolora bench llm --rounds 3      # also each row's later rounds (warm-up: round 1 against them)
 """
 
 from __future__ import annotations
@@ -16,17 +18,39 @@ import argparse
 import json
 import subprocess
 import sys
+import os
+from pathlib import Path
 
 from rolora.lab.bench.llm_row import ROWS
+from rolora.federated.atomic import file_problem
 
-FULL = ["federated.clients=20", "train.local_steps=20", "train.batch_size=32"]
+FULL = ["federated.clients=20", "train.local_steps=10", "train.batch_size=32", "train.weight_decay=0.01"]
 QUICK = ["model.name=tiny-bert", "data.test_size=40", "data.max_train_samples=120", "federated.clients=3",
-         "train.local_steps=2", "train.batch_size=8"]
+         "train.local_steps=2", "train.batch_size=8", "train.weight_decay=0.01"]
 FASTEST = "ours-fast"
+DEFAULT_ROWS = ["peft-fp32", "peft-bf16", "ours-seq", "ours-batched", "ours-fast"]
+ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_PRIMITIVE_CACHE_CAPACITY",
+           "OMP_NUM_THREADS", "ROLORA_NATIVE_BF16")
+"""Environment variables that change which instructions or threads the rows use (printed when set)."""
 
 
-def run_row(row: str, size: list[str], threads: int) -> dict:
-    cmd = [sys.executable, "-m", "rolora.lab.bench.llm_row", row, "--threads", str(threads), "--set", *size]
+def header(threads: int) -> str:
+    """The machine line of the report: CPU model, the bf16/AVX flags, threads, versions, ISA limits."""
+    import torch
+
+    from rolora.llm.base_dtype import choose_dtype, cpu_info
+
+    auto = choose_dtype("auto", torch.device("cpu"))
+    limits = [f"{k}={os.environ[k]}" for k in ISA_ENV if k in os.environ]
+    return "\n".join([f"- {cpu_info().line(threads)}",
+                      f"- torch {torch.__version__} (CPU capability {torch.backends.cpu.get_cpu_capability()}); "
+                      f"model.dtype auto -> {auto.name} ({auto.reason})",
+                      f"- environment: {' '.join(limits) or '(no ISA or thread limits set)'}"])
+
+
+def run_row(row: str, size: list[str], threads: int, rounds: int = 1) -> dict:
+    cmd = [sys.executable, "-m", "rolora.lab.bench.llm_row", row, "--threads", str(threads), "--rounds", str(rounds),
+           "--set", *size]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"bench row {row} failed:\n{done.stderr[-3000:]}")
@@ -39,10 +63,12 @@ def derived(r: dict) -> dict:
 
 def table(rows: list[dict]) -> str:
     base = rows[0]
-    lines = ["| row | round wall time | vs row 1 | tokens/s | padding share | peak RSS | test loss | accuracy |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | base dtype | round wall time | vs row 1 | later rounds | tokens/s | padding share | peak RSS | "
+             "test loss | accuracy |", "|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows, 1):
-        lines.append(f"| {i}. {ROWS[r['row']]} | {r['wall_s']:.1f} s | {base['wall_s'] / r['wall_s']:.2f}× | "
+        later = " / ".join(f"{w:.1f}" for w in r.get("round_s", [])[1:]) or "-"
+        lines.append(f"| {i}. {ROWS[r['row']]} | {r.get('dtype', '?')} | {r['wall_s']:.1f} s | "
+                     f"{base['wall_s'] / r['wall_s']:.2f}× | {later} | "
                      f"{r['tokens_per_s']:.0f} | {r['padding']:.1%} | {r['peak_rss_mib']:.0f} MiB | "
                      f"{r['test_loss']:.5f} | {r['test_accuracy']:.3f} |")
     return "\n".join(lines)
@@ -66,30 +92,64 @@ def targets(by: dict) -> list[str]:
         if one and row in by:
             gap = abs(by[row]["test_loss"] - one["test_loss"])
             out.append(f"{row} test loss within 1e-4 of row 1: {gap:.2e} ({'met' if gap <= 1e-4 else 'NOT met'})")
+    for r in by.values():
+        if len(r.get("round_s", [])) > 1:
+            later = min(r["round_s"][1:])
+            ratio = r["round_s"][0] / later
+            out.append(f"{r['row']} warm-up: round 1 {r['round_s'][0]:.1f} s = {ratio:.2f}× the fastest later round "
+                       f"({'met' if ratio <= 1.5 else 'NOT met'}: ≤ 1.5×)")
     return out
+
+
+def _at_least_one(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rolora bench llm", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke test: tiny model, 3 clients × 2 steps")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
+    p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
     p.add_argument("--sweep", default="3,20,50", help="client counts for the fastest mode ('' = none)")
-    p.add_argument("--steps", type=int, help="local steps per client (default 20; fewer for a shorter run)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=_at_least_one, help="local steps per client (default 20; fewer for a shorter run)")
+    p.add_argument("--threads", type=_at_least_one, default=2)
+    p.add_argument("--rounds", type=_at_least_one, default=1, help="rounds each row plays and times (warm-up)")
+    p.add_argument("--clients", type=_at_least_one, help="clients in the rows' round (default 20)")
+    p.add_argument("--set", nargs="*", default=[], help="more config overrides for every row (section.key=value)")
     p.add_argument("--json", help="also write every row as JSON to this file")
     args = p.parse_args(argv)
+    unknown = [r for r in args.rows.split(",") if r and r not in ROWS]
+    if unknown:
+        p.error(f"--rows: unknown {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    try:
+        counts = [_at_least_one(x) for x in args.sweep.split(",") if x.strip()]
+    except argparse.ArgumentTypeError as err:
+        p.error(f"--sweep {args.sweep!r}: client counts, comma-separated: {err}")
+    problem = args.json and file_problem(Path(args.json))
+    if problem:
+        p.error(f"--json {args.json}: cannot write it: {problem}")
     size = QUICK if args.quick else FULL
     if args.steps:
         size = [s for s in size if not s.startswith("train.local_steps=")] + [f"train.local_steps={args.steps}"]
+    if args.clients:
+        size = [s for s in size if not s.startswith("federated.clients=")] + [f"federated.clients={args.clients}"]
+    size = size + list(args.set)
+    print(header(args.threads), flush=True)
     rows = []
     for row in [r for r in args.rows.split(",") if r]:
-        rows.append(derived(run_row(row, size, args.threads)))
+        rows.append(derived(run_row(row, size, args.threads, args.rounds)))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress: a long run shows each row as it ends
     print(table(rows))
     by = {r["row"]: r for r in rows}
     print("\n".join(f"- {line}" for line in targets(by)))
     sweep = []
-    for n in [int(x) for x in args.sweep.split(",") if x]:
+    for n in counts:
         clients = [s for s in size if not s.startswith("federated.clients=")] + [f"federated.clients={n}"]
         if args.quick:
             clients.append(f"data.max_train_samples={40 * n}")

@@ -1,19 +1,24 @@
-"""One row of ``rolora bench llm``: one federated round in this process, timed, with its peak RSS.
+"""One row of ``rolora bench llm``: federated rounds in this process, timed, with its peak RSS.
 
 Every row plays the same round: the same clients' samples (``prepare_data``), the same batches
 per local step (``batch_order`` with the run's seeds), the same initial adapter (``method.init``:
-PEFT's Kaiming A, B = 0) and head, AdamW, then FedAvg of A, B and the head by
+PEFT's Kaiming A, B = 0) and head, AdamW with the config's ``train.weight_decay`` (the bench sets
+0.01, torch's AdamW default, in every row), then FedAvg of A, B and the head by
 ``rolora.federated`` (fedavg-lora), and the test loss and accuracy of the result. Rows:
 
 - ``peft-fp32`` / ``peft-bf16``: the loop users write: one ``get_peft_model`` model; per client
-  ``set_peft_model_state_dict``, tokenise its sentences, ``DataCollatorWithPadding``, a fresh
-  AdamW, the steps (``peft-bf16``: under ``torch.autocast(bfloat16)``),
+  ``set_peft_model_state_dict``, ``DataCollatorWithPadding`` over its (tokenised) sentences, a
+  fresh AdamW, the steps (``peft-bf16``: under ``torch.autocast(bfloat16)``),
   ``get_peft_model_state_dict``;
-- ``ours-seq``, ``ours-batched`` (fp32) and ``ours-fast`` (client-batched, bf16 frozen base, each
-  pass drawing its own dropout masks): ``rolora.llm`` with ``train.client_batching`` off / auto.
+- ``ours-seq``, ``ours-batched`` (fp32) and ``ours-fast`` (client-batched, ``model.dtype = "auto"``:
+  bf16 base only on hardware with native bf16, each pass drawing its own dropout masks), and
+  ``ours-compiled`` (``ours-fast`` with ``train.compile``): ``rolora.llm``.
 
-Timed: the round (local training of every client and the aggregation); not timed: loading, the
-evaluation. Prints one JSON line.
+Timed: each round (local training of every client and the aggregation); not timed, in every row:
+loading, tokenising (ours tokenises in ``build``, the PEFT rows every client's sentences before the
+clock starts), the evaluation. ``--rounds N`` plays N rounds (the later ones from the aggregate, as a
+run does) and reports each one's time (warm-up: the first against the later ones). Prints one JSON
+line; ``wall_s`` is round 1's time.
 """
 
 from __future__ import annotations
@@ -39,34 +44,44 @@ ROWS = {
     "peft-bf16": "PEFT loop, bf16 autocast",
     "ours-seq": "rolora, clients one by one, fp32",
     "ours-batched": "rolora, client-batched, fp32",
-    "ours-fast": "rolora, client-batched, bf16 base, per-pass dropout masks",
+    "ours-fast": "rolora, client-batched, dtype auto, per-pass dropout masks",
+    "ours-compiled": "rolora, as row 'ours-fast', compiled step",
 }
-OURS = {"ours-seq": ["train.client_batching=off"], "ours-batched": ["train.client_batching=auto"],
-        "ours-fast": ["train.client_batching=auto", "model.dtype=bfloat16", "train.dropout_masks=fast"]}
+OURS = {"ours-seq": ["train.client_batching=off", "model.dtype=float32"],
+        "ours-batched": ["train.client_batching=auto", "model.dtype=float32"],
+        "ours-fast": ["train.client_batching=auto", "model.dtype=auto", "train.dropout_masks=fast"],
+        "ours-compiled": ["train.client_batching=auto", "model.dtype=auto", "train.dropout_masks=fast",
+                          "train.compile=true"]}
 
 
-def config_for(size: list[str], row: str):
-    return load_config("minilm-rotten-tomatoes", ["federated.method=fedavg-lora", "federated.rounds=1"] + size
-                       + OURS.get(row, []))
+def config_for(size: list[str], row: str, rounds: int = 1):
+    return load_config("minilm-rotten-tomatoes", ["federated.method=fedavg-lora", f"federated.rounds={rounds}"]
+                       + size + OURS.get(row, []))
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_ours(config) -> dict:
+def run_ours(config, rounds: int = 1) -> dict:
     setup = build(config)
     state = setup.initial_state()
     clients = list(range(config.federated.clients))
     from rolora.llm.evaluation import evaluate_round
     from rolora.llm.training import local_training
 
-    start = time.perf_counter()
-    result = run_round(setup.method, state, clients, local_training(setup), {}, seed=config.run.seed)
-    wall = time.perf_counter() - start
-    done = list(result.results.values())
-    scores = evaluate_round(setup, result.state, result.kept, clients)
-    return {"wall_s": wall, "tokens": sum(r.metrics["tokens"] for r in done),
+    walls, first = [], None
+    for _ in range(rounds):
+        start = time.perf_counter()
+        # diagnose=False: the PEFT rows aggregate only, so ours does the same work
+        result = run_round(setup.method, state, clients, local_training(setup), {}, seed=config.run.seed,
+                           diagnose=False)
+        walls.append(time.perf_counter() - start)
+        state, first = result.state, first or result
+    done = list(first.results.values())
+    scores = evaluate_round(setup, first.state, first.kept, clients)
+    return {"wall_s": walls[0], "round_s": walls, "dtype": setup.base_dtype.name,
+            "tokens": sum(r.metrics["tokens"] for r in done),
             "computed_tokens": sum(r.metrics["computed_tokens"] for r in done), **_test(scores)}
 
 
@@ -74,7 +89,7 @@ def _test(scores: dict) -> dict:
     return {"test_loss": scores["loss"], "test_accuracy": scores["accuracy"]}
 
 
-def run_peft(config, autocast: bool) -> dict:
+def run_peft(config, autocast: bool, rounds: int = 1) -> dict:
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import DataCollatorWithPadding
 
@@ -95,38 +110,44 @@ def run_peft(config, autocast: bool) -> dict:
                                              target_modules=list(targets), modules_to_save=["classifier"]))
     collator = DataCollatorWithPadding(tokenizer)
     test = encode("classification", tokenizer, test_ds, c.model.max_length)
-    t, tr = 1, c.train
+    tr = c.train
+    # Tokenised before the clock starts, as rolora's rows tokenise in build (not timed in any row).
+    encoded = [tokenizer([train_ds.texts[i] for i in samples], truncation=True, max_length=c.model.max_length)
+               for samples in parts]
     tokens = computed = 0
+    walls, first = [], None
+    for t in range(1, rounds + 1):
+        start = time.perf_counter()
+        updates = []
+        for k, samples in enumerate(parts):
+            set_peft_model_state_dict(model, to_peft(state.layers, state.dense))
+            enc, label = encoded[k], train_ds.labels[samples]
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate(c, t),
+                                          weight_decay=tr.weight_decay)
+            model.train()
+            for positions in batch_order(len(samples), tr.batch_size, tr.local_steps, tr.local_epochs,
+                                         derive_seed(c.run.seed, "batches", t, k)):
+                features = [{key: enc[key][i] for key in enc} for i in positions]
+                batch = collator(features)
+                batch["labels"] = torch.as_tensor(label[positions])
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    out = model(**batch)
+                out.loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                if t == 1:
+                    tokens += int(batch["attention_mask"].sum())
+                    computed += batch["attention_mask"].numel()
+            layers, dense = from_peft(get_peft_model_state_dict(model), specs)
+            updates.append(ClientUpdate(k, float(len(samples)), layers, dense=dense))
+        state = method.aggregate(state, updates, t)
+        walls.append(time.perf_counter() - start)
+        first = first or state
 
-    start = time.perf_counter()
-    updates = []
-    for k, samples in enumerate(parts):
-        set_peft_model_state_dict(model, to_peft(state.layers, state.dense))
-        texts = [train_ds.texts[i] for i in samples]
-        enc = tokenizer(texts, truncation=True, max_length=c.model.max_length)
-        label = train_ds.labels[samples]
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate(c, t))
-        model.train()
-        for positions in batch_order(len(samples), tr.batch_size, tr.local_steps, tr.local_epochs,
-                                     derive_seed(c.run.seed, "batches", t, k)):
-            features = [{key: enc[key][i] for key in enc} for i in positions]
-            batch = collator(features)
-            batch["labels"] = torch.as_tensor(label[positions])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                out = model(**batch)
-            out.loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            tokens += int(batch["attention_mask"].sum())
-            computed += batch["attention_mask"].numel()
-        layers, dense = from_peft(get_peft_model_state_dict(model), specs)
-        updates.append(ClientUpdate(k, float(len(samples)), layers, dense=dense))
-    state = method.aggregate(state, updates, t)
-    wall = time.perf_counter() - start
-
-    set_peft_model_state_dict(model, to_peft(state.layers, state.dense))
+    set_peft_model_state_dict(model, to_peft(first.layers, first.dense))
     scores = evaluate(model, test, c.run.eval_batch_size)
-    return {"wall_s": wall, "tokens": tokens, "computed_tokens": computed, **_test(scores)}
+    return {"wall_s": walls[0], "round_s": walls, "dtype": "bfloat16 autocast" if autocast else "float32",
+            "tokens": tokens, "computed_tokens": computed, **_test(scores)}
 
 
 def to_peft(layers: dict, dense: dict) -> dict:
@@ -146,11 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rolora.lab.bench.llm_row")
     p.add_argument("row", choices=sorted(ROWS))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=1, help="rounds to play and time (test scores: round 1's)")
     p.add_argument("--set", nargs="*", default=[], help="config overrides (section.key=value)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = config_for(args.set, args.row)
-    out = run_peft(config, args.row == "peft-bf16") if args.row.startswith("peft") else run_ours(config)
+    config = config_for(args.set, args.row, args.rounds)
+    if args.row.startswith("peft"):
+        out = run_peft(config, args.row == "peft-bf16", args.rounds)
+    else:
+        out = run_ours(config, args.rounds)
     print(json.dumps({"row": args.row, **out, "peak_rss_mib": peak_rss_mib()}), flush=True)
     return 0
 

@@ -12,16 +12,15 @@
 # ROLORA_GPU_CHECK_TINY=1 shrinks the bench to tiny shapes and runs only the fast kernel tests: with
 # TRITON_INTERPRET=1 and no GPU it smoke-tests this script itself (see BENCHMARKS.md).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."  # the repository root
 OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT"
 LOG=$OUT/check.log
 PY=${PYTHON:-python}
 
-# Import the working tree as `rolora` without installing it, and keep the tree clean.
+# Import the working tree's rolora/ without installing it, and keep the tree clean.
 PKG=$(mktemp -d)
-ln -sfn "$PWD" "$PKG/rolora"
-export PYTHONPATH=$PKG${PYTHONPATH:+:$PYTHONPATH} PYTHONDONTWRITEBYTECODE=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONDONTWRITEBYTECODE=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$PKG/triton-cache}
 

@@ -18,7 +18,7 @@
 # Measured on an H100 (2026-11-27): a 50-client round of clients-paper takes ~13 s alone, ~19 s with
 # three cells at once (the engine is host-bound there), so one 30-round cell is ~6.5 min.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."  # the repository root
 ROOT=$PWD
 GPU=$ROOT/.gpu
 
@@ -64,9 +64,8 @@ run() {
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/rolora-site "$GPU"/whl/*.whl || exit 1
   fi
-  # The working tree as `rolora` without installing it; the packed data and weights as packages.
-  local pkg; pkg=$(mktemp -d); ln -sfn "$ROOT" "$pkg/rolora"
-  export PYTHONPATH=$pkg:/tmp/rolora-site:$GPU/site PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+  # The working tree's rolora/ without installing it; the packed data and weights as packages.
+  export PYTHONPATH=$ROOT:/tmp/rolora-site:$GPU/site PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
   export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
   {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1

@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 from rolora.lab.sweep.record import read_recorded
-from rolora.lab.sweep.runner import Sweep, dry_run, run_sweep, status_table
-from rolora.lab.sweep.spec import SPECS_DIR, load_spec
+from rolora.lab.sweep.runner import Sweep, dry_run, run_sweep, status_table, sweep_dir
+from rolora.lab.sweep.spec import SPECS_DIR, load_spec, select
 from rolora.llm.cli import list_tomls
 from rolora.llm.config import ConfigError
+from rolora.federated.atomic import folder_problem
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,10 +47,18 @@ def _parser() -> argparse.ArgumentParser:
 def _sweep(args) -> int:
     spec = load_spec(args.spec)
     recorded = read_recorded(args.recorded, spec.name, spec.raw) if args.recorded else None
+    if args.only:
+        cells = Sweep(spec, args.out, recorded).cells  # reads the sweep folder, writes nothing
+        if not select(cells, args.only):
+            raise ConfigError(f"--only {args.only!r} matches no cell of sweep {spec.name} (ids such as "
+                              f"{', '.join(c.id for c in cells[:2])}; all: rolora sweep {args.spec} --dry-run)")
     if args.dry_run or args.status:
         sweep = Sweep(spec, args.out, recorded)
         print(dry_run(sweep, args.only) if args.dry_run else status_table(sweep, args.only))
         return 0
+    problem = folder_problem(sweep_dir(spec, args.out))
+    if problem:
+        raise ConfigError(f"--out {sweep_dir(spec, args.out)}: cannot write the sweep there: {problem}")
     sweep = run_sweep(spec, args.out, jobs=args.jobs, only=args.only, echo=lambda line: print(line, flush=True),
                       recorded=recorded, copy=not args.no_copy)
     print(status_table(sweep, args.only))

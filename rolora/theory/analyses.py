@@ -1,4 +1,4 @@
-"""The five experiments, one function each. Every function returns an ``ExperimentResult`` whose
+"""The five analyses of the linear model, one function each. Every function returns an ``AnalysisResult`` whose
 ``rows`` are the plotted numbers (written as CSV beside the figure) and whose ``summary`` feeds the
 results table. ``quick=True`` shrinks grids (for tests); ``tick()`` is called once per unit of work
 so that the caller can drive a progress bar; ``n_units(name, quick)`` says how many ticks to expect.
@@ -30,7 +30,7 @@ def _noop() -> None:
 
 
 @dataclass
-class ExperimentResult:
+class AnalysisResult:
     """Numbers of one experiment: long-format ``rows`` (one dict per point) and a ``summary``."""
 
     name: str
@@ -56,7 +56,7 @@ def theorem_grid(quick: bool) -> dict[str, Any]:
                 config=ProblemConfig(d=100, k=10, r=1, n_clients=10, m=100_000))
 
 
-def theorem_contraction(seed: int, quick: bool = False, tick: Tick = _noop) -> ExperimentResult:
+def theorem_contraction(seed: int, quick: bool = False, tick: Tick = _noop) -> AnalysisResult:
     """Per-round contraction of sin θ under analysed RoLoRA against sqrt(1 − η(1 − δ0²)‖b*‖²).
 
     For each δ0 (and a random init, where 1 − δ0² ≈ 1/d makes the bound nearly vacuous) and seed:
@@ -64,7 +64,7 @@ def theorem_contraction(seed: int, quick: bool = False, tick: Tick = _noop) -> E
     rate (geometric mean of the ratios) and the rounds to reach 1e-6, measured vs predicted.
     """
     g = theorem_grid(quick)
-    res = ExperimentResult("theorem")
+    res = AnalysisResult("theorem")
     for j, delta in enumerate(g["deltas"]):
         worst, rates, reach, starts, bounds = [], [], [], [], []
         for s in range(g["seeds"]):
@@ -110,7 +110,7 @@ def ffa_grid(quick: bool) -> dict[str, Any]:
     return dict(regimes=regimes, deltas=deltas, seeds=2 if quick else 5, rounds=3)
 
 
-def ffa_floor(seed: int, quick: bool = False, tick: Tick = _noop) -> ExperimentResult:
+def ffa_floor(seed: int, quick: bool = False, tick: Tick = _noop) -> AnalysisResult:
     """FFA-LoRA's population error after training B (A frozen at A⁰) vs ‖b*‖²δ0².
 
     With a frozen, every b has ‖a⁰bᵀ − a*b*ᵀ‖² >= ‖b*‖²δ0² (equality at b = b*cos θ0), so the
@@ -118,7 +118,7 @@ def ffa_floor(seed: int, quick: bool = False, tick: Tick = _noop) -> ExperimentR
     for contrast.
     """
     g = ffa_grid(quick)
-    res = ExperimentResult("ffa_floor")
+    res = AnalysisResult("ffa_floor")
     for e, (label, config) in enumerate(g["regimes"].items()):
         ratios = []
         for j, delta in enumerate(g["deltas"]):
@@ -157,13 +157,13 @@ def comparison_grid(quick: bool) -> dict[str, Any]:
 COMPARED = ("rolora", "ffa", "fedavg")
 
 
-def method_comparison(seed: int, quick: bool = False, tick: Tick = _noop) -> ExperimentResult:
+def method_comparison(seed: int, quick: bool = False, tick: Tick = _noop) -> AnalysisResult:
     """RoLoRA vs FFA-LoRA vs FedAvg-LoRA vs the centralised optimum, from the same random A⁰, B⁰ = 0.
 
     Same step size η = ETA_SCALE/‖b*‖² and the same K local steps for RoLoRA's A step and FedAvg-LoRA.
     """
     g = comparison_grid(quick)
-    res = ExperimentResult("comparison")
+    res = AnalysisResult("comparison")
     for e, (label, (config, K)) in enumerate(g["settings"].items()):
         finals: dict[str, list[float]] = {m: [] for m in (*COMPARED, "centralised")}
         for s in range(g["seeds"]):
@@ -197,14 +197,14 @@ def samples_grid(quick: bool) -> dict[str, Any]:
                 delta0=0.9, config=ProblemConfig(d=50, k=10, r=1, n_clients=10))
 
 
-def finite_samples(seed: int, quick: bool = False, tick: Tick = _noop) -> ExperimentResult:
+def finite_samples(seed: int, quick: bool = False, tick: Tick = _noop) -> AnalysisResult:
     """Final sin θ of analysed RoLoRA against the per-client sample size m (with and without noise).
 
     Without noise a* is a fixed point for every m; the question is from which m the iteration
     reaches it. With noise, the reachable sin θ is limited by the statistical error ~σ·sqrt(d/(N·m)).
     """
     g = samples_grid(quick)
-    res = ExperimentResult("finite_samples")
+    res = AnalysisResult("finite_samples")
     for e, noise in enumerate(g["noises"]):
         for j, m in enumerate(g["ms"]):
             config = ProblemConfig(**{**vars(g["config"]), "m": m, "noise_std": noise})
@@ -236,14 +236,14 @@ def rate_grid(quick: bool) -> dict[str, Any]:
                 config=ProblemConfig(d=20, k=10, r=2, n_clients=5, noise_std=0.5, design="population"))
 
 
-def nonconvex_rate(seed: int, quick: bool = False, tick: Tick = _noop) -> ExperimentResult:
+def nonconvex_rate(seed: int, quick: bool = False, tick: Tick = _noop) -> AnalysisResult:
     """min_{t<=T} ‖∇F‖² of stochastic RoLoRA with η = eta0/√T, against T; log-log slope fitted.
 
     F is the population federated low-rank regression loss (``stochastic`` module); the slope of the
     seed-averaged minimum should be <= −1/2 if it decays at least like O(1/√T).
     """
     g = rate_grid(quick)
-    res = ExperimentResult("nonconvex_rate")
+    res = AnalysisResult("nonconvex_rate")
     problem = make_problem(g["config"], _seed_int(seed, 5))
     mins = []
     for j, T in enumerate(g["horizons"]):
@@ -266,7 +266,7 @@ def nonconvex_rate(seed: int, quick: bool = False, tick: Tick = _noop) -> Experi
     return res
 
 
-EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {
+EXPERIMENTS: dict[str, Callable[..., AnalysisResult]] = {
     "theorem": theorem_contraction,
     "ffa_floor": ffa_floor,
     "comparison": method_comparison,
