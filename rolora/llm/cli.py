@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shutil
 import sys
 from collections.abc import Callable
@@ -237,7 +238,29 @@ def _run(args, engine: Engine) -> int:
                 raise
             return _stopped(err, out)
     print(_table(results))
+    print(_summary(config, results, args.out if len(results) > 1 else None))
     return 0
+
+
+def _summary(config: RunConfig, results: list, out: Path | None) -> str:
+    """What the table's accuracies are measured against: the majority class and the test set's own
+    standard error; with several methods, one figure of their test accuracy per round (its path)."""
+    from rolora.llm.prepare import split_data, test_majority
+    from rolora.llm.run_folder import plot_methods
+
+    lines = []
+    floor = test_majority(config)
+    if floor is not None and any(h.last("test_accuracy") is not None for _, h in results):
+        n = len(split_data(config)[2])
+        best = max(h.last("test_accuracy") or 0.0 for _, h in results)
+        se = math.sqrt(best * (1 - best) / n)
+        lines.append(f"test set: {n} examples; majority class {floor:.4f}; one accuracy's standard error "
+                     f"≈ {se:.4f} (√(p(1−p)/n))")
+    if out is not None and any(h.last("test_accuracy") is not None for _, h in results):
+        path = plot_methods(out / "test_accuracy.png", [(name, h.rows) for name, h in results],
+                            f"{config.model.name} · {config.data.dataset} · {config.federated.clients} clients", floor)
+        lines.append(f"test accuracy per round, every method: {path}")
+    return "\n".join(lines)
 
 
 def remove_run(run_dir: Path) -> None:

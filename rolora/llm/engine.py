@@ -25,6 +25,7 @@ from rolora.llm.evaluation import eval_sets, evaluate_round
 from rolora.llm.training import local_training
 from rolora.llm.prepare import RunSetup, build
 from rolora.llm.round_row import round_row
+from rolora.llm.data_split import write_data_split
 from rolora.llm.run_folder import command_line, plot_curves, read_config, read_metrics, write_metrics, write_start
 
 log = logging.getLogger("rolora.llm")
@@ -120,6 +121,7 @@ def start_state(setup: RunSetup, run_dir: Path, resume: bool, logger: logging.Lo
         logger.info("no checkpoint in %s: starting from round 0", run_dir)
     write_start(run_dir, c, str(setup.device), command_line(),
                 {"base_dtype": setup.base_dtype.name, "base_dtype_reason": setup.base_dtype.reason})
+    write_data_split(run_dir, c)
     state = setup.initial_state()
     rows = [{"round": 0, **evaluate_splits(setup, state, {}, list(range(c.federated.clients)), sets)}]
     write_metrics(run_dir, rows)

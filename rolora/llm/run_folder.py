@@ -93,8 +93,18 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def plot_curves(run_dir: Path, rows: list[dict], title: str) -> None:
-    """curves.png: test loss, test accuracy (or perplexity) and train loss against the round."""
+    """curves.png: test loss, test accuracy (or perplexity), train loss and, where the server measured
+    them, the round's product-averaging gap and client drift, against the round."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,7 +112,8 @@ def plot_curves(run_dir: Path, rows: list[dict], title: str) -> None:
 
     second = "test_accuracy" if any("test_accuracy" in r for r in rows) else "test_perplexity"
     panels = [("test_loss", "test loss"), (second, second.replace("_", " ")), ("train_loss", "train loss")]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    measured = any(r.get("product_gap") is not None for r in rows)
+    fig, axes = plt.subplots(1, 3 + measured, figsize=(12 + 4 * measured, 3.4))
     for ax, (key, label) in zip(axes, panels):
         pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
         if pts:
@@ -110,9 +121,40 @@ def plot_curves(run_dir: Path, rows: list[dict], title: str) -> None:
         ax.set_xlabel("round")
         ax.set_title(label)
         ax.grid(alpha=0.3)
+    if measured:
+        ax = axes[-1]
+        for key, label in (("product_gap", "product-averaging gap"), ("client_drift", "client drift")):
+            pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
+            ax.plot(*zip(*pts), marker="o", ms=3, label=label)
+        ax.set_xlabel("round")
+        ax.set_title("relative to the round's update")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic(run_dir / "curves.png", buf.getvalue())
+    write_atomic(run_dir / "curves.png", _png(fig))
+
+
+def plot_methods(path: Path, runs: list[tuple[str, list[dict]]], title: str, floor: float | None = None) -> Path:
+    """One figure of test accuracy against the round, a line per method (``rolora llm run --methods``);
+    ``floor``: the majority class's accuracy, drawn as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, rows in runs:
+        pts = [(r["round"], r["test_accuracy"]) for r in rows if r.get("test_accuracy") is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3, label=name)
+    if floor is not None:
+        ax.axhline(floor, color="grey", ls="--", lw=1, label="majority class")
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    write_atomic(path, _png(fig))
+    return path

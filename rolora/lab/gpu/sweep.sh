@@ -74,8 +74,8 @@ print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', 
       '| transformers', transformers.__version__, '| peft', peft.__version__, '| datasets', datasets.__version__,
       '| gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
     "$PY" -c "from rolora.lab.sweep.spec import load_spec, lr_cells, cell_config; s = load_spec('$spec')
-bad = [c.id for c in lr_cells(s) if cell_config(s, c).model.dtype != 'bfloat16']
-assert not bad, f'gpu_sweep.sh carries MiniLM in bf16: these cells load the base in another dtype: {bad}'"
+bad = [c.id for c in lr_cells(s) if cell_config(s, c).model.dtype not in ('bfloat16', 'auto')]
+assert not bad, f'gpu/sweep.sh carries MiniLM in bf16 (auto is bf16 on a GPU): these cells load the base in another dtype: {bad}'"
   } 2>&1 | tee "$out/env.txt"
   [ "${PIPESTATUS[0]}" = 0 ] || exit 1
   local name base

@@ -17,6 +17,8 @@ class ClaimRow:
     paper: str
     ours: str
     verdict: str
+    sweep: str = ""
+    """The LM sweep the verdict comes from ('' for the theory and toy claims)."""
 
 
 def summary_table(rows: list[ClaimRow]) -> str:

@@ -14,20 +14,24 @@ import argparse
 import sys
 from pathlib import Path
 
-from rolora.federated.serial import atomic_file
+from rolora.federated.atomic import atomic_file
+
+SWEEPS, THEORY, TOY_CSV = Path("runs/sweeps"), Path("out/theory"), Path("docs/toy-mnist-galore.csv")
+"""Where the sources are by default; a missing default source keeps the committed rows, a missing
+source named on the command line is an error (a typo would otherwise go unnoticed)."""
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rolora report", description="Regenerate docs/reproduction.md (the paper's "
                                 "claims beside ours, with verdicts) and its CSVs and figures from the result files.")
-    p.add_argument("--sweeps", type=Path, default=Path("runs/sweeps"),
-                   help="a folder of `rolora sweep` folders, or one sweep folder (default: runs/sweeps)")
-    p.add_argument("--theory-dir", type=Path, default=Path("out/theory"),
-                   help="`rolora theory --out` folder (default: out/theory)")
+    p.add_argument("--sweeps", type=Path, default=None,
+                   help=f"a folder of `rolora sweep` folders, or one sweep folder (default: {SWEEPS})")
+    p.add_argument("--theory-dir", type=Path, default=None,
+                   help=f"`rolora theory --out` folder (default: {THEORY}; its CSVs are kept where it is absent)")
     p.add_argument("--out", type=Path, default=Path("docs/reproduction.md"),
                    help="the markdown file to write (default: docs/reproduction.md)")
     p.add_argument("--data", type=Path, default=None, help="CSV and figure folder (default: OUT without .md)")
-    p.add_argument("--toy-csv", type=Path, default=Path("docs/toy-mnist-galore.csv"),
+    p.add_argument("--toy-csv", type=Path, default=TOY_CSV,
                    help="the toy's results (default: docs/toy-mnist-galore.csv)")
     p.add_argument("--from-csv", action="store_true", help="do not extract: render from the CSVs in --data")
     p.add_argument("--drop-absent", action="store_true",
@@ -35,17 +39,44 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _problem(args, data: Path) -> str | None:
+    """What is wrong with the paths of the command line (one message), or None; touches nothing."""
+    from rolora.federated.atomic import folder_problem
+
+    for option, path in (("--sweeps", args.sweeps), ("--theory-dir", args.theory_dir)):
+        if path is not None and not path.is_dir():
+            return f"{option} {path}: no such folder"
+    if args.toy_csv != TOY_CSV and not args.toy_csv.is_file():
+        return f"--toy-csv {args.toy_csv}: no such file"
+    if args.drop_absent and args.from_csv:
+        return "--drop-absent does not go with --from-csv: it drops rows while extracting, and --from-csv extracts nothing"
+    if args.drop_absent and not (args.sweeps or SWEEPS).is_dir():
+        return (f"--drop-absent without a sweeps folder ({args.sweeps or SWEEPS} does not exist) would drop every "
+                "committed sweep from the report; name the folder with --sweeps")
+    if args.out.is_dir():
+        return f"--out {args.out} is a folder; the report is a markdown file, e.g. --out {args.out / 'reproduction.md'}"
+    if data.resolve() == args.out.resolve():
+        return f"--out {args.out}: the data folder would be the report itself; give a .md file, or --data DIR"
+    if args.from_csv and not data.is_dir():
+        return f"--from-csv needs the CSVs in {data}, which is not a folder"
+    for option, folder in (("--out", args.out.parent), ("--data", data)):
+        problem = folder_problem(folder)
+        if problem:
+            return f"{option} {args.out if option == '--out' else data}: cannot write there: {problem}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     data = args.data or args.out.with_suffix("")
-    if args.from_csv:
-        if not data.is_dir():
-            print(f"rolora report: error: --from-csv needs the CSVs in {data}, which does not exist", file=sys.stderr)
-            return 2
-    else:
+    problem = _problem(args, data)
+    if problem:
+        print(f"rolora report: error: {problem}", file=sys.stderr)
+        return 2
+    if not args.from_csv:
         from rolora.lab.report.extract import extract
 
-        written = extract(args.sweeps, args.theory_dir, data, keep_absent=not args.drop_absent)
+        written = extract(args.sweeps or SWEEPS, args.theory_dir or THEORY, data, keep_absent=not args.drop_absent)
         print(f"extracted {len(written)} CSVs into {data}")
     from rolora.lab.report.document import render
 

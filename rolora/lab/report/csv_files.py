@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from rolora.federated.serial import atomic_file
+from rolora.federated.atomic import atomic_file
 
 
 def _cell(value: Any) -> str:

@@ -2,8 +2,9 @@
 
 The critique (arXiv 2410.23111) says averaging full-rank updates, trained with GaLore to keep client
 memory low, beats averaging LoRA factors; RoLoRA's paper says RoLoRA is the robust choice. Each
-result here says which of the two it supports, by the pairwise rule: a full-rank method *ahead* of
-a LoRA method supports the critique, *behind* supports RoLoRA's side, *within spread* neither.
+result here says which of the two it supports, by the paired rule: a full-rank method *ahead* of a
+LoRA method (interval above 0) supports the critique, *behind* supports RoLoRA's side, *underpowered*
+(interval spans 0) neither.
 Accuracy per round, accuracy at equal bytes (RoLoRA's whole-run upload), and client memory.
 """
 
@@ -14,22 +15,23 @@ from rolora.lab.report.claims import ClaimRow
 from rolora.lab.report.csv_files import number
 from rolora.lab.report.lm_curves import accuracy_within, seed_curves
 from rolora.lab.report.lm_results import SweepResults
-from rolora.lab.report.lm_sections import cell_text
+from rolora.lab.report.lm_tables import cell_text
 from rolora.lab.report.markdown import mib, table
 from rolora.lab.report.paper import FULL_RANK, LORA_BASELINES
 from rolora.lab.report.seeds import over_seeds
 
 SUPPORTS = {v.AHEAD: "supports the critique", v.BEHIND: "supports RoLoRA's claim",
-            v.WITHIN: "supports neither (within spread)", v.NO_SPREAD: "not judged (1 seed)",
-            v.MISSING: "not run", v.AT_FLOOR: "supports neither (both at the majority class: nothing learned)"}
-SHORT_SUPPORT = {v.AHEAD: "critique", v.BEHIND: "RoLoRA", v.WITHIN: "neither", v.NO_SPREAD: "not judged",
-                 v.MISSING: "not run", v.AT_FLOOR: "neither"}
+            v.UNDERPOWERED: "supports neither (underpowered: the interval spans 0)",
+            v.NO_INTERVAL: "not judged (1 paired seed)", v.MISSING: "not run",
+            v.AT_FLOOR: "supports neither (both at the majority class: nothing learned)"}
+SHORT_SUPPORT = {v.AHEAD: "critique", v.BEHIND: "RoLoRA", v.UNDERPOWERED: "neither (underpowered)",
+                 v.NO_INTERVAL: "not judged", v.MISSING: "not run", v.AT_FLOOR: "neither"}
 FIGURE = "galore-accuracy-vs-upload.png"
 CLAIM = "Issue 17 (LM)"
 
 
 def support(pair: v.Pair) -> str:
-    """'galore-fedavg vs rolora: supports the critique (+2.1 pts, spread 0.4)'."""
+    """'galore-fedavg vs rolora: supports the critique (+2.1 pts, 95 % CI [+0.4, +3.8], 3 seeds)'."""
     return f"{pair.x} vs {pair.y}: {SUPPORTS[pair.outcome]}{pair.detail()}"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from rolora.lab.report.csv_files import number
 from rolora.lab.report.seeds import OverSeeds, over_seeds
@@ -24,13 +25,27 @@ class Group:
     unfinished: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     floor: float | None = None
     """The test split's majority-class accuracy (None where unknown: rows extracted before it was recorded)."""
+    cells: dict[int, str] = field(default_factory=dict)
+    """{seed: "sweep/cell"} of the finished seeds (what a twin is matched on)."""
+    config: Any = None
+    """A cell's RunConfig, rebuilt from its sweep's spec (None where the spec does not expand): what the
+    group ran, for the test set's size and the local work per round."""
+    gaps: list[tuple[float | None, float | None, int | None]] = field(default_factory=list)
+    """Each finished seed's (mean product gap, mean client drift, rounds that logged them); rounds None:
+    the cell predates the gap logging."""
 
     def accuracy(self) -> OverSeeds:
-        return over_seeds([a for _, a in sorted(self.seeds)])
+        ordered = sorted(self.seeds)
+        return over_seeds([a for _, a in ordered], [s for s, _ in ordered])
 
     def at_floor(self) -> bool:
         """Every finished seed at the majority-class floor (:func:`rolora.lab.report.verdicts.at_floor`)."""
         return at_floor(self.accuracy(), self.floor)
+
+    def test_examples(self) -> int | None:
+        """The test set's size in examples (None where unknown, or given as a fraction of the data)."""
+        size = getattr(getattr(self.config, "data", None), "test_size", None)
+        return int(size) if size is not None and size >= 1 else None
 
     def missing_text(self) -> str:
         return ", ".join(f"{n} {s}" for s, n in sorted(self.unfinished.items()) if n) or ""
@@ -69,8 +84,9 @@ def method_order(m: str) -> tuple:
     return (METHOD_ORDER.index(m), m) if m in METHOD_ORDER else (len(METHOD_ORDER), m)
 
 
-def group_cells(rows: list[dict[str, str]]) -> dict[str, SweepResults]:
-    """{sweep name: its results} from the rows of ``lm-cells.csv``."""
+def group_cells(rows: list[dict[str, str]], configs: dict[str, Any] | None = None) -> dict[str, SweepResults]:
+    """{sweep name: its results} from the rows of ``lm-cells.csv``; ``configs``: {"sweep/cell": RunConfig}
+    where the sweep's spec expands (:mod:`rolora.lab.report.sweep_specs`)."""
     out: dict[str, SweepResults] = {}
     for row in rows:
         if row["phase"] != "main":
@@ -78,12 +94,19 @@ def group_cells(rows: list[dict[str, str]]) -> dict[str, SweepResults]:
         sweep = out.setdefault(row["sweep"], SweepResults(row["sweep"], {}, {}))
         sweep.axes[row["setting"]] = json.loads(row["axes"] or "{}")
         group = sweep.groups.setdefault(row["setting"], {}).setdefault(row["method"], Group())
+        if group.config is None:
+            group.config = (configs or {}).get(f"{row['sweep']}/{row['cell']}")
         accuracy = number(row["final_test_accuracy"])
         majority = number(row.get("test_majority"))
         if majority is not None:
             group.floor = majority
         if row["status"] == "done" and accuracy is not None:
-            group.seeds.append((int(number(row["seed"]) or 0), accuracy))
+            seed = int(number(row["seed"]) or 0)
+            group.seeds.append((seed, accuracy))
+            group.cells[seed] = f"{row['sweep']}/{row['cell']}"
+            rounds = number(row.get("gap_rounds"))
+            group.gaps.append((number(row.get("mean_product_gap")), number(row.get("mean_client_drift")),
+                               None if rounds is None else int(rounds)))
         else:
             group.unfinished[row["status"] if row["status"] != "done" else "done without a test score"] += 1
     return out

@@ -1,77 +1,32 @@
 """The language-model part of the report: one section per sweep, claim by claim.
 
-Each section: the paper's claim and numbers, our table (mean ± std over finished seeds, with what is
-unfinished), the pairwise outcomes of the claim's winner against its baselines, and the verdict by
-:data:`rolora.lab.report.verdicts.RULE`. The client-count sweep also puts the paper's Table 1 averages
-beside ours and judges its two halves (ties at the fewest clients, RoLoRA ahead at the most).
+Each section: the paper's claim and numbers, our table (mean ± std over finished seeds, the test
+set's standard error beside it, what is unfinished), the sweep's twins (cells that are another
+sweep's runs), the paired outcomes of the claim's winner against its baselines, and the verdict by
+:func:`rolora.lab.report.verdicts.rule_text`. The client-count sweeps are judged in two halves (a tie
+at the fewest clients, held to the paper's tie band; RoLoRA ahead at the most). A pair of runs that an
+earlier claim already judges is shown but counted there only (:class:`rolora.lab.report.ledger.Ledger`).
 """
 
 from __future__ import annotations
 
 from rolora.lab.report import verdicts as v
 from rolora.lab.report.claims import ClaimRow
-from rolora.lab.report.lm_results import Group, SweepResults
-from rolora.lab.report.markdown import table
-from rolora.lab.report.paper import CLAIMS, STANDARD, TABLE1_AVG, TIE_AT_3, SweepClaim
+from rolora.lab.report.ledger import Ledger
+from rolora.lab.report.lm_results import SweepResults, method_order
+from rolora.lab.report.lm_tables import paper_value, results_table
+from rolora.lab.report.paper import STANDARD, TIE_AT_3, TIE_BAND, SweepClaim
 
 SWEEP_COMMAND = "rolora sweep {name}"
 CLIENT_SWEEPS = ("clients", "clients-lr3", "clients-trec", "clients-trec-lr3")
 """Sweeps judged in two halves: ties at the fewest clients, RoLoRA ahead at the most (a one-column sweep: the
 tie only)."""
+TIE, WIN = "tie", "win"
 
 
 def not_run(name: str) -> str:
     return (f"**Not run yet.** No `{name}` sweep was found. Run `{SWEEP_COMMAND.format(name=name)}`, then "
             "`rolora report` (see [Commands](#commands)).")
-
-
-def paper_value(sweep: SweepResults, setting: str, method: str) -> float | None:
-    axes = sweep.axes[setting]
-    return TABLE1_AVG.get((axes.get("clients"), axes.get("rank")), {}).get(method)
-
-
-def results_table(sweep: SweepResults, with_paper: bool) -> str:
-    """Rows: methods; per setting, ours (and the paper's GLUE average where it has one)."""
-    settings = sweep.settings()
-    headers = ["method"]
-    for s in settings:
-        headers += ([f"{s}: paper"] if with_paper else []) + [f"{s}: ours"]
-    rows = []
-    for m in sweep.methods():
-        row = [m]
-        for s in settings:
-            if with_paper:
-                p = paper_value(sweep, s, m)
-                row.append("–" if p is None else f"{p:.2f}")
-            row.append(cell_text(sweep.groups[s].get(m)))
-        rows.append(row)
-    return table(headers, rows) + floor_legend(sweep)
-
-
-FLOOR_MARK = " ‡"
-
-
-def cell_text(group: Group | None) -> str:
-    """'85.0 ± 1.0 (n=3); 1 pending', '– (3 pending)', or '–' where the method was not in the column; marked
-    ‡ when every finished seed sits at the majority-class floor."""
-    if group is None:
-        return "–"
-    missing = group.missing_text()
-    if not group.seeds:
-        return f"– ({missing})" if missing else "–"
-    mark = FLOOR_MARK if group.at_floor() else ""
-    return group.accuracy().text() + mark + (f"; {missing}" if missing else "")
-
-
-def floor_legend(sweep: SweepResults) -> str:
-    """The ‡ legend, naming each marked setting's majority-class accuracy ('' when nothing is marked)."""
-    marked = [s for s in sweep.settings()
-              if any(g.at_floor() for g in sweep.groups[s].values())]
-    if not marked:
-        return ""
-    floors = "; ".join(f"{s} {100 * sweep.floor(s):.1f} %" for s in marked)
-    return ("\n\n‡ every finished seed within 1 point of the majority-class test accuracy (always answering the "
-            f"test split's most common label: {floors}): that model learned nothing in that column.")
 
 
 def winner_of(sweep: SweepResults, claim: SweepClaim) -> str | None:
@@ -81,18 +36,6 @@ def winner_of(sweep: SweepResults, claim: SweepClaim) -> str | None:
         return claim.winner
     others = [m for m in sweep.methods() if m not in STANDARD]
     return others[0] if others else claim.winner
-
-
-def pairs_at(sweep: SweepResults, setting: str, winner: str, against: tuple[str, ...]) -> list[v.Pair]:
-    results = sweep.accuracies(setting)
-    baselines = list(against) or [m for m in sweep.methods() if m != winner]
-    return v.beats_all(winner, results, baselines, sweep.floor(setting))
-
-
-def outcome_lines(sweep: SweepResults, winner: str, against: tuple[str, ...]) -> list[str]:
-    """One line per setting that has at least one finished pair."""
-    by_setting = {s: pairs_at(sweep, s, winner, against) for s in sweep.settings()}
-    return [f"- {s}: {winner} against " + "; ".join(p.text() for p in pairs) for s, pairs in by_setting.items() if pairs]
 
 
 def _extreme(sweep: SweepResults, pick) -> list[str]:
@@ -105,28 +48,82 @@ def _extreme(sweep: SweepResults, pick) -> list[str]:
     return [s for s in with_clients if sweep.axes[s]["clients"] == n]
 
 
+def judged_settings(sweep: SweepResults, claim: SweepClaim) -> dict[str, str]:
+    """{setting: TIE or WIN} the claim is judged at (the others are context, reported but not judged)."""
+    if claim.sweep in CLIENT_SWEEPS:
+        few = _extreme(sweep, min)
+        return {**{s: TIE for s in few}, **{s: WIN for s in _extreme(sweep, max) if s not in few}}
+    settings = _extreme(sweep, max) if claim.most_clients_only else sweep.settings()
+    return {s: WIN for s in settings}
+
+
+def pairs_at(sweep: SweepResults, setting: str, winner: str, against: tuple[str, ...], kind: str = WIN,
+             ledger: Ledger | None = None) -> list[v.Pair]:
+    """The winner against each baseline at ``setting``; with a ledger, counted there (twins marked)."""
+    results = sweep.accuracies(setting)
+    baselines = list(against) or [m for m in sweep.methods() if m != winner]
+    pairs = v.beats_all(winner, results, baselines, sweep.floor(setting), TIE_BAND if kind == TIE else None)
+    if ledger is None:
+        return pairs
+    groups = sweep.groups[setting]
+    return [ledger.count(p, groups[winner], groups[p.y], f"`{sweep.name}` ({setting})") for p in pairs]
+
+
+def pair_short(p: v.Pair) -> str:
+    """'fedavg-lora −4.6 [−20.0, +10.8]' (points), with what keeps it out of the verdict."""
+    ci = p.interval()
+    text = f"{p.y} {100 * p.gap:+.1f}" if p.gap is not None else f"{p.y} –"
+    if ci is not None:
+        text += f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+    if p.outcome in (v.AT_FLOOR, v.NO_INTERVAL, v.MISSING):
+        text += f" ({p.outcome})"
+    return text + (" (twin, counted elsewhere)" if p.counted_in else "")
+
+
+def tie_direction(pairs: list[v.Pair], winner: str) -> str:
+    """Which way a broken tie goes, and by how much ('' when no pair breaks it)."""
+    counted = [p for p in pairs if not p.counted_in]
+    parts = []
+    for outcome, words in ((v.BROKEN_AHEAD, f"in {winner}'s favour"), (v.BROKEN_BEHIND, f"against {winner}")):
+        broken = [p for p in counted if p.outcome == outcome]
+        if broken:
+            parts.append(f"broken {words}: " + ", ".join(f"{p.y} {100 * p.gap:+.1f} pts" for p in broken))
+    return "; ".join(parts)
+
+
 def _pairs_text(pairs: list[v.Pair]) -> str:
     return "; ".join(p.text() for p in pairs) or "no finished pair"
 
 
-def _ours(sweep: SweepResults, setting: str) -> str:
-    acc = sweep.accuracies(setting)
-    finished = [f"{m} {acc[m].short()}" for m in sweep.methods() if m in acc and acc[m].n]
-    return f"{setting}: " + " / ".join(finished) if finished else f"{setting}: nothing finished yet"
+def _ours(setting: str, winner: str, pairs: list[v.Pair]) -> str:
+    """The opening table's 'ours': the paired differences (points, 95 % CI), or their counts where many."""
+    if not pairs:
+        return f"{setting}: nothing finished yet"
+    return f"{setting}, {winner} − each: " + "; ".join(pair_short(p) for p in pairs)
 
 
-def _paper(sweep: SweepResults, setting: str) -> str:
-    """The paper's GLUE averages at this setting's client count and rank, or '–'."""
-    values = [(m, paper_value(sweep, setting, m)) for m in sweep.methods()]
-    return " / ".join(f"{m} {p:.2f}" for m, p in values if p is not None) or "–"
+def _counts(winner: str, pairs: list[v.Pair]) -> str:
+    counted = [p for p in pairs if not p.counted_in and p.outcome != v.MISSING]
+    n = {o: sum(p.outcome == o for p in counted) for o in (v.AHEAD, v.BEHIND, v.UNDERPOWERED)}
+    twins = sum(bool(p.counted_in) for p in pairs)
+    return (f"{winner} ahead in {n[v.AHEAD]}, behind in {n[v.BEHIND]}, underpowered in {n[v.UNDERPOWERED]} of "
+            f"{len(counted)} counted pairs" + (f" ({twins} twin pairs counted elsewhere)" if twins else ""))
 
 
-def _paper_text(sweep: SweepResults, setting: str, claim: SweepClaim, tie: bool = False) -> str:
-    """Table 1's averages for the client-count sweep on Rotten Tomatoes; elsewhere the claim's words (for
-    its tie half, the tie's, not the 50-client win's)."""
-    if claim.sweep == "clients":
-        return _paper(sweep, setting)
-    return TIE_AT_3 if tie else claim.short
+def twins_lines(sweep: SweepResults, ledger: Ledger) -> list[str]:
+    """Per setting, the methods whose cells are another sweep's runs (copied, or the same config run again)."""
+    lines = []
+    for s in sweep.settings():
+        by_source: dict[str, list[str]] = {}
+        for m, g in sorted(sweep.groups[s].items(), key=lambda mg: method_order(mg[0])):
+            for source in sorted(ledger.twins_of(g.cells)):
+                by_source.setdefault(source, []).append(m)
+        for source, methods in by_source.items():
+            lines.append(f"- {s}: {', '.join(methods)} — `{source}`'s runs (the same config and seeds)")
+    if not lines:
+        return []
+    return ["**Twins** (cells that are another sweep's runs; a pair of them is counted in the claim that "
+            "judges it first, as the rule says):", "", *lines, ""]
 
 
 def degradation_lines(sweep: SweepResults) -> list[str]:
@@ -147,71 +144,85 @@ def degradation_lines(sweep: SweepResults) -> list[str]:
     return lines
 
 
-def clients_verdicts(sweep: SweepResults, claim: SweepClaim, summary: list[ClaimRow]) -> list[str]:
-    """The two halves of the client-count claim, each by the rule."""
+def _paper_text(sweep: SweepResults, setting: str, claim: SweepClaim, tie: bool) -> str:
+    """Table 1's averages for the client-count sweep on Rotten Tomatoes; elsewhere the claim's words (for
+    its tie half, the tie's, not the 50-client win's)."""
+    if claim.sweep == "clients":
+        values = [(m, paper_value(sweep, setting, m)) for m in sweep.methods()]
+        return " / ".join(f"{m} {p:.2f}" for m, p in values if p is not None) or "–"
+    return TIE_AT_3 if tie else claim.short
+
+
+def clients_verdicts(sweep: SweepResults, claim: SweepClaim, judged: dict[str, list[v.Pair]],
+                     summary: list[ClaimRow]) -> list[str]:
+    """The two halves of the client-count claim, each by the rule (a tie's direction said when broken)."""
     lines = []
-    few = _extreme(sweep, min)
-    for s in few:
-        pairs = pairs_at(sweep, s, "rolora", claim.against)
-        verdict = v.tie_verdict(pairs)
-        summary.append(ClaimRow(f"{claim.title}: ties at the fewest clients ({s})",
-                                _paper_text(sweep, s, claim, tie=True), _ours(sweep, s), verdict))
-        lines.append(f"- **Ties at the fewest clients ({s})**: **{verdict}** — {_pairs_text(pairs)}.")
-    for s in _extreme(sweep, max):
-        if s in few:
-            continue
-        pairs = pairs_at(sweep, s, "rolora", claim.against)
-        verdict = v.win_verdict(pairs)
-        summary.append(ClaimRow(f"{claim.title}: RoLoRA ahead at the most clients ({s})", _paper_text(sweep, s, claim),
-                                _ours(sweep, s), verdict))
-        lines.append(f"- **RoLoRA ahead at the most clients ({s})**: **{verdict}** — {_pairs_text(pairs)}.")
+    kinds = judged_settings(sweep, claim)
+    for s, pairs in judged.items():
+        tie = kinds[s] == TIE
+        verdict = v.tie_verdict(pairs) if tie else v.win_verdict(pairs)
+        half = f"ties at the fewest clients ({s})" if tie else f"RoLoRA ahead at the most clients ({s})"
+        direction = tie_direction(pairs, "rolora") if tie else ""
+        summary.append(ClaimRow(f"{claim.title}: {half}", _paper_text(sweep, s, claim, tie),
+                                _ours(s, "rolora", pairs) + (f" — {direction}" if direction else ""), verdict,
+                                claim.sweep))
+        lines.append(f"- **{half[0].upper() + half[1:]}**: **{verdict}**" + (f" ({direction})" if direction else "")
+                     + f" — {_pairs_text(pairs)}.")
     return lines
 
 
-def sweep_section(claim: SweepClaim, sweep: SweepResults | None, summary: list[ClaimRow],
+def sweep_section(claim: SweepClaim, sweep: SweepResults | None, summary: list[ClaimRow], ledger: Ledger,
                   figure: str | None = None) -> str:
     out = [f"### {claim.title} (`{claim.sweep}` sweep)", "",
            f"**Paper's claim.** {claim.claim}", "", f"**Paper's numbers.** {claim.paper_numbers}", ""]
     if sweep is None or not sweep.groups:
-        summary.append(ClaimRow(claim.title, claim.short, "–", v.NOT_RUN))
+        summary.append(ClaimRow(claim.title, claim.short, "–", v.NOT_RUN, claim.sweep))
         return "\n".join(out + [not_run(claim.sweep), ""])
-    out += ["**Ours** (final test accuracy %, mean ± sample std over finished seeds):", "",
-            results_table(sweep, with_paper=claim.sweep == "clients"), ""]
+    out += ["**Ours** (final test accuracy %, mean ± sample std over finished seeds; test SE: the test set's own "
+            "standard error at that accuracy):", "", results_table(sweep, with_paper=claim.sweep == "clients"), ""]
     if figure:
         out += [f"![{claim.sweep} sweep: test accuracy vs round]({figure})", ""]
+    out += twins_lines(sweep, ledger)
     winner = winner_of(sweep, claim)
     if winner is None:
         summary.append(ClaimRow(claim.title, claim.short, "the variant was not run", v.NOT_RUN))
         return "\n".join(out + ["No method other than the standard ones was run: the claim's variant is missing.", ""])
-    out += [f"Outcomes of {winner} by the rule ([verdict rule](#how-verdicts-are-computed)):", ""]
-    out += outcome_lines(sweep, winner, claim.against) or ["- no setting has a finished pair yet"]
-    out.append("")
+    kinds = judged_settings(sweep, claim)
+    judged = {s: pairs_at(sweep, s, winner, claim.against, kind, ledger) for s, kind in kinds.items()}
+    out += [f"Paired outcomes of {winner} (per-seed {winner} − baseline, points, 95 % CI; "
+            "[verdict rule](#how-verdicts-are-computed)):", ""]
+    lines = []
+    for s in sweep.settings():
+        pairs = judged.get(s) or pairs_at(sweep, s, winner, claim.against)
+        if pairs:
+            how = {TIE: " (tie claim: band ±{:.1f})".format(100 * TIE_BAND), WIN: ""}.get(kinds.get(s), " (context, not judged)")
+            lines.append(f"- {s}{how}: {winner} against " + "; ".join(p.text() for p in pairs))
+    out += (lines or ["- no setting has a finished pair yet"]) + [""]
     if claim.sweep in CLIENT_SWEEPS:
         drops = degradation_lines(sweep)
         if drops:
             out += ["Change as clients grow (the paper: the baselines fall, RoLoRA holds):", ""] + drops + [""]
-    if claim.sweep in CLIENT_SWEEPS:
-        out += ["**Verdicts.**", ""] + clients_verdicts(sweep, claim, summary)
+        out += ["**Verdicts.**", ""] + clients_verdicts(sweep, claim, judged, summary)
     else:
-        judged = _extreme(sweep, max) if claim.most_clients_only else sweep.settings()
-        pairs = [p for s in judged for p in pairs_at(sweep, s, winner, claim.against)]
+        pairs = [p for ps in judged.values() for p in ps]
         verdict = v.win_verdict(pairs)
-        counts = {o: sum(p.outcome == o for p in pairs) for o in (v.AHEAD, v.BEHIND)}
-        summary.append(ClaimRow(claim.title, claim.short, f"{winner} ahead in {counts[v.AHEAD]} of {len(pairs)} pairs, "
-                                f"behind in {counts[v.BEHIND]}", verdict))
+        ours = _ours(next(iter(judged)), winner, pairs) if len(judged) == 1 and len(pairs) <= 3 else _counts(winner, pairs)
+        summary.append(ClaimRow(claim.title, claim.short, ours, verdict, claim.sweep))
         where = f"at the most clients ({', '.join(judged)})" if claim.most_clients_only else "over every setting of the sweep"
-        out.append(f"**Verdict: {verdict}** ({where}).")
+        out.append(f"**Verdict: {verdict}** ({where}; {_counts(winner, pairs)}).")
     out += ["", f"Why at best *in kind*: {claim.stand_in}, so at best the paper's pattern, not its numbers, can be "
             "reproduced.", ""]
     return "\n".join(out)
 
 
-def lm_sections(sweeps: dict[str, SweepResults], summary: list[ClaimRow], figures: dict[str, str]) -> str:
-    """Every sweep the paper's claims need, in the paper's order (a missing one says how to run it)."""
+def lm_sections(sweeps: dict[str, SweepResults], claims: list[SweepClaim], summary: list[ClaimRow],
+                figures: dict[str, str], ledger: Ledger | None = None) -> str:
+    """Every sweep the claims need, in the claims' order (a missing one says how to run it)."""
+    ledger = ledger or Ledger()
     summary.append(ClaimRow("Table 1's own numbers (RoBERTa-Large, GLUE)", "RoLoRA 85.81 avg at 50 clients, r4",
                             "no RoBERTa-Large weights or GLUE data here; MiniLM-L6 on Rotten Tomatoes / TREC stands in",
                             v.NOT_TESTABLE))
     summary.append(ClaimRow("Llama-2-7B numbers (commonsense, 50 clients)", "RoLoRA ≈42.9 vs LoRA ≈33.1 / FFA ≈17.9",
                             "no 7B model or those benchmarks on a 2-core CPU; SmolLM2-135M on TREC stands in",
                             v.NOT_TESTABLE))
-    return "\n".join(sweep_section(c, sweeps.get(c.sweep), summary, figures.get(c.sweep)) for c in CLAIMS)
+    return "\n".join(sweep_section(c, sweeps.get(c.sweep), summary, ledger, figures.get(c.sweep)) for c in claims)

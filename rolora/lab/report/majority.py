@@ -1,6 +1,6 @@
 """The majority-class floor of a sweep cell: the test accuracy of always answering the most common label.
 
-A column where every method sits at this floor has learned nothing, so its "within spread" outcomes say
+A column where every method sits at this floor has learned nothing, so its paired differences say
 nothing about the methods; the report marks such columns instead of judging them (see
 :mod:`rolora.lab.report.verdicts`). Computed from the cell's own config (the fixed split every seed
 shares), once per distinct data setting.

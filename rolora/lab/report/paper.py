@@ -74,6 +74,29 @@ _AT_3, _AT_50 = _table1_text(3), _table1_text(50)
 _SPREAD_3 = max(TABLE1_AVG[(3, 4)].values()) - min(TABLE1_AVG[(3, 4)].values())
 TIE_AT_3 = f"all methods within {_SPREAD_3:.1f} points at 3 clients (Table 1)"
 """The paper's 3-client tie in words, for a client-count sweep on a task without Table 1's numbers."""
+TIE_BAND = _SPREAD_3 / 100
+"""The paper's own tie, as accuracy (a fraction): its rank-4 averages at 3 clients span this much. A tie
+claim is reproduced when each pair's interval lies within ± this (:mod:`rolora.lab.report.verdicts`)."""
+TIE_BAND_SOURCE = "the spread of Table 1's rank-4 GLUE averages at 3 clients"
+_BEST_BASELINE_50 = max(v for m, v in TABLE1_AVG[(50, 4)].items() if m != "rolora")
+AT_50_SHORT = f"RoLoRA {TABLE1_AVG[(50, 4)]['rolora']:.2f} vs ≤ {_BEST_BASELINE_50:.2f} at 50 clients"
+
+PAPER_RECIPE = {"train_head": False, "alpha": 32.0, "rank": 4, "dropout": 0.1, "max_length": 128, "local_steps": 20,
+                "batch_size": 32, "clients": 50, "rounds_at_50": 30}
+"""The paper's §5 recipe (the supplement and the authors' code: rolora-paper.md §5): classifier frozen at
+its init, α = 32 at rank 4, dropout 0.1, 128 tokens, 20 local steps × batch 32, 30 rounds at 50 clients."""
+SST2 = "SST-2"
+BIG_GAP_TASKS = ("MNLI", "QNLI", "RTE")
+"""Table 1's sentence-pair tasks where RoLoRA's 50-client lead is large (SST-2's is small)."""
+
+
+def fifty_client_claim(sweep: str, about: str) -> SweepClaim:
+    """The headline claim (RoLoRA ahead of the LoRA baselines at 50 clients) for a 50-client sweep that
+    :data:`CLAIMS` does not name: a new regime added as a spec is judged as the others, with no new code."""
+    return SweepClaim(sweep, about or f"Fifty clients: `{sweep}`",
+                      "At 50 clients RoLoRA is ahead of the LoRA baselines the sweep runs (the paper's headline), in "
+                      "this sweep's regime (its spec's header, in `rolora/lab/specs/`, says how it differs).",
+                      f"GLUE average, 50 clients, rank 4: {_AT_50}.", short=AT_50_SHORT, against=LORA_BASELINES)
 
 
 STANDARD = ("rolora", "fedavg-lora", "ffa-lora", "flexlora", "galore-fedavg", "fedavg-full-adam", "centralised")

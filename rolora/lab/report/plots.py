@@ -9,7 +9,7 @@ from __future__ import annotations
 from itertools import cycle
 from pathlib import Path
 
-from rolora.federated.serial import atomic_file
+from rolora.federated.atomic import atomic_file
 from rolora.lab.report.lm_curves import mean_curve, seed_curves
 from rolora.lab.report.lm_results import METHOD_ORDER, method_order
 

@@ -1,6 +1,6 @@
 """Rate statistics of a gradient-norm experiment and their log-log slopes against the horizon T.
 
-The non-convex rate experiment (``rolora.theory.experiments.nonconvex_rate``) runs stochastic RoLoRA
+The non-convex rate experiment (``rolora.theory.analyses.nonconvex_rate``) runs stochastic RoLoRA
 for several horizons T (step size ∝ 1/√T) and records, per run, two statistics of the curve
 g_0..g_T = ‖∇F‖² at each round:
 

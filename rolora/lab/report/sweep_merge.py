@@ -57,7 +57,7 @@ def merge_sweep(found: list[Rows], committed: list[Rows]) -> tuple[list[Rows], s
 
 
 RESULTS = ("rounds_logged", "final_round", "final_test_accuracy", "final_test_loss", "wall_s", "upload_bytes",
-           "train_samples", "device", "test_majority")
+           "train_samples", "device", "test_majority", "mean_product_gap", "mean_client_drift", "gap_rounds")
 """A cell row's results (the rest names the cell: sweep, id, labels, setting)."""
 
 
@@ -74,7 +74,7 @@ def fill_borrowed(parts: list[Rows], committed: list[Rows]) -> set[str]:
     for c in cells:
         source = done.get(str(c.get("copied_from") or ""))
         if c.get("status") == RECORDED and source is not None:
-            c.update({k: source[k] for k in RESULTS}, status="done")
+            c.update({k: source.get(k, "") for k in RESULTS}, status="done")  # a column newer than the rows: empty
             filled[str(c["cell"])] = str(c["copied_from"])
     if filled:
         own = _by_cell(curves)

@@ -26,7 +26,8 @@ COUNTED = ("done", "partial", "pending", "failed")
 SWEEP_FIELDS = ("sweep", "folder", "cells", *COUNTED, "setup", "spec")
 CELL_FIELDS = ("sweep", "cell", "experiment", "method", "seed", "lr", "phase", "status", "setting", "axes",
                "rounds_logged", "final_round", "final_test_accuracy", "final_test_loss", "wall_s",
-               "upload_bytes", "train_samples", "device", "test_majority", "copied_from")
+               "upload_bytes", "train_samples", "device", "test_majority", "copied_from", "mean_product_gap",
+               "mean_client_drift", "gap_rounds")
 CURVE_FIELDS = ("sweep", "cell", "method", "seed", "phase", "status", "setting", "round", "test_accuracy",
                 "test_loss", "upload_per_client")
 LR_FIELDS = ("sweep", "method", "metric", "chosen", "grid", "scores")
@@ -83,6 +84,22 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def gap_means(metrics: list[dict[str, Any]]) -> tuple[float | None, float | None, int | None]:
+    """(mean product gap, mean client drift, rounds that logged a finite gap) over a run's rounds; all None
+    for a run that predates the gap logging (no row has the key), means None where every round logged
+    None (a personalised method: the server cannot see the clients' factors)."""
+    if not any("product_gap" in r for r in metrics):
+        return None, None, None
+
+    def finite(key: str) -> list[float]:
+        return [float(r[key]) for r in metrics
+                if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool) and math.isfinite(r[key])]
+
+    gaps, drifts = finite("product_gap"), finite("client_drift")
+    return (math.fsum(gaps) / len(gaps) if gaps else None, math.fsum(drifts) / len(drifts) if drifts else None,
+            len(gaps))
 
 
 def _copied_from(run_dir: Path) -> str:
@@ -164,6 +181,7 @@ def cell_rows(sweep: str, folder: Path, cell: dict[str, Any], shorts: dict[str, 
             curve.append(dict(common, round=row["round"], test_accuracy=row["test_accuracy"],
                               test_loss=row.get("test_loss"), upload_per_client=uploaded))
     last = curve[-1] if curve else {}
+    gap, drift, gap_rounds = gap_means(metrics)
     result = dict(common, experiment=labels.get("experiment", sweep), lr=labels.get("lr", ""),
                   axes=json.dumps(axes, sort_keys=True),
                   rounds_logged=max((r["round"] for r in metrics), default=0),
@@ -173,7 +191,8 @@ def cell_rows(sweep: str, folder: Path, cell: dict[str, Any], shorts: dict[str, 
                   upload_bytes=sum(r.get("upload_bytes") or 0 for r in metrics),
                   train_samples=sum((r.get("participants") or 0) * steps * batch for r in metrics),
                   device=_device(run_dir), test_majority=majority(config) if majority and config else None,
-                  copied_from=_copied_from(run_dir) or cell.get("from", ""))
+                  copied_from=_copied_from(run_dir) or cell.get("from", ""),
+                  mean_product_gap=gap, mean_client_drift=drift, gap_rounds=gap_rounds)
     if not config and cell.get("status") == RECORDED:  # for the setting line only; its results come from the twin
         config = _borrowed_config(spec, cell)
     return result, curve, validation_rows(result, metrics, config), config

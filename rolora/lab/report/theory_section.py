@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from rolora.lab.report import verdicts as v
-from rolora.theory import experiments as ex
+from rolora.theory import analyses as ex
 from rolora.lab.report.claims import ClaimRow
 from rolora.lab.report.csv_files import number
 from rolora.lab.report.markdown import table
