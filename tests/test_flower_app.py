@@ -169,4 +169,5 @@ def test_the_server_loop_writes_the_embedded_engines_row():
     config = load_config(None, ["federated.rounds=3"])
     row = round_row(config, rec.t, rec, 2.0)
     assert row == {"round": 3, "train_loss": 0.5, "lr": learning_rate(config, 3), "participants": 1, "dropped": [],
-                   "upload_bytes": 16, "download_bytes": 24, "wall_s": 2.0, "tokens": 12, "tokens_per_s": 6.0}
+                   "upload_bytes": 16, "download_bytes": 24, "wall_s": 2.0, "tokens": 12, "tokens_per_s": 6.0,
+                   "product_gap": None, "client_drift": None, "layers": {}}  # no uploads seen: no diagnostics

@@ -73,7 +73,7 @@ def test_killing_a_real_supernode_drops_it_or_stops_a_resumable_run(tmp_path):
     def submit(out: Path, name: str, *more: str):
         run_config = (f'config="tiny-roberta" overrides="{" ".join(overrides)}" out="{out}" round-timeout=300 '
                       + " ".join(more))
-        return procs.start([str(BIN / "flwr"), "run", str(ROOT / "flower" / "app"), "test", "--stream",
+        return procs.start([str(BIN / "flwr"), "run", str(ROOT / "rolora" / "flower" / "app"), "test", "--stream",
                             "--run-config", run_config], tmp_path / f"flwr-run-{name}.log", env)
 
     out_a, out_b = tmp_path / "a", tmp_path / "b"

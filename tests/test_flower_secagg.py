@@ -251,7 +251,7 @@ def test_a_node_lost_after_masking_is_unmasked_from_the_others_shares(tmp_path):
 
 
 def test_the_app_config_turns_secagg_on_with_the_pyproject_defaults(monkeypatch):
-    """``flwr run flower/app --run-config 'secagg=true'``: the app's defaults (pyproject) plus the
+    """``flwr run rolora/flower/app --run-config 'secagg=true'``: the app's defaults (pyproject) plus the
     override reach ``serve`` as Flower's default SecAgg+ settings; ``secagg=false`` passes None."""
     import tomllib
     from pathlib import Path

@@ -336,3 +336,38 @@ def test_head_lr_follows_the_lr_schedule():
         assert head_learning_rate(c, t) == pytest.approx(4 * learning_rate(c, t))
     with pytest.raises(ConfigError, match="train.head_lr"):
         load_config(None, ["train.head_lr=-1"])
+
+
+@pytest.mark.parametrize("spec", ["fedavg-lora", "rolora"])
+def test_the_first_token_top_block_gives_the_whole_block_s_numbers(setup, spec, monkeypatch):
+    """Per-pass masks compute an encoder classifier's top block at the first token only; with every
+    dropout off (so both draw nothing) it trains exactly as the whole block does."""
+    from rolora.llm import batched_training as bt
+    from rolora.llm.first_token_top import applies
+
+    if not applies(setup.model, setup.config.model.task):
+        pytest.skip("a decoder reads every token's output")
+    for m in setup.model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            monkeypatch.setattr(m, "p", 0.0)
+    s = _for(setup, spec, dropout_masks="fast")
+    s = dataclasses.replace(s, config=dataclasses.replace(s.config, lora=dataclasses.replace(s.config.lora, dropout=0.0)))
+    for module in s.adapters.values():
+        monkeypatch.setattr(module, "dropout", 0.0)
+    calls = []
+    real = bt.first_token_top_block
+
+    def counted(model):
+        calls.append(1)
+        return real(model)
+
+    monkeypatch.setattr(bt, "first_token_top_block", counted)
+    fast = _rounds(s, batched_training)
+    assert calls, "the first-token top block was not used"
+    monkeypatch.setattr(bt, "FIRST_TOKEN_TOP", False)
+    whole = _rounds(s, batched_training)
+    for (u_fast, _, g_fast), (u_whole, _, g_whole) in zip(fast, whole):
+        for a, b in zip(u_whole, u_fast):
+            _assert_close(a.tensors, b.tensors, f"{spec} upload {a.client}")
+            _assert_close(dict(a.dense), dict(b.dense), f"{spec} head {a.client}")
+        _assert_close(g_whole.layers, g_fast.layers, f"{spec} state")

@@ -19,4 +19,15 @@ def test_quick_bench_rows_are_consistent(tmp_path, capsys):
     for r in rows.values():
         assert r["wall_s"] > 0 and r["peak_rss_mib"] > 0 and 0 <= r["test_accuracy"] <= 1
     printed = capsys.readouterr().out
-    assert "| 1. PEFT loop, fp32 |" in printed and "test loss within 1e-4 of row 1" in printed
+    assert "| 1. PEFT loop, fp32 | float32 |" in printed and "test loss within 1e-4 of row 1" in printed
+    assert "- CPU: " in printed and "model.dtype auto -> float32" in printed  # the header (tests pin fp32)
+
+
+def test_the_warm_up_target_compares_round_1_with_the_fastest_later_round():
+    from rolora.lab.bench.llm import targets
+
+    rows = {"ours-seq": {"row": "ours-seq", "round_s": [30.0, 25.0, 20.0]},
+            "ours-batched": {"row": "ours-batched", "round_s": [90.0, 40.0]}}
+    lines = targets(rows)
+    assert "ours-seq warm-up: round 1 30.0 s = 1.50× the fastest later round (met: ≤ 1.5×)" in lines
+    assert "ours-batched warm-up: round 1 90.0 s = 2.25× the fastest later round (NOT met: ≤ 1.5×)" in lines

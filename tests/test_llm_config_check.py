@@ -20,6 +20,7 @@ OUT_OF_RANGE = [
     ("train.galore_period", "0", "≥ 1"),
     ("train.local_epochs", "-1", "≥ 0"), ("train.local_steps", "-1", "≥ 0"), ("train.weight_decay", "-0.1", "≥ 0"),
     ("train.max_grad_norm", "-1.0", "≥ 0"), ("train.warmup_rounds", "-1", "≥ 0"), ("train.momentum", "-0.5", "≥ 0"),
+    ("train.head_lr", "-1e-3", "≥ 0"),
     ("run.seed", "-1", "≥ 0"), ("train.client_group", "-1", "≥ 0"), ("run.checkpoint_every", "-1", "≥ 0"),
     ("run.threads", "-1", "≥ 0"), ("data.max_train_samples", "-1", "≥ 0"),
     ("federated.reference_clients", "-1", "≥ 0"), ("data.val_size", "-0.1", "≥ 0"),

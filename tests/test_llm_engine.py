@@ -174,7 +174,12 @@ def _fake_round():
     results = {0: ClientResult({}, 3, metrics={"train_loss": 1.0, "tokens": 30.0}),
                2: ClientResult({}, 1, metrics={"train_loss": 5.0, "tokens": 10.0})}
     comm = CommCost(upload_params=5, download_params=7, bytes_per_param=2, per_client={0: (5, 7), 2: (6, 8)})
-    return SimpleNamespace(results=results, participants=[0, 1, 2], dropped=[1], communication=comm)
+    from rolora.federated.diagnostics import LayerDiagnostics
+
+    diagnostics = {"q": LayerDiagnostics(gap=0.1, drift=2.0, update_norm=3.0),
+                   "v": LayerDiagnostics(gap=0.3, drift=4.0, update_norm=5.0)}
+    return SimpleNamespace(results=results, participants=[0, 1, 2], dropped=[1], communication=comm,
+                           diagnostics=diagnostics)
 
 
 def test_the_round_row_weights_the_loss_by_samples_and_counts_the_bytes_and_tokens():
@@ -186,6 +191,8 @@ def test_the_round_row_weights_the_loss_by_samples_and_counts_the_bytes_and_toke
     assert round_row(config, 2, _fake_round(), 4.0) == {
         "round": 2, "train_loss": (3 * 1.0 + 1 * 5.0) / 4, "lr": 0.01 * 2 / 4, "participants": 3, "dropped": [1],
         "upload_bytes": (5 + 6) * 2, "download_bytes": (7 + 8) * 2, "wall_s": 4.0, "tokens": 40, "tokens_per_s": 10.0,
+        "product_gap": pytest.approx(0.2), "client_drift": 3.0,  # the means over layers
+        "layers": {"q": {"gap": 0.1, "drift": 2.0, "update_norm": 3.0}, "v": {"gap": 0.3, "drift": 4.0, "update_norm": 5.0}},
     }
     assert round_row(config, 2, _fake_round(), 0.0)["tokens_per_s"] is None  # no rate from a zero-length clock
 

@@ -43,9 +43,9 @@ def test_make_optimizer_projects_the_w_updates_and_leaves_thin_and_1d_tensors_to
 
 
 @pytest.mark.parametrize("override, words", [
-    ("train.galore_rank=0", "train.galore_rank: must be ≥ 1"),
-    ("train.galore_period=0", "train.galore_period: must be ≥ 1"),
-    ("train.galore_scale=0.0", "train.galore_scale: must be > 0"),
+    ("train.galore_rank=0", "train.galore_rank: must be a finite number ≥ 1"),
+    ("train.galore_period=0", "train.galore_period: must be a finite number ≥ 1"),
+    ("train.galore_scale=0.0", "train.galore_scale: must be a finite number > 0"),
     ("federated.method=rolora", "train.optimizer: galore trains full-rank updates"),
 ])
 def test_bad_galore_configs_name_the_key(override, words):

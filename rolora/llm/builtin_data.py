@@ -26,6 +26,8 @@ Choices, per set (all deduplicated by default, see :func:`rolora.llm.text_datase
 
 from __future__ import annotations
 
+import functools
+
 import bz2
 import csv
 import importlib.util
@@ -144,6 +146,7 @@ def sms_spam() -> TextDataset:
 _LOADERS = {"rotten_tomatoes": rotten_tomatoes, "trec": trec, "vader": vader, "sms_spam": sms_spam}
 
 
+@functools.lru_cache(maxsize=4)  # the package files never change; a run reads its set several times
 def load_builtin(name: str, *, deduplicate_rows: bool = True, **options) -> TextDataset:
     """Load a packaged set by name (see the module docstring for what each reads and chooses).
 

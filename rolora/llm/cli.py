@@ -29,10 +29,20 @@ from rolora.llm.config import CONFIG_DIR, ConfigError, RunConfig, apply_override
 from rolora.federated.atomic import folder_problem
 
 
+_LOADED: list = []
+"""The last setup the embedded engine built in this process: the next method of a ``--methods`` call
+with the same config apart from ``federated.method`` runs on it (the model and data load once)."""
+
+
 def _embedded_run(config: RunConfig | None, out: Path, *, resume: bool = False, quiet: bool = False):
     from rolora.llm.engine import run
+    from rolora.llm.prepare import for_method
 
-    return run(config, out, resume=resume, quiet=quiet)
+    setup = for_method(_LOADED[0], config) if (_LOADED and config is not None and not resume) else None
+    history = run(config, out, resume=resume, quiet=quiet, setup=setup)
+    if history.setup is not None:
+        _LOADED[:] = [history.setup]
+    return history
 
 
 def _no_check(config: RunConfig) -> None:

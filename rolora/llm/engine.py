@@ -42,6 +42,8 @@ class History:
     state: GlobalState | None = None
     kept: dict = field(default_factory=dict)
     run_dir: Path | None = None
+    setup: RunSetup | None = field(default=None, repr=False, compare=False)
+    """The loaded model and data the run used (the embedded engine's; another method may reuse them)."""
 
     def last(self, key: str):
         values = [r[key] for r in self.rows if r.get(key) is not None]
@@ -188,7 +190,7 @@ def _run(config: RunConfig, run_dir: Path, resume: bool, quiet: bool, setup: Run
         clients_bar.close()
         rounds_bar.close()
     plot_curves(run_dir, rows, f"{method.name} · {c.model.name} · {c.data.dataset} · {len(clients)} clients")
-    return History(rows=read_metrics(run_dir), state=state, kept=kept, run_dir=run_dir)
+    return History(rows=read_metrics(run_dir), state=state, kept=kept, run_dir=run_dir, setup=setup)
 
 
 def _dying(train):
