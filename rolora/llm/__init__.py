@@ -19,7 +19,11 @@ partition, tokens, model, adapters), ``local_training`` (clients' steps; client-
 Heavy imports (transformers) happen on first use of ``run``.
 """
 
-from rolora.llm.config import ConfigError, RunConfig, load_config
+from rolora.llm.cpu_threads import passive_waits
+
+OPENMP_WAITS = passive_waits()  # before anything imports torch (llm/cpu_threads.py)
+
+from rolora.llm.config import ConfigError, RunConfig, load_config  # noqa: E402
 
 __all__ = ["ConfigError", "RunConfig", "export_run", "load_config", "run"]
 

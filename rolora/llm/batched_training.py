@@ -34,6 +34,8 @@ from rolora.llm import local_training as reference
 from rolora.llm.adapter_layer import NotBatchable, Rows
 from rolora.llm.adapters import ClientHeads, client_adapters, rows_forward
 from rolora.llm.client_streams import ClientBatch, ClientStreams
+from rolora.llm.first_token_top import applies as first_token_applies
+from rolora.llm.first_token_top import first_token_top_block
 from rolora.llm.host_memory import release_freed_memory
 from rolora.llm.model_dropouts import client_dropouts
 from rolora.llm.pass_masks import PassMasks
@@ -41,6 +43,10 @@ from rolora.llm.prepare import RunSetup
 from rolora.llm.tasks import batch, loss
 
 log = logging.getLogger("rolora.llm")
+
+FIRST_TOKEN_TOP = True
+"""With per-pass masks, an encoder classifier's top block computes only the first token's output
+(``llm/first_token_top.py``; False: the whole block, the reference the tests compare with)."""
 
 CLIENT_STATE_BUDGET = 256 * 2**20
 """Automatic group size: as many clients as keep their tensors, gradients and AdamW moments under this."""
@@ -108,6 +114,8 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float,
         stack.enter_context(client_dropouts(model, streams))
         if heads:
             stack.enter_context(heads.installed())
+        if FIRST_TOKEN_TOP and c.train.dropout_masks == "fast" and first_token_applies(model, task):
+            stack.enter_context(first_token_top_block(model))
         for j in range(max(len(o) for o in orders)):
             active = [s for s in range(len(starts)) if alive[s] and j < len(orders[s])]
             if not active:

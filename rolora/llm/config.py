@@ -148,14 +148,13 @@ class TrainConfig:
     """off | no-dropout (dropout off in the embeddings and the blocks below the lowest adapted one) |
     cache (as no-dropout, and those blocks' output is computed once per training sample and reused
     every step and round: for LoRA on the top blocks only; BERT/RoBERTa; llm/frozen_prefix.py)."""
-    compile: bool = False
-    """Client batching: run each pass's forward/backward under ``torch.compile`` (lengths bucketed,
-    ``llm/compiled_step.py``); off by default (BENCHMARKS.md "llm/ speed" says whether it pays)."""
     dropout_masks: str = "exact"
     """Client batching: exact (every client's dropout masks are the bits it draws trained alone, so
     the results equal one-by-one training) | fast (each pass draws its own: the same distribution,
     seeded up to a keep probability quantised to 1/65,536, ~1/5 less round time with dropout on a CPU
-    (two −11 % steps, BENCHMARKS.md "llm/ speed"), not bit-equal to one by one; llm/pass_masks.py)."""
+    (two −11 % steps, BENCHMARKS.md "llm/ speed"), not bit-equal to one by one; llm/pass_masks.py);
+    with them an encoder classifier's top block is computed at the first token only, the one its head
+    reads (llm/first_token_top.py: ~−8 % of an fp32 round)."""
 
 
 @dataclass(frozen=True)

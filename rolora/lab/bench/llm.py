@@ -30,7 +30,7 @@ QUICK = ["model.name=tiny-bert", "data.test_size=40", "data.max_train_samples=12
 FASTEST = "ours-fast"
 DEFAULT_ROWS = ["peft-fp32", "peft-bf16", "ours-seq", "ours-batched", "ours-fast"]
 ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_PRIMITIVE_CACHE_CAPACITY",
-           "OMP_NUM_THREADS", "ROLORA_NATIVE_BF16")
+           "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "ROLORA_NATIVE_BF16")
 """Environment variables that change which instructions or threads the rows use (printed when set)."""
 
 

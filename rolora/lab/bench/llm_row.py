@@ -11,8 +11,8 @@ PEFT's Kaiming A, B = 0) and head, AdamW with the config's ``train.weight_decay`
   fresh AdamW, the steps (``peft-bf16``: under ``torch.autocast(bfloat16)``),
   ``get_peft_model_state_dict``;
 - ``ours-seq``, ``ours-batched`` (fp32) and ``ours-fast`` (client-batched, ``model.dtype = "auto"``:
-  bf16 base only on hardware with native bf16, each pass drawing its own dropout masks), and
-  ``ours-compiled`` (``ours-fast`` with ``train.compile``): ``rolora.llm``.
+  bf16 base only on hardware with native bf16, each pass drawing its own dropout masks, the top block at the first token only):
+  ``rolora.llm``.
 
 Timed: each round (local training of every client and the aggregation); not timed, in every row:
 loading, tokenising (ours tokenises in ``build``, the PEFT rows every client's sentences before the
@@ -29,7 +29,9 @@ import resource
 import sys
 import time
 
-import torch
+import rolora.llm  # noqa: F401  (before torch: every row, PEFT's too, gets the same OpenMP wait policy)
+
+import torch  # noqa: E402
 
 from rolora.federated import ClientUpdate, LayerSpec, method_from_spec
 from rolora.federated.round import run_round
@@ -45,13 +47,10 @@ ROWS = {
     "ours-seq": "rolora, clients one by one, fp32",
     "ours-batched": "rolora, client-batched, fp32",
     "ours-fast": "rolora, client-batched, dtype auto, per-pass dropout masks",
-    "ours-compiled": "rolora, as row 'ours-fast', compiled step",
 }
 OURS = {"ours-seq": ["train.client_batching=off", "model.dtype=float32"],
         "ours-batched": ["train.client_batching=auto", "model.dtype=float32"],
-        "ours-fast": ["train.client_batching=auto", "model.dtype=auto", "train.dropout_masks=fast"],
-        "ours-compiled": ["train.client_batching=auto", "model.dtype=auto", "train.dropout_masks=fast",
-                          "train.compile=true"]}
+        "ours-fast": ["train.client_batching=auto", "model.dtype=auto", "train.dropout_masks=fast"]}
 
 
 def config_for(size: list[str], row: str, rounds: int = 1):
