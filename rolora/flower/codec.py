@@ -28,21 +28,32 @@ NEVER = -1
 """``base`` of a message that carries every tensor (the node holds nothing yet)."""
 
 
+BF16_TAG = "bf16:"
+"""Key prefix of a bfloat16 tensor in a record: numpy has no bfloat16, so its 16-bit patterns travel as
+int16 (bit-exact, the same bytes) and become bfloat16 again on arrival (a bf16 base's head, say)."""
+
+
 def to_record(tensors: Mapping[str, Tensor]) -> ArrayRecord:
-    """Flat named tensors as an ArrayRecord (float32/float64/ints as numpy; bfloat16 is refused)."""
+    """Flat named tensors as an ArrayRecord (numpy arrays; bfloat16 as its int16 bit patterns)."""
     record = ArrayRecord()
     for key, x in tensors.items():
+        x = x.detach().cpu().contiguous()
         if x.dtype == torch.bfloat16:
-            raise StateFormatError(f"tensor {key!r} is bfloat16, which Flower's numpy arrays cannot carry; "
-                                   "keep adapters and the head in float32 (model.dtype only sets the base)")
-        record[key] = Array(x.detach().cpu().contiguous().numpy())
+            key, x = BF16_TAG + key, x.view(torch.int16)
+        record[key] = Array(x.numpy())
     return record
 
 
 def from_record(record: ArrayRecord) -> dict[str, Tensor]:
     # A torch-allocated copy: numpy views of Flower's read-only buffers must not reach the optimiser,
     # and BLAS kernels may round differently for numpy's (less aligned) memory than for torch's.
-    return {key: torch.from_numpy(np.asarray(arr.numpy())).clone() for key, arr in record.items()}
+    out = {}
+    for key, arr in record.items():
+        x = torch.from_numpy(np.asarray(arr.numpy())).clone()
+        if key.startswith(BF16_TAG):
+            key, x = key[len(BF16_TAG):], x.view(torch.bfloat16)
+        out[key] = x
+    return out
 
 
 def nbytes(record: ArrayRecord) -> int:
