@@ -265,7 +265,7 @@ def _summary(config: RunConfig, results: list, out: Path | None) -> str:
         best = max(h.last("test_accuracy") or 0.0 for _, h in results)
         se = math.sqrt(best * (1 - best) / n)
         lines.append(f"test set: {n} examples; majority class {floor:.4f}; one accuracy's standard error "
-                     f"≈ {se:.4f} (√(p(1−p)/n))")
+                     f"≈ {se:.4f} (√(p(1−p)/n) at the best accuracy, p = {best:.4f})")
     if out is not None and any(h.last("test_accuracy") is not None for _, h in results):
         path = plot_methods(out / "test_accuracy.png", [(name, h.rows) for name, h in results],
                             f"{config.model.name} · {config.data.dataset} · {config.federated.clients} clients", floor)
