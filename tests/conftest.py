@@ -23,6 +23,7 @@ os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 # model.dtype = "auto" picks bf16 on CPUs with native bf16: the tests' numbers must not depend on the machine.
 os.environ.setdefault("ROLORA_NATIVE_BF16", "0")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402  (after the environment is set)
 from hypothesis import settings  # noqa: E402
 
@@ -35,3 +36,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 if not torch.cuda.is_available():
     # Without a GPU the Triton kernels still run, in the interpreter, so CI tests the kernel code.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: bit-exact reproducibility is promised for a fixed thread count
+    (the toy CLI's default is 1); restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -54,7 +54,8 @@ KERNELS_THIRD_PARTY = {"torch", "triton", "numpy"}
 OPTIM_THIRD_PARTY = {"torch", "numpy"}
 PUBLIC_FEDERATED = {
     f"rolora.federated{s}" for s in ("", ".api", ".round", ".serial", ".dense", ".registry", ".seeding", ".diagnostics",
-                                     ".synthetic", ".validation", ".atomic", ".partition")
+                                     ".synthetic", ".validation", ".atomic", ".partition", ".local_rules",
+                                     ".privacy", ".additions", ".composed", ".server_opt")
 }
 NOT_AGGREGATION = "# not an aggregation"
 SKIP_DIRS = {"tests", "docs", "build", "dist", "out", ".venv", ".git", "__pycache__", ".hypothesis"}

@@ -38,3 +38,9 @@ def test_quickstart_commands_are_the_ci_commands():
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert "./dev.sh test" in README and "./dev.sh main" in README
     assert ci.strip().splitlines()[-1] == "./dev.sh test", "CI must run exactly the README's test command"
+
+
+def test_additions_table_is_the_code_s():
+    from rolora.federated.additions import additions_table
+
+    assert additions_table() in README, "README's additions table differs from additions_table(): paste it again"

@@ -22,13 +22,7 @@ def mnist():
     return load_mnist()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Bit-exact reproducibility is promised for a fixed thread count (the CLI's default is 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bit-exact reproducibility: a fixed thread count
 
 
 # 10 clients × 1 label, 5% of each client's images (~250), 30 rounds of 5 local epochs: ~5 s a run.

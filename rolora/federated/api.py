@@ -90,6 +90,9 @@ class ClientUpdate:
     tensors: ModelTensors
     dense: Mapping[str, Tensor] = field(default_factory=dict)
     """The client's trained copies of ``GlobalState.dense`` (same names and shapes)."""
+    members: tuple = ()
+    """The clients this update stands for when it is already their mean (SecAgg+ hands the server one
+    update for the round); empty: just ``client``. Client-level DP divides its noise by their number."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class GlobalState:
     ``dense`` holds plain tensors that every client trains in full and the server averages with the
     round's weights p_k, whatever the method (e.g. a classification head; see
     :mod:`rolora.federated.dense`). ``extras`` is method-specific metadata (JSON-able values only).
+    ``server`` holds server-only tensors (see :mod:`rolora.federated.composed`).
     """
 
     round: int
@@ -113,6 +117,9 @@ class GlobalState:
     extras: Mapping[str, object] = field(default_factory=dict)
     seed: int = 0
     dense: Mapping[str, Tensor] = field(default_factory=dict)
+    server: ModelTensors = field(default_factory=dict)
+    """Tensors only the server holds and never broadcasts (a server optimiser's moments); saved with
+    the state, left out of what clients download."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,12 @@ class Method(ABC):
     """One line for the README table: what clients train and what they send."""
 
     @property
+    def keeps_state(self) -> bool:
+        """Whether clients keep tensors between rounds (``client_keep``): personalised methods, and
+        SCAFFOLD's control variates. Engines that checkpoint save them (Flower asks the nodes)."""
+        return self.personalised
+
+    @property
     def personalised(self) -> bool:
         """Whether each client's model differs from the broadcast one (evaluate per client)."""
         return self.exact is Exactness.PERSONALISED
@@ -201,6 +214,30 @@ class Method(ABC):
         self, state: GlobalState, client: int | str, kept: ModelTensors | None, t: int
     ) -> ModelTensors:
         """The complete tensors client ``client`` trains from in round t (fresh copies)."""
+
+    def averaged(self, t: int) -> frozenset[str]:
+        """The uploaded tensors the server sets to the plain weighted mean of the uploads in round t.
+
+        For these, new − old is an exact pseudo-gradient (a server optimiser may step on it, client-level
+        DP may clip and noise it). Empty (the default) where the aggregate is not an average
+        (an SVD, a merge into the base, a correction): such methods refuse server optimisers and DP.
+        """
+        return frozenset()
+
+    def local_rules(self, state: GlobalState, client: int | str, kept: ModelTensors | None, t: int):
+        """What client ``client``'s local training must do beyond plain steps in round t
+        (:class:`rolora.federated.local_rules.LocalRules`), or ``None`` (the default: nothing)."""
+        return None
+
+    def client_finish(self, start, result) -> tuple[ModelTensors | None, ModelTensors, dict[str, Tensor]]:
+        """(kept, uploaded tensors, uploaded dense tensors) of a client after local training, from its
+        ``ClientStart`` and ``ClientResult`` (:mod:`rolora.federated.round`).
+
+        Default: :meth:`client_keep` and :meth:`client_upload` of the trained tensors and the trained
+        dense tensors. Wrappers that need the start (clipping an update, SCAFFOLD's control variates)
+        override this; every engine calls it (:func:`rolora.federated.round.finish_client`)."""
+        dense = {n: x.detach() for n, x in result.dense.items()}
+        return self.client_keep(result.tensors, start.t), self.client_upload(result.tensors, start.t), dense
 
     def client_keep(self, local: ModelTensors, t: int) -> ModelTensors | None:
         """What a client keeps between rounds (``None``: stateless, the default)."""

@@ -35,6 +35,9 @@ class FedAvgFull(LoRAMethod):
     def uploads(self, t: int) -> frozenset[str]:
         return ONLY_W
 
+    def averaged(self, t: int) -> frozenset[str]:
+        return ONLY_W
+
     def aggregate_layer(
         self, state: GlobalState, layer: str, uploads: list[LayerTensors], weights: list[float],
         ranks: list[int], t: int,

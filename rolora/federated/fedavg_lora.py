@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rolora.federated.api import Exactness, GlobalState, LayerTensors
-from rolora.federated.lora_base import LoRAMethod
+from rolora.federated.lora_base import AB, LoRAMethod
 from rolora.federated.weights import weighted_sum
 
 
@@ -18,6 +18,9 @@ class FedAvgLoRA(LoRAMethod):
     exact = Exactness.INEXACT
     mixes_ranks = False
     summary = "trains A and B, sends A and B; server averages each factor (inexact)"
+
+    def averaged(self, t: int) -> frozenset[str]:
+        return AB
 
     def aggregate_layer(
         self, state: GlobalState, layer: str, uploads: list[LayerTensors], weights: list[float],

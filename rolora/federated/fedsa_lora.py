@@ -40,6 +40,9 @@ class FedSALoRA(LoRAMethod):
         b = g["B"] if kept is None else kept["B"]
         return {"A": g["A"].clone(), "B": b.detach().clone()}
 
+    def averaged(self, t: int) -> frozenset[str]:
+        return ONLY_A
+
     def aggregate_layer(
         self, state: GlobalState, layer: str, uploads: list[LayerTensors], weights: list[float],
         ranks: list[int], t: int,

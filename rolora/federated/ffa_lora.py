@@ -26,6 +26,9 @@ class FFALoRA(LoRAMethod):
     def uploads(self, t: int) -> frozenset[str]:
         return ONLY_B
 
+    def averaged(self, t: int) -> frozenset[str]:
+        return ONLY_B
+
     def aggregate_layer(
         self, state: GlobalState, layer: str, uploads: list[LayerTensors], weights: list[float],
         ranks: list[int], t: int,

@@ -41,6 +41,9 @@ class RoLoRA(LoRAMethod):
     def uploads(self, t: int) -> frozenset[str]:
         return frozenset({self.schedule.factor(t)})
 
+    def averaged(self, t: int) -> frozenset[str]:
+        return self.trains(t)
+
     def aggregate_layer(
         self, state: GlobalState, layer: str, uploads: list[LayerTensors], weights: list[float],
         ranks: list[int], t: int,

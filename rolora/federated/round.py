@@ -7,7 +7,8 @@ One round t = state.round + 1:
    plainly averaged ``state.dense`` tensors (:class:`ClientStart`);
 3. the caller's local training turns ALL participants' starts into results at once
    (:data:`LocalTraining`) — a loop over clients (:func:`one_by_one`) or one batched pass over many;
-4. each result is kept (``method.client_keep``) and uploaded (``method.client_upload``);
+4. each result is kept and uploaded (``method.client_finish``: by default ``client_keep`` and
+   ``client_upload``; a wrapper may clip the update or add SCAFFOLD's control variates);
 5. ``method.aggregate`` computes the new state (it validates first and never mutates);
 6. beside it, the round's product-averaging gap and client drift are measured from the uploads
    (:func:`upload_diagnostics`, :mod:`rolora.federated.diagnostics`): what averaging A and B
@@ -47,6 +48,7 @@ from torch import Tensor
 from rolora.federated.api import AggregationError, ClientUpdate, CommCost, GlobalState, Method, ModelTensors, Weighting
 from rolora.federated.dense import dense_params
 from rolora.federated.diagnostics import LayerDiagnostics, check_one_factor_gap, round_diagnostics
+from rolora.federated.local_rules import LocalRules
 from rolora.federated.weights import client_weights
 
 ClientId = int | str
@@ -64,6 +66,9 @@ class ClientStart:
     """``method.trains(t)``: the tensor names to optimise (the others stay fixed)."""
     dense: dict[str, Tensor]
     """Copies of ``state.dense`` (e.g. the classification head), trained every round."""
+    rules: LocalRules | None = None
+    """What local training must do beyond plain steps (FedProx, SCAFFOLD, DP-SGD); ``None``: nothing.
+    See :mod:`rolora.federated.local_rules`."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,8 @@ def client_starts(
     trainable = method.trains(t)
     return [
         ClientStart(client=k, t=t, tensors=method.client_start(state, k, kept.get(k), t), trainable=trainable,
-                    dense={name: x.detach().clone() for name, x in state.dense.items()})
+                    dense={name: x.detach().clone() for name, x in state.dense.items()},
+                    rules=method.local_rules(state, k, kept.get(k), t))
         for k in participants
     ]
 
@@ -166,9 +172,8 @@ def client_uploads(
         if not isinstance(result, ClientResult):
             raise AggregationError(f"round {t}, client {k!r}: local training returned {type(result).__name__}, "
                                    "expected ClientResult or None")
-        keeps[k] = method.client_keep(result.tensors, t)
-        updates.append(ClientUpdate(k, result.num_samples, method.client_upload(result.tensors, t),
-                                    dense={n: x.detach() for n, x in result.dense.items()}))
+        keeps[k], upload, dense = method.client_finish(start, result)
+        updates.append(ClientUpdate(k, result.num_samples, upload, dense=dense))
         done[k] = result
     return updates, keeps, done, dropped
 
@@ -188,8 +193,8 @@ def upload_diagnostics(method: Method, state: GlobalState, updates: Sequence[Cli
     if method.personalised or not updates:
         return {}
     starts = [method.client_start(state, u.client, None, t) for u in updates]
-    ends = [{name: {**layer, **u.tensors.get(name, {})} for name, layer in start.items()}
-            for start, u in zip(starts, updates)]
+    ends = [{name: {**layer, **{n: x for n, x in u.tensors.get(name, {}).items() if n in layer}}  # factors only
+             for name, layer in start.items()} for start, u in zip(starts, updates)]
     diags = round_diagnostics(starts, ends, client_weights(updates, weighting), state.alpha)
     check_one_factor_gap(diags, method.trains(t), t, method.name)
     return diags

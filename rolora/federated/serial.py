@@ -93,6 +93,8 @@ def state_to_flat(state: GlobalState) -> tuple[dict[str, Tensor], dict]:
         "dense": dense_names,
         "extras": _json_able("extras", dict(state.extras)),
     }
+    if state.server:  # server-only tensors (a server optimiser's moments); absent in older files
+        meta["server"] = _flat_model("server", state.server, tensors)
     if not math.isfinite(meta["alpha"]):
         raise StateFormatError(f"alpha {state.alpha!r} is not finite")
     return tensors, meta
@@ -120,6 +122,7 @@ def state_from_flat(tensors: Mapping[str, Tensor], meta: Mapping) -> GlobalState
             extras=dict(meta["extras"]),
             seed=int(meta["seed"]),
             dense={n: _take(tensors, f"dense/{i}") for i, n in enumerate(meta["dense"])},
+            server=_unflat_model("server", meta.get("server", []), tensors),
         )
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, StateFormatError):

@@ -5,7 +5,8 @@ Messages (the server's side is :mod:`rolora.flower.strategy`):
 - ``query`` ``hello``: the run's config (JSON), kept in ``context.state``; the node answers its client id.
 - ``train``: the changed global tensors; the node runs ``method.client_start`` with the kept state
   from its ``context.state``, trains (:func:`rolora.llm.local_training.train_client`), keeps
-  ``method.client_keep`` and answers ``method.client_upload`` plus the dense tensors.
+  ``method.client_finish`` (by default ``client_keep``; its upload is ``client_upload`` plus the dense
+  tensors; a composed method clips it or adds SCAFFOLD's control variates there).
 - ``evaluate``: the node scores its own next-round model (personalised methods).
 - ``query`` ``kept``: the node's kept state, for the server's checkpoint.
 - SecAgg+ (:mod:`rolora.flower.secagg`): a ``train`` message with ``secagg`` set keeps the upload on
@@ -108,10 +109,11 @@ def train(msg: Message, context: Context) -> Message:
     result = train_client(setup, start, learning_rate(setup.config, t))
     if result is None:  # non-finite loss: dropped this round, the kept state stays as it was
         return Message(RecordDict({"result": ConfigRecord({"client": client, "dropped": True})}), reply_to=msg)
-    save_kept(context.state, client, setup.method.client_keep(result.tensors, t))
+    kept_now, upload, dense = setup.method.client_finish(start, result)  # the protocol's step 4, as embedded
+    save_kept(context.state, client, kept_now)
     config = msg.content["config"]
     if "secagg" in config:  # SecAgg+: keep the upload here, under a name that is the same on every node
-        record, meta = models_record({"mean": setup.method.client_upload(result.tensors, t)}, result.dense)
+        record, meta = models_record({"mean": upload}, dense)
         weight = secure_weight(result.num_samples, str(config["secagg"]))
         layout = keep_secret(context.state, record, weight, float(config["secagg-clip"]))
         return Message(RecordDict({
@@ -119,7 +121,7 @@ def train(msg: Message, context: Context) -> Message:
                                     "meta": meta, "layout": layout}),
             "metrics": MetricRecord({k: float(v) for k, v in result.metrics.items()}),
         }), reply_to=msg)
-    record, meta = models_record({client: setup.method.client_upload(result.tensors, t)}, result.dense)
+    record, meta = models_record({client: upload}, dense)
     return Message(RecordDict({
         "upload": record,
         "result": ConfigRecord({"client": client, "dropped": False, "num_samples": result.num_samples, "meta": meta}),

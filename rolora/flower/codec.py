@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -76,7 +77,7 @@ class Downloads:
     def message(self, node: int, state: GlobalState) -> tuple[int, dict[str, Tensor], dict]:
         """(base round, changed tensors, metadata) for ``node``; remembers it now holds ``state``."""
         if state.round not in self._flats:  # a round's state never changes within a run: flatten once
-            self._flats[state.round] = state_to_flat(state)
+            self._flats[state.round] = state_to_flat(replace(state, server={}))  # server-only: not sent
         flat, meta = self._flats[state.round]
         base = self._held.get(node, NEVER)
         had = self._flats[base][0] if base in self._flats else {}

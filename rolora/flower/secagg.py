@@ -148,6 +148,18 @@ def check_method(method: Method | str) -> None:
                         f"can: {', '.join(sorted(SUMMABLE))}")
 
 
+def check_run(config) -> None:
+    """:func:`check_method` for a run's config, and its additions: SCAFFOLD is refused (its Δc_k must be
+    averaged uniformly over all N clients beside the sample-weighted factors: not one secure mean);
+    client-level DP composes (each node clips its own update before masking, the server adds the
+    noise to the mean it unmasks, divided by the number of clients in it); server optimisers and
+    DP-SGD act after the mean and on the nodes."""
+    check_method(config.federated.method)
+    if config.train.scaffold:
+        raise SecAggRefused("SCAFFOLD cannot run under SecAgg+ here: its control-variate updates would need a "
+                            "second secure sum with other weights; run it without SecAgg+")
+
+
 def secure_weight(num_samples: float, weighting: str) -> int:
     """w_k, the integer weight SecAgg+ gives a client: n_k (``"samples"``) or 1 (``"uniform"``)."""
     if weighting == "uniform":

@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from rolora.federated.round import RoundFailed
-from rolora.flower.secagg import SecAggSettings, check_method
+from rolora.flower.secagg import SecAggSettings, check_run
 from rolora.flower.setups import config_json, setup_for
 from rolora.flower.strategy import RoloraStrategy
 from rolora.llm.checkpoint import latest_checkpoint, save_checkpoint
@@ -46,10 +46,10 @@ def serve(grid: Grid, config: RunConfig | None, run_dir: str | Path, *, resume: 
     that need individual uploads are refused before anything runs)."""
     run_dir = Path(run_dir)
     if secagg is not None and config is not None:
-        check_method(config.federated.method)  # before the run folder or any model
+        check_run(config)  # before the run folder or any model
     config = config_of_run(config, run_dir, resume)
     if secagg is not None:
-        check_method(config.federated.method)  # a resumed run's method
+        check_run(config)  # a resumed run's method
     handler = attach_run_log(log, run_dir, quiet)
     try:
         return _serve(grid, config, run_dir, resume, min_replies, timeout, secagg)
@@ -63,7 +63,7 @@ def _serve(grid: Grid, c: RunConfig, run_dir: Path, resume: bool, min_replies: i
     text = config_json(c)
     setup = setup_for(text)
     state, kept, rows = start_state(setup, run_dir, resume, log)
-    stateful = setup.method.personalised
+    stateful = setup.method.keeps_state  # personalised methods' and SCAFFOLD's client state
     strategy = RoloraStrategy(setup.method, state, c.federated.clients, fraction=c.federated.participation,
                               seed=c.run.seed, weighting=c.federated.weighting,
                               client_sizes=[len(x) for x in setup.clients], min_replies=min_replies,
@@ -89,7 +89,7 @@ def _serve(grid: Grid, c: RunConfig, run_dir: Path, resume: bool, min_replies: i
         rec = strategy.record
         wall = time.perf_counter() - start
         carried = {"flower_upload_bytes": rec.flower_upload_bytes, "flower_download_bytes": rec.flower_download_bytes}
-        rows.append(round_row(setup.config, rec.t, rec, wall, carried))
+        rows.append(round_row(setup.config, rec.t, rec, wall, carried, state=strategy.state))
         uploaded = list(rec.results)
         pending.update(uploaded)
         if not stateful:

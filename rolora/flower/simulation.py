@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from rolora.flower.secagg import SecAggSettings, check_method, from_environment
+from rolora.flower.secagg import SecAggSettings, check_run, from_environment
 from rolora.llm.config import RunConfig
 from rolora.llm.engine import History, RunStopped
 
@@ -65,7 +65,7 @@ def check(config: RunConfig, environ: Mapping[str, str] = os.environ) -> None:
     starts: the SecAgg+ settings of ``ROLORA_FLOWER_SECAGG`` and, where SecAgg+ is on, the method
     (:func:`rolora.flower.secagg.check_method`). ValueError naming the problem."""
     if from_environment(environ) is not None:
-        check_method(config.federated.method)
+        check_run(config)
 
 
 def run(config: RunConfig | None, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
@@ -85,10 +85,10 @@ def run(config: RunConfig | None, run_dir: str | Path, *, resume: bool = False, 
     if secagg is None:
         secagg = from_environment(os.environ)
     if secagg is not None and config is not None:
-        check_method(config.federated.method)  # before the run folder
+        check_run(config)  # before the run folder
     config = config_of_run(config, run_dir, resume)  # fail before Ray starts
     if secagg is not None:
-        check_method(config.federated.method)
+        check_run(config)
     results: list[History] = []
     cpus = max(1, os.cpu_count() or 1)
     backend = {"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},

@@ -217,7 +217,7 @@ class RoloraStrategy(Strategy):
         means, dense = models_from_record(out.record, str(result["meta"]))
         [(_, mean)] = means.items()
         first = next(k for k in clients if k in active)  # any active client: its rank is every client's
-        return [ClientUpdate(first, 1.0, mean, dense=dense)]
+        return [ClientUpdate(first, 1.0, mean, dense=dense, members=tuple(k for k in clients if k in active))]
 
     def _secure_failed(self, clients: list, why: str) -> list:
         log.warning("round %d: %s; no update from clients %s", self.record.t, why, clients)

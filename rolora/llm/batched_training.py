@@ -13,8 +13,11 @@ reference beside it, and what the parity tests compare with), computed different
 - dropout: every mask as the client would have drawn it alone (:mod:`rolora.llm.client_streams`), or
   with ``train.dropout_masks = "fast"`` drawn per pass (:mod:`rolora.llm.pass_masks`: same
   distribution, not the one-by-one bits);
-- gradient clipping per client (its own norm), then ONE AdamW/SGD over every client's tensors:
-  these optimisers are elementwise, so this is exactly one optimiser per client;
+- each client's own drift correction (``start.rules.correction``: FedProx/SCAFFOLD) added to its
+  own tensors' gradients, then gradient clipping per client (its own norm), then ONE AdamW/SGD over
+  every client's tensors: these optimisers are elementwise, so this is exactly one optimiser per
+  client. DP-SGD (``rules.privacy``) needs per-sample gradients: refused here, the chooser
+  (:mod:`rolora.llm.training`) trains such rounds one by one;
 - a client whose loss turns non-finite is dropped (its tensors stop training; ``None`` result),
   the others go on. Groups of at most ``train.client_group`` clients bound the per-client state.
 """
@@ -28,6 +31,7 @@ from contextlib import ExitStack
 import numpy as np
 import torch
 
+from rolora.federated.local_rules import DENSE
 from rolora.federated.round import ClientResult, ClientStart
 from rolora.federated.seeding import derive_seed
 from rolora.llm import local_training as reference
@@ -86,6 +90,10 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float,
     c, model, t = setup.config, setup.model, starts[0].t
     seed, task = c.run.seed, c.model.task
     clients = [s.client for s in starts]
+    for start in starts:
+        if start.rules is not None:
+            start.rules.require("the client-batched trainer", privacy=False)
+    corrections = [s.rules.correction if s.rules is not None else None for s in starts]
     rows = Rows()
     if c.train.dropout_masks == "fast":
         streams = PassMasks(derive_seed(seed, "dropout-passes", t, *clients), setup.device)
@@ -97,6 +105,10 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float,
     adapted = [[p for layer in layers.values() for p in layer.trainable(slot)] for slot in range(len(starts))]
     head = [heads.trainable(slot) if heads else [] for slot in range(len(starts))]
     params = [a + h for a, h in zip(adapted, head)]
+    by_key = [{**{(name, n): p for name, layer in layers.items() for n, p in layer.params[slot].items()
+                  if p.requires_grad},
+               **({(DENSE, n): p for n, p in heads.params[slot].items()} if heads else {})}
+              for slot in range(len(starts))]  # each client's tensors as its rules key them (local_rules)
     if not params[0]:
         raise ValueError(f"round {t}: method {setup.method.name} trains nothing this round")
     optimizer = reference.make_optimizer(c, [p for ps in adapted for p in ps], lr, [p for hs in head for p in hs],
@@ -154,6 +166,8 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float,
                     for p in params[s]:
                         p.grad = None  # an optimiser skips a tensor without gradient: it stops here
                     continue
+                if corrections[s] is not None:  # its own FedProx/SCAFFOLD term, before its own clipping
+                    corrections[s].add_to(by_key[s])
                 if c.train.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params[s], c.train.max_grad_norm)
                 losses[s].append(float(step_loss[s]))
@@ -163,7 +177,8 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float,
                          num_samples=float(len(samples[s])),
                          dense=heads.read(s) if heads else {},
                          metrics={"train_loss": float(np.mean(losses[s])), "tokens": tokens[s],
-                                  "computed_tokens": computed[s], "steps": len(losses[s])})
+                                  "computed_tokens": computed[s], "steps": len(losses[s]), "lr": lr,
+                                  **({"head_lr": lr if head_lr is None else head_lr} if heads else {})})
             if alive[s] else None for s in range(len(starts))]
 
 

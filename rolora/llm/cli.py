@@ -81,6 +81,9 @@ def _parsers(engines=ENGINES) -> tuple[argparse.ArgumentParser, dict[str, argpar
     run.add_argument("--engine", choices=tuple(engines), default="embedded",
                      help="embedded (one process, default) or flower (a Flower simulation, rolora.flower)")
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run in the run folder(s)")
+    run.add_argument("--server-opt", metavar="SPEC",
+                     help="a server optimiser for every method: fedavgm | fedadam | fedyogi | fedadagrad, with "
+                          ":key=value settings (e.g. fedadam:lr=1e-2); the same as federated.server_opt=SPEC")
     export = sub.add_parser("export", help="export a run's adapter in PEFT's format",
                             description="Write the global adapter (or client K's) as a PEFT adapter folder.")
     export.add_argument("run_dir", type=Path)
@@ -318,6 +321,8 @@ def main(argv: list[str] | None = None, engines=ENGINES) -> int:
             if not args.config and not args.resume:
                 parser.error("run needs --config FILE (or --resume RUN_DIR)")
             engine = engines[args.engine]
+            if args.server_opt:
+                args.overrides = [*args.overrides, f"federated.server_opt={args.server_opt}"]
             return _resume(args, engine) if args.resume else _run(args, engine)
         return _export(args)
     except (ConfigError, FileNotFoundError, ValueError) as err:

@@ -26,6 +26,7 @@ DROPOUT_MASKS = ("exact", "fast")
 FROZEN_PREFIX = ("off", "no-dropout", "cache")  # llm/frozen_prefix.py
 EVAL_SPLITS = ("val", "test")
 WEIGHTINGS = ("samples", "uniform")
+DP_LEVELS = ("off", "client", "sample")
 
 
 class ConfigError(ValueError):
@@ -108,6 +109,10 @@ class FederatedConfig:
     reference_clients: int = 0
     """If > 0, rounds scale as 1/N: ``rounds`` at this many clients, ⌈rounds·ref/clients⌉ here."""
     weighting: str = "samples"
+    server_opt: str = ""
+    """A server optimiser on the round's pseudo-gradient: fedavgm | fedadam | fedyogi | fedadagrad, with
+    ``:key=value`` settings (``fedadam:lr=1e-2:tau=1e-3``); "" = none (the plain aggregate). Only
+    methods whose aggregate is a weighted mean take it (``rolora.federated.additions``)."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,19 @@ class TrainConfig:
     """off | no-dropout (dropout off in the embeddings and the blocks below the lowest adapted one) |
     cache (as no-dropout, and those blocks' output is computed once per training sample and reused
     every step and round: for LoRA on the top blocks only; BERT/RoBERTa; llm/frozen_prefix.py)."""
+    prox_mu: float = 0.0
+    """FedProx: each client adds prox_mu/2·‖w − w_start‖² over its trained tensors (0: off)."""
+    scaffold: bool = False
+    """SCAFFOLD control variates (option II) on the trained tensors and the head; needs a method
+    whose trained tensors are all averaged."""
+    dp: str = "off"
+    """Differential privacy: off | client (each client's update clipped to dp_clip, Gaussian noise
+    dp_noise·dp_clip on the sum; needs federated.weighting = uniform) | sample (DP-SGD in local
+    training: each sample's gradient clipped to dp_clip, noise dp_noise·dp_clip per step)."""
+    dp_clip: float = 1.0
+    dp_noise: float = 1.0
+    """The noise multiplier σ (the accountant reports the (ε, δ) it buys each round)."""
+    dp_delta: float = 1e-5
     dropout_masks: str = "exact"
     """Client batching: exact (every client's dropout masks are the bits it draws trained alone, so
     the results equal one-by-one training) | fast (each pass draws its own: the same distribution,
@@ -313,6 +331,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.frozen_prefix": FROZEN_PREFIX,
     "train.dropout_masks": DROPOUT_MASKS,
     "federated.weighting": WEIGHTINGS,
+    "train.dp": DP_LEVELS,
 }
 """Keys whose value must be one of a fixed set."""
 
@@ -360,6 +379,10 @@ RANGES: dict[str, Range] = {
     "train.warmup_rounds": AT_LEAST_0,
     "train.batch_tokens": AT_LEAST_1,
     "train.client_group": AT_LEAST_0,
+    "train.prox_mu": AT_LEAST_0,
+    "train.dp_clip": ABOVE_0,
+    "train.dp_noise": AT_LEAST_0,
+    "train.dp_delta": Range("in (0, 1)", lambda v: 0 < v < 1),
     "run.seed": AT_LEAST_0,
     "run.eval_every": AT_LEAST_1,
     "run.eval_batch_size": AT_LEAST_1,
@@ -401,12 +424,35 @@ def check(c: RunConfig) -> None:
     if c.train.optimizer == "galore" and _method_name(c.federated.method) != "fedavg-full":
         _fail("train.optimizer", f"galore trains full-rank updates: needs federated.method fedavg-full, "
                                  f"got {c.federated.method!r} (LoRA methods use adamw or sgd)")
+    _check_additions(c)
     splits = c.run.eval_splits
     if not splits or any(s not in EVAL_SPLITS for s in splits) or len(set(splits)) < len(splits):
         _fail("run.eval_splits", f"must be a non-empty list of distinct names from {', '.join(EVAL_SPLITS)}, "
                                  f"got {splits}")
     if list(splits) == ["val"] and c.data.val_size == 0:
         _fail("run.eval_splits", "is ['val'] but data.val_size = 0: there is no validation split")
+
+
+def _check_additions(c: RunConfig) -> None:
+    """The server optimiser, drift correction and DP settings, and whether the method takes them."""
+    if not (c.federated.server_opt or c.train.prox_mu or c.train.scaffold or c.train.dp != "off"):
+        return
+    from rolora.federated.server_opt import parse_server_optimizer  # torch, as for the method name
+    from rolora.llm.run_method import additions_of, run_method
+
+    if c.federated.server_opt:
+        try:
+            parse_server_optimizer(c.federated.server_opt)
+        except ValueError as err:
+            _fail("federated.server_opt", str(err))
+    try:
+        additions_of(c)
+    except ValueError as err:
+        _fail("train.dp" if c.train.dp != "off" else "train.scaffold", str(err))
+    try:
+        run_method(c)
+    except ValueError as err:
+        _fail("federated.weighting" if "weighting" in str(err) else "federated.method", str(err))
 
 
 def diff(a: RunConfig, b: RunConfig) -> list[str]:

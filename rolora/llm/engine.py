@@ -174,7 +174,7 @@ def _run(config: RunConfig, run_dir: Path, resume: bool, quiet: bool, setup: Run
                                  "change the config (e.g. a smaller train.lr) and start again, or resume") from err
             wall = time.perf_counter() - start
             state, kept = result.state, result.kept
-            rows.append(round_row(setup.config, t, result, wall))
+            rows.append(round_row(setup.config, t, result, wall, state=result.state))
             if result.dropped:
                 log.warning("round %d: dropped clients %s (non-finite loss)", t, result.dropped)
             if t % c.run.eval_every == 0 or t == total:
@@ -183,7 +183,7 @@ def _run(config: RunConfig, run_dir: Path, resume: bool, quiet: bool, setup: Run
             if t % max(1, c.run.checkpoint_every) == 0 or t == total:
                 save_checkpoint(run_dir, state, kept, rows)
             rounds_bar.update(1)
-            rounds_bar.set_postfix({k: f"{rows[-1][k]:.4g}" for k in ("train_loss", "val_accuracy", "test_accuracy")
+            rounds_bar.set_postfix({k: f"{rows[-1][k]:.4g}" for k in ("train_loss", "val_accuracy", "test_accuracy", "dp_epsilon")
                                     if rows[-1].get(k) is not None})
             log.info("round %d: %s", t, {k: v for k, v in rows[-1].items() if k not in ("round", "layers")})
     finally:

@@ -6,6 +6,13 @@ round (``ClientStart.trainable``) plus the classification head, runs ``local_ste
 independent of history: the batch order and every dropout mask of client k in round t come from
 seeds derived from (run seed, t, k), so a resumed run replays exactly the same steps.
 
+The round protocol's :class:`~rolora.federated.local_rules.LocalRules` (``start.rules``) are
+honoured here: a drift correction (FedProx/SCAFFOLD) is added to the gradients after backward and
+before clipping; DP-SGD computes each sample's gradient with its own forward/backward pass (the
+obviously correct way: :func:`private_gradients`), clips, sums and noises them
+(:func:`rolora.federated.privacy.privatise_batch`). Metrics report ``steps`` and ``lr`` (and
+``head_lr`` when the head trains), which SCAFFOLD's control-variate update needs.
+
 This module is the reference: :func:`sequential_training` trains the participants one after another
 through :func:`train_client`. :mod:`rolora.llm.batched_training` trains them together (the same
 results), and :func:`rolora.llm.training.local_training` picks one of the two for a run.
@@ -20,9 +27,12 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from rolora.federated.local_rules import DENSE, Key, SamplePrivacy
+from rolora.federated.privacy import privatise_batch
 from rolora.federated.round import ClientResult, ClientStart
 from rolora.federated.seeding import derive_seed
-from rolora.llm.adapters import load_head, load_tensors, read_head, read_tensors
+from rolora.llm.adapter_layer import FederatedLinear
+from rolora.llm.adapters import head_parameters, load_head, load_tensors, read_head, read_tensors
 from rolora.llm.prepare import RunSetup
 from rolora.llm.tasks import batch, loss
 
@@ -103,9 +113,47 @@ def _head_apart(groups: list[dict], head: list, head_lr: float) -> list[dict]:
     return out
 
 
+def trained_by_key(adapters: dict[str, FederatedLinear], model: torch.nn.Module,
+                   train_head: bool) -> dict[Key, torch.nn.Parameter]:
+    """The loaded client's trainable tensors as the round protocol keys them (``local_rules``):
+    ``(layer, name)`` for an adapter tensor, ``(DENSE, "classifier.weight")`` etc. for the head."""
+    out = {(layer, name): p for layer, module in adapters.items() for name, p in module.tensors.items()
+           if p.requires_grad}
+    if train_head:
+        out.update({(DENSE, name): p for name, p in head_parameters(model).items()})
+    return out
+
+
+def private_gradients(setup: RunSetup, rows, params: dict[Key, torch.nn.Parameter], privacy: SamplePrivacy,
+                      generator: torch.Generator) -> tuple[torch.Tensor, dict[str, int]]:
+    """DP-SGD's gradient of one step, put in ``p.grad``: every sample's gradient from its own
+    forward/backward pass (the reference way; each sample draws its own dropout masks), clipped,
+    summed, noised and divided by the batch size. Returns the batch's mean loss (not finite: the
+    gradients are not set) and the step's token counts."""
+    c, model = setup.config, setup.model
+    per_sample, losses, tokens, computed = [], [], 0, 0
+    for row in rows:
+        tensors = {name: x.to(setup.device) for name, x in batch(setup.train, [row]).items()}
+        value = loss(model, tensors, c.model.task).sum()
+        losses.append(value.detach())
+        if not bool(torch.isfinite(value)):
+            return value.detach(), {}
+        for p in params.values():
+            p.grad = None
+        value.backward()
+        per_sample.append({key: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+                           for key, p in params.items()})
+        tokens += int(tensors["attention_mask"].sum())
+        computed += tensors["attention_mask"].numel()
+    grads = privatise_batch(per_sample, privacy.clip, privacy.noise, generator)
+    for key, p in params.items():
+        p.grad = grads[key]
+    return torch.stack(losses).mean(), {"tokens": tokens, "computed": computed}
+
+
 def train_client(setup: RunSetup, start: ClientStart, lr: float, head_lr: float | None = None) -> ClientResult | None:
-    """One client's local training from ``start`` (the head at ``head_lr``, default ``lr``); None if
-    its loss turns non-finite (it is dropped)."""
+    """One client's local training from ``start`` (the head at ``head_lr``, default ``lr``), under
+    ``start.rules`` if any; None if its loss turns non-finite (it is dropped)."""
     c, k, t = setup.config, start.client, start.t
     model = setup.model
     adapted = load_tensors(setup.adapters, start.tensors, start.trainable, setup.method, c.lora.alpha)
@@ -113,6 +161,9 @@ def train_client(setup: RunSetup, start: ClientStart, lr: float, head_lr: float 
     params = adapted + head
     if not params:
         raise ValueError(f"round {t}, client {k}: method {setup.method.name} trains nothing this round")
+    by_key = trained_by_key(setup.adapters, model, setup.train_head)
+    correction = start.rules.correction if start.rules is not None else None
+    privacy = start.rules.privacy if start.rules is not None else None
     optimizer = make_optimizer(c, adapted, lr, head, head_lr)
     samples = setup.clients[k]
     torch.manual_seed(derive_seed(c.run.seed, "dropout", t, k))  # dropout masks: LoRA's and the model's
@@ -120,27 +171,41 @@ def train_client(setup: RunSetup, start: ClientStart, lr: float, head_lr: float 
     losses, tokens, computed, steps = [], 0, 0, 0
     for positions in batch_order(len(samples), c.train.batch_size, c.train.local_steps, c.train.local_epochs,
                                  derive_seed(c.run.seed, "batches", t, k)):
-        tensors = {name: x.to(setup.device) for name, x in batch(setup.train, samples[positions]).items()}
-        value = loss(model, tensors, c.model.task).mean()
+        optimizer.zero_grad(set_to_none=True)
+        if privacy is None:
+            tensors = {name: x.to(setup.device) for name, x in batch(setup.train, samples[positions]).items()}
+            value = loss(model, tensors, c.model.task).mean()
+            counts = {"tokens": int(tensors["attention_mask"].sum()), "computed": tensors["attention_mask"].numel()}
+            if bool(torch.isfinite(value)):
+                value.backward()
+        else:  # step j of client k draws its noise from privacy.generator(t, k, j), j = 0, 1, ...
+            value, counts = private_gradients(setup, samples[positions], by_key, privacy,
+                                              privacy.generator(t, k, steps))
         if not bool(torch.isfinite(value)):
             log.warning("round %d: client %s dropped, its loss is %s at local step %d", t, k, value.item(), steps + 1)
             model.eval()
             return None
-        optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        if c.train.max_grad_norm > 0:
+        if correction is not None:  # FedProx / SCAFFOLD: part of the gradient, so before clipping
+            correction.add_to(by_key)
+        # Under DP-SGD each sample's gradient is already clipped (privatise_batch): clipping the
+        # noisy mean again would change the noise's calibration, so max_grad_norm is skipped.
+        if c.train.max_grad_norm > 0 and privacy is None:
             torch.nn.utils.clip_grad_norm_(params, c.train.max_grad_norm)
         optimizer.step()
         losses.append(value.item())
-        tokens += int(tensors["attention_mask"].sum())
-        computed += tensors["attention_mask"].numel()
+        tokens += counts["tokens"]
+        computed += counts["computed"]
         steps += 1
     model.eval()
+    metrics = {"train_loss": float(np.mean(losses)), "tokens": tokens, "computed_tokens": computed, "steps": steps,
+               "lr": lr}
+    if head:
+        metrics["head_lr"] = lr if head_lr is None else head_lr
     return ClientResult(
         tensors=read_tensors(setup.adapters),
         num_samples=float(len(samples)),
         dense=read_head(model) if setup.train_head else {},
-        metrics={"train_loss": float(np.mean(losses)), "tokens": tokens, "computed_tokens": computed, "steps": steps},
+        metrics=metrics,
     )
 
 

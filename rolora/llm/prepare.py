@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rolora.federated import GlobalState, Method, method_from_spec
+from rolora.federated import GlobalState, Method
+from rolora.llm.run_method import run_method
 from rolora.llm.adapter_layer import FederatedLinear
 from rolora.llm.adapters import Targets, attach, layer_specs, read_head
 from rolora.llm.base_dtype import DtypeChoice, choose_dtype
@@ -139,7 +140,6 @@ def build(config: RunConfig, quiet: bool = True) -> RunSetup:
     device = resolve_device(c.model.device)
     if device.type == "cpu":
         limit_matmul_cache()
-    method = method_from_spec(c.federated.method, total_rounds=c.total_rounds)
     base_dtype = choose_dtype(c.model.dtype, device)
     log.info("frozen base in %s (%s); OpenMP waits: %s", base_dtype.name, base_dtype.reason, passive_waits())
     train_ds, test_ds, parts, labels = prepare_data(c)
@@ -171,6 +171,7 @@ def build(config: RunConfig, quiet: bool = True) -> RunSetup:
                 prefix_cache = PrefixCache(model, train, first, c.run.eval_batch_size)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    method = run_method(c, {k: float(len(p)) for k, p in enumerate(parts)})
     return RunSetup(config=c, method=method, model=model, tokenizer=tokenizer, adapters=adapters, train=train,
                     test=test, clients=[np.asarray(p, dtype=np.int64) for p in parts], label_names=labels,
                     device=device, ranks=client_ranks(c), initial_head={k: x.cpu() for k, x in read_head(model).items()},  # the server state lives on the CPU
@@ -185,8 +186,8 @@ def for_method(setup: RunSetup, config: RunConfig) -> RunSetup | None:
     mine["federated"].pop("method"), theirs["federated"].pop("method")
     if mine != theirs:
         return None
-    return dataclasses.replace(setup, config=config,
-                               method=method_from_spec(config.federated.method, total_rounds=config.total_rounds))
+    sizes = {k: float(len(p)) for k, p in enumerate(setup.clients)}
+    return dataclasses.replace(setup, config=config, method=run_method(config, sizes))
 
 
 @contextmanager

@@ -7,7 +7,7 @@ from rolora.federated.diagnostics import summary
 from rolora.llm.local_training import learning_rate
 
 
-def round_row(config, t: int, outcome, wall: float, transport: dict | None = None) -> dict:
+def round_row(config, t: int, outcome, wall: float, transport: dict | None = None, state=None) -> dict:
     """Round ``t``'s row from ``outcome`` (anything with ``results``, ``participants``, ``dropped``,
     ``communication`` and ``diagnostics``: the core's RoundResult, Flower's RoundRecord) and its
     ``wall`` seconds. ``product_gap`` / ``client_drift`` are the means over layers of the round's
@@ -36,6 +36,15 @@ def round_row(config, t: int, outcome, wall: float, transport: dict | None = Non
         "tokens": tokens,
         "tokens_per_s": tokens / wall if wall > 0 else None,
         **summary(outcome.diagnostics),
+        **privacy_spent(state),
         "layers": {name: {"gap": d.gap, "drift": d.drift, "update_norm": d.update_norm}
                    for name, d in outcome.diagnostics.items()},
     }
+
+
+def privacy_spent(state) -> dict:
+    """``dp_epsilon`` / ``dp_delta`` of the state's accountant (``{}`` without differential privacy)."""
+    spent = {} if state is None else state.extras.get("privacy")
+    if not spent:
+        return {}
+    return {"dp_epsilon": spent["epsilon"], "dp_delta": spent["delta"]}

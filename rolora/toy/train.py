@@ -13,6 +13,12 @@ Evaluation (after round 0, i.e. the init, and after every round):
   by their training-sample counts. For label-disjoint splits this is the client's accuracy on its own
   labels; for IID splits it is close to plain test accuracy.
 
+Local training honours the round protocol's :class:`~rolora.federated.local_rules.LocalRules`
+(``start.rules``): a drift correction (FedProx/SCAFFOLD, keys ``(LAYER, name)``) is added to the
+gradients after backward; DP-SGD computes every sample's gradient with its own forward/backward
+(the obviously correct reference) and combines them with
+:func:`rolora.federated.privacy.privatise_batch`. Results report ``lr`` and ``steps``.
+
 Reproducible: every random draw (batch order, participants, subsample, W_out, B₀) comes from an
 explicit generator seeded by (seed, round, client); no global RNG is touched. Same config, seed and
 torch thread count give bit-identical numbers on CPU (the test checks two runs for equality).
@@ -23,12 +29,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from rolora.federated.api import Method
+from rolora.federated.local_rules import Key, LocalRules
+from rolora.federated.privacy import privatise_batch
 from rolora.federated.partition import subsample
 from rolora.federated.registry import method_from_spec
 from rolora.federated.round import ClientResult, ClientStart, next_model, one_by_one, run_round
@@ -138,12 +148,19 @@ def derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+def local_steps(n: int, cfg: ToyConfig) -> int:
+    """Optimiser steps :func:`local_train` takes on ``n`` samples: ``local_epochs`` passes of ⌈n / batch⌉."""
+    return cfg.local_epochs * math.ceil(n / cfg.batch_size)
+
+
 def local_train(method: Method, local: Mapping[str, Mapping[str, Tensor]], trainable: frozenset[str], x: Tensor,
-                y: Tensor, cfg: ToyConfig, w_out: Tensor, gen: torch.Generator) -> tuple[dict, float]:
+                y: Tensor, cfg: ToyConfig, w_out: Tensor, gen: torch.Generator, rules: LocalRules | None = None,
+                t: int = 0, client: object = 0) -> tuple[dict, float]:
     """Train the ``trainable`` tensors of ``local`` on (x, y); return (new tensors, mean batch loss).
 
     A fresh optimiser each call (clients keep no optimiser state). Tensors not in ``trainable`` are
-    frozen. The inputs are not modified.
+    frozen. The inputs are not modified. ``rules`` (round ``t``, ``client``): a drift correction
+    added to every step's gradient, and/or DP-SGD (step j's noise from ``privacy.generator(t, client, j)``).
     """
     tensors = {
         layer: {k: v.detach().clone().requires_grad_(k in trainable) for k, v in ts.items()}
@@ -153,17 +170,45 @@ def local_train(method: Method, local: Mapping[str, Mapping[str, Tensor]], train
     if not params:
         raise ValueError(f"method {method.name} trains nothing ({sorted(trainable)}) in this round")
     opt = make_optimizer(cfg, tensors, method)
+    by_key = {(layer, k): v for layer, ts in tensors.items() for k, v in ts.items() if v.requires_grad}
+    correction = rules.correction if rules is not None else None
+    privacy = rules.privacy if rules is not None else None
     n, losses = x.shape[0], []
     for _ in range(cfg.local_epochs):
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
-            loss = F.cross_entropy(logits(x[idx], tensors[LAYER], method, cfg.alpha, w_out, cfg.model), y[idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if privacy is None:
+                loss = F.cross_entropy(logits(x[idx], tensors[LAYER], method, cfg.alpha, w_out, cfg.model), y[idx])
+                loss.backward()
+            else:
+                per_sample, loss = sample_gradients(method, tensors, by_key, x[idx], y[idx], cfg, w_out)
+                grads = privatise_batch(per_sample, privacy.clip, privacy.noise,
+                                        privacy.generator(t, client, len(losses)))
+                for key, p in by_key.items():
+                    p.grad = grads[key]
+            if correction is not None:  # FedProx / SCAFFOLD: an extra gradient term
+                correction.add_to(by_key)
             opt.step()
             losses.append(loss.item())
     return {layer: {k: v.detach() for k, v in ts.items()} for layer, ts in tensors.items()}, float(np.mean(losses))
+
+
+def sample_gradients(method: Method, tensors: Mapping[str, Mapping[str, Tensor]], by_key: Mapping[Key, Tensor],
+                     x: Tensor, y: Tensor, cfg: ToyConfig, w_out: Tensor) -> tuple[list[dict[Key, Tensor]], Tensor]:
+    """Each sample's gradient of its own loss (one forward/backward per sample: slow, obviously
+    correct, and valid for every method's delta), and the batch's mean loss."""
+    grads, losses = [], []
+    for i in range(x.shape[0]):
+        loss = F.cross_entropy(logits(x[i:i + 1], tensors[LAYER], method, cfg.alpha, w_out, cfg.model), y[i:i + 1])
+        for p in by_key.values():
+            p.grad = None
+        loss.backward()
+        grads.append({key: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+                      for key, p in by_key.items()})
+        losses.append(loss.detach())
+    return grads, torch.stack(losses).mean()
 
 
 def make_optimizer(cfg: ToyConfig, tensors: Mapping[str, Mapping[str, Tensor]], method: Method) -> torch.optim.Optimizer:
@@ -257,8 +302,10 @@ def run_federated(cfg: ToyConfig, data: Mnist, on_round: Callable[[int], None] |
     def train_client(t: int, start: ClientStart) -> ClientResult:
         k = start.client
         gen = torch.Generator().manual_seed(derived_seed(cfg.seed, t, k, 2))
-        tensors, loss = local_train(method, start.tensors, start.trainable, xs[k], ys[k], cfg, w_out, gen)
-        return ClientResult(tensors=tensors, num_samples=sizes[k], metrics={"loss": loss})
+        tensors, loss = local_train(method, start.tensors, start.trainable, xs[k], ys[k], cfg, w_out, gen,
+                                    rules=start.rules, t=t, client=k)
+        return ClientResult(tensors=tensors, num_samples=sizes[k],
+                            metrics={"loss": loss, "lr": cfg.lr, "steps": local_steps(sizes[k], cfg)})
 
     record(0, list(range(len(parts))), float("nan"))
     for t in range(1, cfg.rounds + 1):

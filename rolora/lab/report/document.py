@@ -11,6 +11,8 @@ import os
 import statistics
 from pathlib import Path
 
+from rolora.lab.report.additions_section import SWEEPS as ADDITION_SWEEPS
+from rolora.lab.report.additions_section import additions_section
 from rolora.lab.report.claim_list import all_claims
 from rolora.lab.report.claims import ClaimRow, summary_table
 from rolora.lab.report.csv_files import number, read_rows
@@ -51,6 +53,8 @@ def commands(toy_csv: Path, claims: list[SweepClaim]) -> str:
         f"for s in {sweeps}; do rolora sweep $s --jobs 2; done",
         "# in a fresh clone, only what the committed CSVs lack (no lr phase or seed run twice):",
         f"for s in {sweeps}; do rolora sweep $s --jobs 2 --recorded docs/reproduction; done",
+        "# the additions' sweeps (docs/additions.md; DP-SGD trains clients one by one, so one job at a time):",
+        f"for s in {' '.join(ADDITION_SWEEPS)}; do rolora sweep $s --jobs 1; done",
         "rolora report                  # every source into docs/reproduction/*.csv, then docs/reproduction.md + figures",
         "rolora report --from-csv       # the same report from the committed CSVs alone (no run folders needed)",
         "```", "",
@@ -177,7 +181,7 @@ def render(data_dir: Path, out_path: Path, toy_csv: Path, specs_dir: Path = SPEC
         toy,
         "## Language models (Section 5)", "",
         lr_choices(read_rows(data_dir / "lm-lr-choice.csv")),
-        lm, gap_section(sweeps, ledger), galore,
+        lm, gap_section(sweeps, ledger), additions_section(sweeps, specs, ledger), galore,
         lr_curves_section(read_rows(data_dir / "lm-lr-curves.csv"), cells),
         commands(Path(toy_csv), claims),
     ]

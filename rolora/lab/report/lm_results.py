@@ -33,6 +33,9 @@ class Group:
     gaps: list[tuple[float | None, float | None, int | None]] = field(default_factory=list)
     """Each finished seed's (mean product gap, mean client drift, rounds that logged them); rounds None:
     the cell predates the gap logging."""
+    privacy: list[tuple[float | None, float | None]] = field(default_factory=list)
+    """Each finished seed's (final ε, δ) of differential privacy, in the order of ``seeds``: (None, None)
+    for a run without DP or a row extracted before ε was recorded; ε ``inf``: DP without noise."""
 
     def accuracy(self) -> OverSeeds:
         ordered = sorted(self.seeds)
@@ -107,6 +110,7 @@ def group_cells(rows: list[dict[str, str]], configs: dict[str, Any] | None = Non
             rounds = number(row.get("gap_rounds"))
             group.gaps.append((number(row.get("mean_product_gap")), number(row.get("mean_client_drift")),
                                None if rounds is None else int(rounds)))
+            group.privacy.append((number(row.get("final_dp_epsilon")), number(row.get("dp_delta"))))
         else:
             group.unfinished[row["status"] if row["status"] != "done" else "done without a test score"] += 1
     return out

@@ -99,8 +99,10 @@ DEPARTURES = (
 SAMPLES = DEPARTURES[4]
 
 CONTROLLED = ("model.name", "model.task", "data.partition", "data.dirichlet_alpha", "lora.rank",
-              "lora.targets", "lora.layers", "federated.clients", "federated.participation", "train.optimizer")
-"""Config keys two settings share in a controlled comparison, beside every other departure's value."""
+              "lora.targets", "lora.layers", "federated.clients", "federated.participation", "train.optimizer",
+              "train.dp", "train.dp_noise", "train.dp_clip", "federated.server_opt", "train.prox_mu", "train.scaffold")
+"""Config keys two settings share in a controlled comparison, beside every other departure's value (the
+additions among them: a DP-SGD or server-optimiser run is compared with runs that have the same)."""
 NOT_COMPARED = ("run.", "train.lr", "federated.method")
 """Keys whose differences are not a difference of regime (seeds, evaluation, the method and its chosen lr)."""
 PART_OF_DEPARTURES = ("lora.train_head", "train.head_lr", "lora.alpha", "lora.rank", "lora.dropout", "model.max_length",

@@ -57,7 +57,8 @@ def merge_sweep(found: list[Rows], committed: list[Rows]) -> tuple[list[Rows], s
 
 
 RESULTS = ("rounds_logged", "final_round", "final_test_accuracy", "final_test_loss", "wall_s", "upload_bytes",
-           "train_samples", "device", "test_majority", "mean_product_gap", "mean_client_drift", "gap_rounds")
+           "train_samples", "device", "test_majority", "mean_product_gap", "mean_client_drift", "gap_rounds",
+           "final_dp_epsilon", "dp_delta")
 """A cell row's results (the rest names the cell: sweep, id, labels, setting)."""
 
 

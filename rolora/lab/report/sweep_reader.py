@@ -27,7 +27,7 @@ SWEEP_FIELDS = ("sweep", "folder", "cells", *COUNTED, "setup", "spec")
 CELL_FIELDS = ("sweep", "cell", "experiment", "method", "seed", "lr", "phase", "status", "setting", "axes",
                "rounds_logged", "final_round", "final_test_accuracy", "final_test_loss", "wall_s",
                "upload_bytes", "train_samples", "device", "test_majority", "copied_from", "mean_product_gap",
-               "mean_client_drift", "gap_rounds")
+               "mean_client_drift", "gap_rounds", "final_dp_epsilon", "dp_delta")
 CURVE_FIELDS = ("sweep", "cell", "method", "seed", "phase", "status", "setting", "round", "test_accuracy",
                 "test_loss", "upload_per_client")
 LR_FIELDS = ("sweep", "method", "metric", "chosen", "grid", "scores")
@@ -36,10 +36,13 @@ LR_CURVE_FIELDS = ("sweep", "cell", "method", "seed", "phase", "status", "settin
 NOT_AXES = {"experiment", "method", "seed", "lr"}
 SETUP_KEYS = ("model.name", "model.max_length", "model.dtype", "data.dataset", "data.partition", "data.test_size",
               "lora.rank", "lora.targets", "lora.layers", "lora.dropout", "train.optimizer", "train.local_steps", "train.batch_size",
-              "federated.clients")
+              "train.dp", "federated.clients", "federated.server_opt")
 """Config keys whose values (over a sweep's main cells) describe its setting in the report."""
-EMPTY_MEANS = {"lora.targets": "default", "lora.layers": "all"}
-"""What an empty list means for a key; named only where the key varies within a sweep (else left out)."""
+EMPTY_MEANS = {"lora.targets": "default", "lora.layers": "all", "train.dp": "off", "federated.server_opt": "none"}
+"""What an empty value (an empty list or string, or the OFF value) means for a key; named only where the key
+varies within a sweep (else left out)."""
+OFF = {"train.dp": "off"}
+"""A key's value that says the feature is not used: left out like an empty one (every sweep before it has it)."""
 FIXED_LR = "fixed in the spec"
 """An lr row's ``metric`` for a method whose spec gives its lr (no selection in this sweep)."""
 SHORT = {"clients": "n", "rank": "r"}
@@ -102,6 +105,17 @@ def gap_means(metrics: list[dict[str, Any]]) -> tuple[float | None, float | None
             len(gaps))
 
 
+def final_privacy(metrics: list[dict[str, Any]]) -> tuple[float | None, float | None]:
+    """(ε, δ) of the last round that accounted for privacy; (None, None) for a run without differential privacy
+    (no row has the key). A logged ε of None means no noise, no guarantee: ``math.inf`` here, which the CSV
+    keeps apart from the empty cell of a run without DP."""
+    spent = [r for r in metrics if "dp_epsilon" in r]
+    if not spent:
+        return None, None
+    epsilon, delta = spent[-1]["dp_epsilon"], spent[-1].get("dp_delta")
+    return (math.inf if epsilon is None else float(epsilon)), (None if delta is None else float(delta))
+
+
 def _copied_from(run_dir: Path) -> str:
     """The run folder a sweep copied this cell from (a sibling sweep's run of the same config), or ""."""
     path = run_dir / COPIED_FROM
@@ -135,9 +149,11 @@ def setup_text(configs: list[dict[str, Any]]) -> str:
             value = c.get(section, {}).get(name)
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
-            if value not in (None, "") and value not in values:
+            if key in OFF and value == OFF[key]:
+                value = ""
+            if value is not None and value not in values:
                 values.append(value)
-        named = [v for v in values if v != []]
+        named = [v for v in values if v not in ([], "")]
         if not named:
             continue  # every cell at the default: nothing to tell apart
         if len(named) < len(values) and key in EMPTY_MEANS:
@@ -182,6 +198,7 @@ def cell_rows(sweep: str, folder: Path, cell: dict[str, Any], shorts: dict[str, 
                               test_loss=row.get("test_loss"), upload_per_client=uploaded))
     last = curve[-1] if curve else {}
     gap, drift, gap_rounds = gap_means(metrics)
+    epsilon, delta = final_privacy(metrics)
     result = dict(common, experiment=labels.get("experiment", sweep), lr=labels.get("lr", ""),
                   axes=json.dumps(axes, sort_keys=True),
                   rounds_logged=max((r["round"] for r in metrics), default=0),
@@ -192,7 +209,8 @@ def cell_rows(sweep: str, folder: Path, cell: dict[str, Any], shorts: dict[str, 
                   train_samples=sum((r.get("participants") or 0) * steps * batch for r in metrics),
                   device=_device(run_dir), test_majority=majority(config) if majority and config else None,
                   copied_from=_copied_from(run_dir) or cell.get("from", ""),
-                  mean_product_gap=gap, mean_client_drift=drift, gap_rounds=gap_rounds)
+                  mean_product_gap=gap, mean_client_drift=drift, gap_rounds=gap_rounds,
+                  final_dp_epsilon=epsilon, dp_delta=delta)
     if not config and cell.get("status") == RECORDED:  # for the setting line only; its results come from the twin
         config = _borrowed_config(spec, cell)
     return result, curve, validation_rows(result, metrics, config), config
