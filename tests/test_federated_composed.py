@@ -290,3 +290,36 @@ def test_resume_is_bit_exact_with_every_addition():
         for layer in whole_kept[k]:
             for n, x in whole_kept[k][layer].items():
                 assert torch.equal(resumed_kept[k][layer][n], x)
+
+
+# ----------------------------------------------------------------------------- every method, every addition
+ADDITIONS = {
+    "fedadam": Additions(server_opt=ServerOptimizer("fedadam", lr=0.01)),
+    "fedprox": Additions(prox_mu=0.1),
+    "scaffold": Additions(scaffold=True, clients=N),
+    "dp-client": Additions(dp="client", dp_clip=0.5, dp_noise=0.5, clients=N),
+    "dp-sample": Additions(dp="sample", dp_clip=0.5, dp_noise=0.5, batch_size=4, local_steps=STEPS),
+}
+
+
+@pytest.mark.parametrize("addition", ADDITIONS)
+@pytest.mark.parametrize("name", sorted(__import__("rolora.federated", fromlist=["METHODS"]).METHODS))
+def test_every_method_takes_or_refuses_every_addition(name, addition):
+    from rolora.federated.additions import refusal
+
+    method, a = get_method(name), ADDITIONS[addition]
+    why = refusal(method, a, "uniform")
+    if why is not None:
+        with pytest.raises(AggregationError) as err:
+            compose(method, a, "uniform")
+        assert name in str(err.value)
+        return
+    composed = compose(method, a, "uniform")
+    ranks = {None: 3} if not method.mixes_ranks else {None: 3, 1: 2}
+    state = composed.init(SPECS, ranks, 6.0, 0, dtype=torch.float64, dense={"head": torch.zeros(2, 5, dtype=torch.float64)})
+    state, kept = play(composed, 2, weighting="uniform", state=state)
+    assert state.round == 2
+    if a.dp != "off":
+        assert state.extras["privacy"]["epsilon"] > 0
+    flat, meta = state_to_flat(state)
+    assert state_to_flat(state_from_flat(flat, meta))[1] == meta

@@ -10,7 +10,7 @@ import pytest
 from rolora.llm.config import CHOICES, RANGES, ConfigError, RunConfig, load_config
 
 CHOICE_KEYS = {"model.task", "model.dtype", "data.partition", "train.optimizer", "train.schedule",
-               "train.client_batching", "train.frozen_prefix", "train.dropout_masks", "federated.weighting"}
+               "train.client_batching", "train.frozen_prefix", "train.dropout_masks", "federated.weighting", "train.dp"}
 
 # key, a value outside its range, what the error says is allowed (written out here, not read from the tables)
 OUT_OF_RANGE = [
@@ -28,6 +28,8 @@ OUT_OF_RANGE = [
     ("data.dirichlet_alpha", "0", "> 0"), ("data.test_size", "0", "> 0 (a count or a fraction)"),
     ("lora.dropout", "1.0", "in [0, 1)"), ("lora.dropout", "-0.1", "in [0, 1)"),
     ("federated.participation", "0", "in (0, 1]"), ("federated.participation", "1.5", "in (0, 1]"),
+    ("train.prox_mu", "-0.1", "≥ 0"), ("train.dp_clip", "0", "> 0"), ("train.dp_noise", "-1", "≥ 0"),
+    ("train.dp_delta", "0", "in (0, 1)"), ("train.dp_delta", "1", "in (0, 1)"),
 ]
 
 
@@ -56,7 +58,8 @@ def test_a_value_outside_the_choices_names_the_key_the_value_and_the_choices(key
 @pytest.mark.parametrize("key", sorted(CHOICE_KEYS))
 def test_every_choice_is_accepted(key):
     for choice in CHOICES[key]:
-        needs = ["federated.method=fedavg-full"] if choice == "galore" else []  # galore: full-rank methods only
+        needs = {"galore": ["federated.method=fedavg-full"],  # galore: full-rank methods only
+                 "client": ["federated.weighting=uniform"]}.get(choice, [])  # client-level DP: uniform weights
         assert _value(load_config(None, [f"{key}={choice}", *needs]), key) == choice
 
 

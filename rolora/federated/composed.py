@@ -122,7 +122,7 @@ class Composed(Method):
         if not self.additions.scaffold:
             return state
         names = self._ctl_names()
-        layers = {layer: {**named, **{CTL + n: torch.zeros_like(named[n]) for n in names if n in named}}
+        layers = {layer: {**named, **{CTL + n: torch.zeros_like(named[n]) for n in sorted(names) if n in named}}
                   for layer, named in state.layers.items()}
         if state.dense:  # the dense tensors' control variates sit in a pseudo-layer (state.dense stays plain)
             layers[DENSE] = {CTL + n: torch.zeros_like(x) for n, x in state.dense.items()}

@@ -255,13 +255,25 @@ def _run(args, engine: Engine) -> int:
     return 0
 
 
+def _epsilon_text(eps) -> str:
+    return "ε = ∞ (no noise)" if eps is None else f"ε = {eps:.3g}"
+
+
 def _summary(config: RunConfig, results: list, out: Path | None) -> str:
     """What the table's accuracies are measured against: the majority class and the test set's own
     standard error; with several methods, one figure of their test accuracy per round (its path)."""
     from rolora.llm.prepare import split_data, test_majority
     from rolora.llm.run_folder import plot_methods
 
+    from rolora.llm.run_method import additions_of
+
     lines = []
+    added = additions_of(config)
+    if not added.empty:
+        lines.append(f"every method with {added.describe()}")
+    if added.dp != "off":
+        spent = ", ".join(f"{name} {_epsilon_text(h.last('dp_epsilon'))}" for name, h in results)
+        lines.append(f"privacy spent (ε at δ = {added.dp_delta:g}, Opacus RDP accountant): {spent}")
     floor = test_majority(config)
     if floor is not None and any(h.last("test_accuracy") is not None for _, h in results):
         n = len(split_data(config)[2])
