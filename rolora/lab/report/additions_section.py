@@ -136,7 +136,9 @@ def privacy_regime(configs: list[Any]) -> str:
 def privacy_part(sweep: SweepResults | None, spec: SweepSpec | None = None, ledger: Ledger | None = None) -> str:
     configs = _configs(sweep, spec)
     out = ["#### Accuracy against ε (DP-SGD, sample level)", ""]
-    out += [f"Regime: {privacy_regime(configs)}.", ""] if configs else []
+    out += [f"Regime: {privacy_regime(configs)}. How the levels were chosen (and changed once, after the "
+            "first seed, the same for every method) is in the spec's header, `rolora/lab/specs/privacy.toml`.",
+            ""] if configs else []
     if sweep is None:
         return "\n".join(out + [not_run(PRIVACY), ""])
     levels = sorted(sweep.settings(), key=lambda s: _noise(sweep, s))  # stable: by name where the noise ties
