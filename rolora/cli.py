@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # `rolora bench <name>` -> module (all in the lab: rolora/lab/bench)
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "aggregate": ("rolora.lab.bench.aggregate", "server-side time, memory and bytes per method"),
+    "compile": ("rolora.lab.bench.compiled_pass", "one client-batched pass: torch.compile (inductor) against eager"),
     "eval": ("rolora.lab.bench.decoder_eval", "decoder label-word scoring: one pass for one-token words against the reference"),
     "flower": ("rolora.lab.bench.flower", "the Flower simulation engine against the embedded one, and Flower's bytes per method"),
     "kernels": ("rolora.lab.bench.kernels", "fused LoRA linear against PEFT, addmm and the frozen floor"),

@@ -11,53 +11,21 @@ Not covered yet: dropout masks (``ClientStreams`` / ``PassMasks``) and the step'
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-
 import pytest
 import torch
 
-from rolora.federated.round import client_starts
+from rolora.lab.bench.compiled_pass import ClientBatchedPass
 from rolora.llm.adapter_layer import Rows
-from rolora.llm.adapters import ClientHeads, client_adapters, rows_forward
-from rolora.llm.client_streams import ClientStreams
-from rolora.llm.config import load_config
-from rolora.llm.prepare import build
-from rolora.llm.tasks import batch, loss
 
 TINY = ["model.name=tiny-roberta", "model.max_length=24", "data.test_size=24", "data.max_train_samples=48",
-        "federated.clients=3", "lora.dropout=0.0", "train.batch_size=4"]
+        "lora.dropout=0.0", "train.batch_size=4"]
 
 
 def _pass(method: str, compiled: bool):
-    """(per-sample losses, {(slot, tensor): grad}) of one client-batched pass over 3 clients × 2 rows."""
-    torch._dynamo.reset()
-    setup = build(load_config(None, TINY + [f"federated.method={method}"]))
-    state = setup.initial_state()
-    starts = client_starts(setup.method, state, [0, 1, 2])
-    rows = Rows(Rows.of([0, 0, 1, 1, 2, 2]).segments)
-    streams = ClientStreams([1, 2, 3], setup.device)
-    layers = client_adapters(setup.adapters, [s.tensors for s in starts], starts[0].trainable, setup.method,
-                             setup.config.lora.alpha, rows, streams)
-    heads = ClientHeads(setup.model, [s.dense for s in starts], rows)
-    with torch.no_grad():  # distinct clients: B ≠ 0, each client its own
-        for slot in range(3):
-            for layer in layers.values():
-                for p in layer.params[slot].values():
-                    p.add_(0.01 * (slot + 1) * torch.randn(p.shape, generator=torch.Generator().manual_seed(slot)))
-    tensors = batch(setup.train, list(range(6)))
-    forward = lambda t: loss(setup.model, t, "classification")  # noqa: E731
-    if compiled:
-        forward = torch.compile(forward, backend="aot_eager", fullgraph=True)  # fullgraph: a break raises
-    with ExitStack() as stack:
-        stack.enter_context(rows_forward(setup.adapters, layers))
-        stack.enter_context(heads.installed())
-        setup.model.eval()  # every dropout off (LoRA's and the model's own): the two passes see the same net
-        per_sample = forward(tensors)
-        per_sample.sum().backward()
-    grads = {(slot, name, n): p.grad.clone() for name, layer in layers.items() for slot in range(3)
-             for n, p in layer.params[slot].items() if p.requires_grad}
-    grads.update({(slot, "head", n): p.grad.clone() for slot in range(3) for n, p in heads.params[slot].items()})
-    return per_sample.detach(), grads
+    """(per-sample losses, {(slot, layer, tensor): grad}) of one client-batched pass, 3 clients × 2 rows."""
+    one = ClientBatchedPass(TINY + [f"federated.method={method}"], clients=3, rows=2,
+                            compiled="aot_eager" if compiled else None)
+    return one.run()
 
 
 @pytest.mark.parametrize("method", ["fedavg-lora", "rolora", "fedavg-full"])
