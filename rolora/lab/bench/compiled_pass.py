@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     tokens = int(eager.tensors["attention_mask"].numel())
     print(header(torch.get_num_threads()))
     print(f"- pass: {args.model}, {args.method}, {args.clients} clients × {args.rows} rows × {tokens // max(1, args.clients * args.rows)} "
-          f"tokens (padded), LoRA r 8, every dropout off; backend {args.backend}; compile (first two calls) {compile_s:.1f} s")
+          f"tokens (padded), LoRA r 8, frozen base {args.dtype}, every dropout off; backend {args.backend}; compile (first two calls) {compile_s:.1f} s")
     print("\n| side | median s per pass (fwd + loss + bwd) | min | max | vs eager |\n|---|---|---|---|---|")
     for side in ("eager", "compiled"):
         v = times[side]
