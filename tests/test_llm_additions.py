@@ -2,9 +2,9 @@
 
 The embedded engine: a run killed mid-round and resumed ends bit-identical to an uninterrupted one
 (server moments, control variates, the accountant's history included). The Flower engine (its
-ServerApp loop over in-process ClientApp nodes): the same rounds as the embedded engine, and a
-stopped run restarted on fresh nodes (SCAFFOLD's c_k handed back from the checkpoint) ends where the
-embedded run ends. The command line: ``--server-opt`` and refusals before anything runs.
+ServerApp loop over in-process ClientApp nodes): a stopped run restarted on fresh nodes (SCAFFOLD's
+c_k handed back from the checkpoint) ends bit-identical to an uninterrupted Flower run, and where the
+embedded run ends (fp32 tolerance: the nodes train one by one). The command line: ``--server-opt`` and refusals before anything runs.
 """
 
 from __future__ import annotations
@@ -123,6 +123,9 @@ def test_flower_equals_embedded_and_a_restarted_server_continues(tmp_path, name,
         serve(LocalGrid(3, down={101: 3}), config, tmp_path / "fl", min_replies=3, quiet=True)
     assert load_checkpoint(latest_checkpoint(tmp_path / "fl")).state.round == 2
     resumed = serve(LocalGrid(3), None, tmp_path / "fl", resume=True, quiet=True)  # fresh nodes
+    whole = serve(LocalGrid(3), config, tmp_path / "whole", quiet=True)  # the same run, never stopped
+    (fr, mr), (fw, mw) = state_to_flat(resumed.state), state_to_flat(whole.state)
+    assert mr == mw and all(torch.equal(fr[k], fw[k]) for k in fw)  # resuming on Flower is bit-exact too
     embedded = embedded_run(config, tmp_path / "emb", quiet=True, setup=setups.setup_for(setups.config_json(config)))
     (fa, ma), (fb, mb) = state_to_flat(resumed.state), state_to_flat(embedded.state)
     assert ma == mb
