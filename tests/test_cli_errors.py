@@ -114,6 +114,15 @@ CASES = {  # id -> (argv, exit code, words the message must hold)
     "bench flower bad setting": (["bench", "flower", "--part", "engines", "--set", "train.nope=1"], 2,
                                  ["--set", "train.nope"]),
     "bench memory negative rank": (["bench", "memory", "--lora-rank", "-1"], 2, ["ranks"]),
+    "bench compile zero repeats": (["bench", "compile", "--repeats", "0"], 2, ["--repeats"]),
+    "bench compile missing model": (["bench", "compile", "--model", "{tmp}/missing"], 2, ["missing"]),
+    "bench compile bad dtype": (["bench", "compile", "--model", "tiny-roberta", "--dtype", "f8"], 2, ["model.dtype"]),
+    "llm run bad server optimiser": (["llm", "run", "--config", "tiny-roberta", "--out", "{tmp}/r",
+                                      "--server-opt", "fedadamw"], 2, ["federated.server_opt", "fedadamw"]),
+    "llm run refused addition": (["llm", "run", "--config", "tiny-roberta", "--out", "{tmp}/r",
+                                  "train.scaffold=true", "federated.method=fedsa-lora"], 2, ["SCAFFOLD", "fedsa-lora"]),
+    "llm run bad dp delta": (["llm", "run", "--config", "tiny-roberta", "--out", "{tmp}/r", "train.dp_delta=2"], 2,
+                             ["train.dp_delta"]),
 }
 
 

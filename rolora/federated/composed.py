@@ -322,9 +322,8 @@ class Composed(Method):
     # ----------------------------------------------------------------------------- the rest
     def communication(self, specs: Mapping[str, LayerSpec], ranks, t: int, clients=1, bytes_per_param: int = 4,
                       dense_params: int = 0) -> CommCost:
-        plain_dense = dense_params
         cost = self.inner.communication(specs, ranks, t, clients=clients, bytes_per_param=bytes_per_param,
-                                        dense_params=plain_dense)
+                                        dense_params=dense_params)
         if not self.additions.scaffold:
             return cost
         shape_of = getattr(self.inner, "shape_of", None)
@@ -337,7 +336,7 @@ class Composed(Method):
             up = sum(math.prod(shape_of(n, spec, r)) for spec in specs.values() for n in self.inner.trains(t))
             down = sum(math.prod(shape_of(n, spec, r)) for spec in specs.values() for n in self.inner.trains(t + 1))
             u0, d0 = cost.per_client.get(c, (cost.upload_params, cost.download_params))
-            per[c] = (u0 + up + plain_dense, d0 + down + plain_dense)  # Δc_k up; c of the next round's tensors down
+            per[c] = (u0 + up + dense_params, d0 + down + dense_params)  # Δc_k up; c of the next round's tensors down
         ups, downs = [u for u, _ in per.values()], [d for _, d in per.values()]
         return CommCost(upload_params=round(sum(ups) / len(ups)), download_params=round(sum(downs) / len(downs)),
                         bytes_per_param=bytes_per_param, per_client=per)

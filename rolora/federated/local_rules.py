@@ -8,7 +8,7 @@ means plain local training). A local trainer that honours them:
 2. with ``rules.privacy`` (DP-SGD), computes each sample's gradient, clips it to ``privacy.clip``,
    sums, adds Gaussian noise of standard deviation ``privacy.noise · privacy.clip`` from
    ``privacy.generator(t, client, step)`` and divides by the batch size
-   (:func:`rolora.federated.privacy.privatise_batch` does that arithmetic);
+   (:func:`rolora.federated.privacy.dp_sgd_step` does all of it, given each sample's loss);
 3. reports ``metrics["steps"]`` (optimiser steps taken) and ``metrics["lr"]`` (the round's local
    learning rate; ``metrics["head_lr"]`` where the dense tensors train at another): SCAFFOLD's
    control-variate update needs them.

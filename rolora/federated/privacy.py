@@ -4,7 +4,7 @@ Client-level DP (DP-FedAvg, McMahan et al. 2018): each client's update (what it 
 started from, over every uploaded tensor and the dense ones jointly) is clipped to L2 norm ``clip``;
 the server adds Gaussian noise of standard deviation ``noise · clip`` to the SUM of the clipped
 updates, then divides by the number of participants. Sample-level DP-SGD (Abadi et al. 2016): the
-same on each local step's per-sample gradients (:func:`privatise_batch`).
+same on each local step's per-sample gradients (:func:`privatise_batch`, :func:`dp_sgd_step`).
 
 The privacy spent (:func:`epsilon`) comes from Opacus's RDP accountant (Rényi DP of the sampled
 Gaussian mechanism, Mironov et al. 2019, converted to (ε, δ) as ``opacus.accountants.RDPAccountant``
@@ -16,7 +16,7 @@ steps take the batches of a shuffled epoch, neither of which is Poisson.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from numbers import Integral, Real
 from typing import TypeVar
 
@@ -57,6 +57,31 @@ def privatise_batch(per_sample: Sequence[Mapping[object, Tensor]], clip: float, 
                             device=generator.device if generator is not None else "cpu")
             total[k].add_(z.to(total[k].device, total[k].dtype), alpha=noise * clip)
     return {k: v / len(per_sample) for k, v in total.items()}
+
+
+def dp_sgd_step(params: Mapping[K, Tensor], sample_losses: Iterable[Tensor], clip: float, noise: float,
+                generator: torch.Generator | None) -> Tensor:
+    """One DP-SGD step's gradient, put in every ``params[key].grad``: each loss of ``sample_losses``
+    (one sample's, computed lazily: each is backwarded before the next is made) gives that sample's
+    gradient (zero for a tensor it does not reach), then :func:`privatise_batch`. Returns the mean of
+    the losses; at the first non-finite one it stops and returns that loss, leaving no gradient set.
+    One forward/backward per sample: slow, obviously correct, valid for any model."""
+    per_sample, losses = [], []
+    for value in sample_losses:
+        if not bool(torch.isfinite(value.detach())):
+            for p in params.values():
+                p.grad = None
+            return value.detach()
+        for p in params.values():
+            p.grad = None
+        value.backward()
+        per_sample.append({key: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+                           for key, p in params.items()})
+        losses.append(value.detach())
+    grads = privatise_batch(per_sample, clip, noise, generator)
+    for key, p in params.items():
+        p.grad = grads[key]
+    return torch.stack(losses).mean()
 
 
 def clip_update(start: Mapping[K, Tensor], end: Mapping[K, Tensor], clip: float) -> tuple[dict[K, Tensor], float]:

@@ -10,7 +10,7 @@ The round protocol's :class:`~rolora.federated.local_rules.LocalRules` (``start.
 honoured here: a drift correction (FedProx/SCAFFOLD) is added to the gradients after backward and
 before clipping; DP-SGD computes each sample's gradient with its own forward/backward pass (the
 obviously correct way: :func:`private_gradients`), clips, sums and noises them
-(:func:`rolora.federated.privacy.privatise_batch`). Metrics report ``steps`` and ``lr`` (and
+(:func:`rolora.federated.privacy.dp_sgd_step`). Metrics report ``steps`` and ``lr`` (and
 ``head_lr`` when the head trains), which SCAFFOLD's control-variate update needs.
 
 This module is the reference: :func:`sequential_training` trains the participants one after another
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from rolora.federated.local_rules import DENSE, Key, SamplePrivacy
-from rolora.federated.privacy import privatise_batch
+from rolora.federated.privacy import dp_sgd_step
 from rolora.federated.round import ClientResult, ClientStart
 from rolora.federated.seeding import derive_seed
 from rolora.llm.adapter_layer import FederatedLinear
@@ -126,29 +126,20 @@ def trained_by_key(adapters: dict[str, FederatedLinear], model: torch.nn.Module,
 
 def private_gradients(setup: RunSetup, rows, params: dict[Key, torch.nn.Parameter], privacy: SamplePrivacy,
                       generator: torch.Generator) -> tuple[torch.Tensor, dict[str, int]]:
-    """DP-SGD's gradient of one step, put in ``p.grad``: every sample's gradient from its own
-    forward/backward pass (the reference way; each sample draws its own dropout masks), clipped,
-    summed, noised and divided by the batch size. Returns the batch's mean loss (not finite: the
-    gradients are not set) and the step's token counts."""
+    """DP-SGD's gradient of one step, put in ``p.grad`` (:func:`rolora.federated.privacy.dp_sgd_step`:
+    each sample's own forward/backward, drawing its own dropout masks). Returns the batch's mean loss
+    (not finite: the gradients are not set) and the step's token counts."""
     c, model = setup.config, setup.model
-    per_sample, losses, tokens, computed = [], [], 0, 0
-    for row in rows:
-        tensors = {name: x.to(setup.device) for name, x in batch(setup.train, [row]).items()}
-        value = loss(model, tensors, c.model.task).sum()
-        losses.append(value.detach())
-        if not bool(torch.isfinite(value)):
-            return value.detach(), {}
-        for p in params.values():
-            p.grad = None
-        value.backward()
-        per_sample.append({key: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
-                           for key, p in params.items()})
-        tokens += int(tensors["attention_mask"].sum())
-        computed += tensors["attention_mask"].numel()
-    grads = privatise_batch(per_sample, privacy.clip, privacy.noise, generator)
-    for key, p in params.items():
-        p.grad = grads[key]
-    return torch.stack(losses).mean(), {"tokens": tokens, "computed": computed}
+    counts = {"tokens": 0, "computed": 0}
+
+    def sample_losses():
+        for row in rows:
+            tensors = {name: x.to(setup.device) for name, x in batch(setup.train, [row]).items()}
+            counts["tokens"] += int(tensors["attention_mask"].sum())
+            counts["computed"] += tensors["attention_mask"].numel()
+            yield loss(model, tensors, c.model.task).sum()
+
+    return dp_sgd_step(params, sample_losses(), privacy.clip, privacy.noise, generator), counts
 
 
 def train_client(setup: RunSetup, start: ClientStart, lr: float, head_lr: float | None = None) -> ClientResult | None:

@@ -17,7 +17,7 @@ Local training honours the round protocol's :class:`~rolora.federated.local_rule
 (``start.rules``): a drift correction (FedProx/SCAFFOLD, keys ``(LAYER, name)``) is added to the
 gradients after backward; DP-SGD computes every sample's gradient with its own forward/backward
 (the obviously correct reference) and combines them with
-:func:`rolora.federated.privacy.privatise_batch`. Results report ``lr`` and ``steps``.
+:func:`rolora.federated.privacy.dp_sgd_step`. Results report ``lr`` and ``steps``.
 
 Reproducible: every random draw (batch order, participants, subsample, W_out, B₀) comes from an
 explicit generator seeded by (seed, round, client); no global RNG is touched. Same config, seed and
@@ -26,7 +26,7 @@ torch thread count give bit-identical numbers on CPU (the test checks two runs f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import math
@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rolora.federated.api import Method
-from rolora.federated.local_rules import Key, LocalRules
-from rolora.federated.privacy import privatise_batch
+from rolora.federated.local_rules import LocalRules
+from rolora.federated.privacy import dp_sgd_step
 from rolora.federated.partition import subsample
 from rolora.federated.registry import method_from_spec
 from rolora.federated.round import ClientResult, ClientStart, next_model, one_by_one, run_round
@@ -183,11 +183,8 @@ def local_train(method: Method, local: Mapping[str, Mapping[str, Tensor]], train
                 loss = F.cross_entropy(logits(x[idx], tensors[LAYER], method, cfg.alpha, w_out, cfg.model), y[idx])
                 loss.backward()
             else:
-                per_sample, loss = sample_gradients(method, tensors, by_key, x[idx], y[idx], cfg, w_out)
-                grads = privatise_batch(per_sample, privacy.clip, privacy.noise,
-                                        privacy.generator(t, client, len(losses)))
-                for key, p in by_key.items():
-                    p.grad = grads[key]
+                loss = dp_sgd_step(by_key, sample_losses(method, tensors, x[idx], y[idx], cfg, w_out),
+                                   privacy.clip, privacy.noise, privacy.generator(t, client, len(losses)))
             if correction is not None:  # FedProx / SCAFFOLD: an extra gradient term
                 correction.add_to(by_key)
             opt.step()
@@ -195,20 +192,11 @@ def local_train(method: Method, local: Mapping[str, Mapping[str, Tensor]], train
     return {layer: {k: v.detach() for k, v in ts.items()} for layer, ts in tensors.items()}, float(np.mean(losses))
 
 
-def sample_gradients(method: Method, tensors: Mapping[str, Mapping[str, Tensor]], by_key: Mapping[Key, Tensor],
-                     x: Tensor, y: Tensor, cfg: ToyConfig, w_out: Tensor) -> tuple[list[dict[Key, Tensor]], Tensor]:
-    """Each sample's gradient of its own loss (one forward/backward per sample: slow, obviously
-    correct, and valid for every method's delta), and the batch's mean loss."""
-    grads, losses = [], []
+def sample_losses(method: Method, tensors: Mapping[str, Mapping[str, Tensor]], x: Tensor, y: Tensor,
+                  cfg: ToyConfig, w_out: Tensor) -> Iterator[Tensor]:
+    """Each sample's own loss, one at a time (for :func:`rolora.federated.privacy.dp_sgd_step`)."""
     for i in range(x.shape[0]):
-        loss = F.cross_entropy(logits(x[i:i + 1], tensors[LAYER], method, cfg.alpha, w_out, cfg.model), y[i:i + 1])
-        for p in by_key.values():
-            p.grad = None
-        loss.backward()
-        grads.append({key: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
-                      for key, p in by_key.items()})
-        losses.append(loss.detach())
-    return grads, torch.stack(losses).mean()
+        yield F.cross_entropy(logits(x[i:i + 1], tensors[LAYER], method, cfg.alpha, w_out, cfg.model), y[i:i + 1])
 
 
 def make_optimizer(cfg: ToyConfig, tensors: Mapping[str, Mapping[str, Tensor]], method: Method) -> torch.optim.Optimizer:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from contextlib import ExitStack
 
 import torch
 
 from rolora.federated.round import client_starts
+from rolora.lab.bench.llm import _at_least_one
 from rolora.llm.adapter_layer import Rows
 from rolora.llm.adapters import ClientHeads, client_adapters, rows_forward
 from rolora.llm.client_streams import ClientStreams
@@ -93,14 +95,22 @@ def _timed(one: ClientBatchedPass) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="rolora bench compile", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="minilm")
-    ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--rows", type=int, default=4, help="rows (sentences) per client in the pass")
-    ap.add_argument("--length", type=int, default=128, help="model.max_length")
+    ap.add_argument("--clients", type=_at_least_one, default=4)
+    ap.add_argument("--rows", type=_at_least_one, default=4, help="rows (sentences) per client in the pass")
+    ap.add_argument("--length", type=_at_least_one, default=128, help="model.max_length")
     ap.add_argument("--method", default="rolora")
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--backend", default="inductor")
+    ap.add_argument("--repeats", type=_at_least_one, default=10)
+    ap.add_argument("--backend", default="inductor", choices=sorted(torch._dynamo.list_backends()))
     ap.add_argument("--dtype", default="float32", help="model.dtype of the frozen base (float32: the AVX2 kind's)")
     args = ap.parse_args(argv)
+    try:
+        return _bench(args)
+    except (ValueError, OSError) as err:  # a bad model, dtype, method or data: one line, no traceback
+        print(f"rolora bench compile: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _bench(args) -> int:
     from rolora.lab.bench.llm import header
 
     overrides = [f"model.name={args.model}", f"model.max_length={args.length}", "data.test_size=32",
