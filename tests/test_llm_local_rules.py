@@ -107,8 +107,7 @@ def test_a_constant_shift_moves_one_sgd_step_by_minus_lr_times_shift(roberta):
     s = _with(roberta, local_steps=1, momentum=0.0, weight_decay=0.0, max_grad_norm=0.0, head_lr=0.3)
     starts = _starts(s)
     shifts = [_shift(st, seed=10 + i) for i, st in enumerate(starts)]
-    shifted = _starts(s, lambda st, i: LocalRules(correction=GradCorrection(shift=shifts[i]),
-                                                  needs_lr_and_steps=True))
+    shifted = _starts(s, lambda st, i: LocalRules(correction=GradCorrection(shift=shifts[i])))
     for train in (sequential_training, batched_training):
         plain, moved = train(s)(1, starts), train(s)(1, shifted)
         for a, b, shift in zip(plain, moved, shifts):

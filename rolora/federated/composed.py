@@ -168,8 +168,7 @@ class Composed(Method):
             correction = GradCorrection(mu=a.prox_mu, anchor=anchor, shift=shift)
         if a.dp == "sample":
             privacy = SamplePrivacy(clip=a.dp_clip, noise=a.dp_noise, seed=state.seed)
-        return LocalRules(correction=correction, privacy=privacy, needs_lr_and_steps=a.scaffold,
-                          control=c_k)
+        return LocalRules(correction=correction, privacy=privacy, control=c_k)
 
     def client_finish(self, start, result) -> tuple[ModelTensors | None, ModelTensors, dict[str, Tensor]]:
         t = start.t
@@ -191,7 +190,6 @@ class Composed(Method):
         for (layer, n), v in c_k.items():
             new_kept.setdefault(layer, {})[CTL + n] = v
         upload = {layer: dict(named) for layer, named in upload.items()}
-        dense = dict(dense)
         head_lr = result.metrics.get("head_lr", lr)  # a head may train at its own lr (train.head_lr)
         for key in shift:
             eta = float(head_lr if key[0] == DENSE else lr)
@@ -225,13 +223,11 @@ class Composed(Method):
         server = {layer: dict(named) for layer, named in state.server.items()}
         if a.server_opt is not None:
             new, server = self._stepped(state, new, averaged, server)
-        layers, dense = new.layers, new.dense
-        if a.scaffold:
-            layers = self._controls(state, updates, new, t)
+        layers = self._controls(state, updates, new, t) if a.scaffold else new.layers
         extras = dict(new.extras)
         if a.dp != "off":
             extras["privacy"] = self._accounted(state, updates, members)
-        return replace(new, layers=layers, dense=dense, server=server, extras=extras)
+        return replace(new, layers=layers, server=server, extras=extras)
 
     def _noised(self, new: GlobalState, averaged: frozenset[str], members: int, t: int) -> GlobalState:
         a = self.additions

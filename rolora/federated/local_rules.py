@@ -105,8 +105,6 @@ class LocalRules:
 
     correction: GradCorrection | None = None
     privacy: SamplePrivacy | None = None
-    needs_lr_and_steps: bool = False
-    """SCAFFOLD: the result's ``metrics`` must hold ``"steps"`` and ``"lr"``."""
     control: Mapping[Key, Tensor] = field(default_factory=dict)
     """SCAFFOLD: the client's own control variates c_k (every tensor it has one for), for the
     protocol's update after training; the trainer does not use them."""
