@@ -10,7 +10,8 @@ import pytest
 from rolora.llm.config import CHOICES, RANGES, ConfigError, RunConfig, load_config
 
 CHOICE_KEYS = {"model.task", "model.dtype", "data.partition", "train.optimizer", "train.schedule",
-               "train.client_batching", "train.frozen_prefix", "train.dropout_masks", "federated.weighting", "train.dp"}
+               "train.client_batching", "train.frozen_prefix", "train.dropout_masks", "federated.weighting", "train.dp",
+               "train.compile"}
 
 # key, a value outside its range, what the error says is allowed (written out here, not read from the tables)
 OUT_OF_RANGE = [
@@ -59,7 +60,9 @@ def test_a_value_outside_the_choices_names_the_key_the_value_and_the_choices(key
 def test_every_choice_is_accepted(key):
     for choice in CHOICES[key]:
         needs = {"galore": ["federated.method=fedavg-full"],  # galore: full-rank methods only
-                 "client": ["federated.weighting=uniform"]}.get(choice, [])  # client-level DP: uniform weights
+                 "client": ["federated.weighting=uniform"],  # client-level DP: uniform weights
+                 **{mode: ["train.dropout_masks=fast"] for mode in ("inductor", "reduce-overhead", "aot_eager",
+                                                                    "eager")}}.get(choice, [])  # compile: masks in the graph
         assert _value(load_config(None, [f"{key}={choice}", *needs]), key) == choice
 
 

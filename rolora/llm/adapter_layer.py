@@ -199,6 +199,9 @@ class Rows:
     """The current forward's rows, grouped by client: (slot, first row, end row) per client present."""
 
     segments: list[tuple[int, int, int]] = field(default_factory=list)
+    slot: Tensor | None = None
+    """Gathered mode (a compiled pass, ``llm/compiled_step.py``): each row's client slot [rows], read
+    instead of ``segments``; layers then gather their clients' tensors per row."""
 
     _scales: dict = field(default_factory=dict, repr=False)
 
@@ -265,6 +268,8 @@ class ClientAdapters:
 
     def forward(self, module: FederatedLinear, x: Tensor) -> Tensor:
         p = module.dropout if module.training else 0.0
+        if self.rows.slot is not None:
+            return self._gathered_forward(module, x, p)
         if not self.fused:
             return self._delta_forward(module, x, p)
         y = F.linear(x, module.weight if self.merged is None else self.merged, module.bias)
@@ -303,6 +308,28 @@ class ClientAdapters:
         mask = mask.view(mask.shape[0], *[1] * (xd.dim() - 2), mask.shape[1])  # rows [, positions], Σr
         return ((xd[first:end] @ a.t()) * mask) @ b.t()
 
+    def _gathered_forward(self, module: FederatedLinear, x: Tensor, p: float) -> Tensor:
+        """The same terms with each row's client's tensors gathered by ``rows.slot`` (no Python
+        value depends on the pass's clients: what a compiled graph needs). LoRA: factors zero-padded
+        to the largest rank (exact zeros), scale alpha/r_k per row; other methods: each client's
+        full delta, gathered per row (rows × out × in values: the reference path's cost)."""
+        slot, lead, k = self.rows.slot, x.shape[:-1], x.shape[-1]
+        if not self.fused:
+            y = F.linear(x, module.weight, module.bias)
+            xd = self.streams.tokens(x, p) if p > 0.0 else x
+            deltas = torch.stack([self.method.delta(dict(one), self.alpha).to(module.weight.dtype)
+                                  for one in self.params])
+            return y + per_row(xd, deltas.index_select(0, slot))
+        y = F.linear(x, module.weight if self.merged is None else self.merged, module.bias)
+        xd = self.streams.lora(x, p, module.backend) if p > 0.0 else x
+        ranks = [one["A"].shape[0] for one in self.params]
+        top = max(ranks)
+        a = torch.stack([F.pad(one["A"], (0, 0, 0, top - r)) for one, r in zip(self.params, ranks)]).to(x.dtype)
+        b = torch.stack([F.pad(one["B"], (0, top - r)) for one, r in zip(self.params, ranks)]).to(x.dtype)
+        scale = torch.tensor([self.alpha / r for r in ranks], dtype=torch.float64).to(device=x.device, dtype=x.dtype)
+        h = per_row(xd, a.index_select(0, slot)) * scale.index_select(0, slot).view(-1, *[1] * (x.dim() - 1))
+        return y + per_row(h, b.index_select(0, slot))
+
     def _delta_forward(self, module: FederatedLinear, x: Tensor, p: float) -> Tensor:
         """``FederatedLinear.reference_forward`` per client, on its own rows."""
         deltas = [(a, b, self.method.delta(dict(self.params[slot]), self.alpha).to(module.weight.dtype))
@@ -311,6 +338,12 @@ class ClientAdapters:
             return torch.cat([F.linear(x[a:b], module.weight + d, module.bias) for a, b, d in deltas])
         xd = self.streams.tokens(x, p)
         return F.linear(x, module.weight, module.bias) + torch.cat([F.linear(xd[a:b], d) for a, b, d in deltas])
+
+
+def per_row(x: Tensor, w: Tensor) -> Tensor:
+    """Row i of ``x`` [rows, ..., in] times ``w[i]ᵀ`` (``w``: [rows, out, in]) -> [rows, ..., out]."""
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    return torch.bmm(flat, w.transpose(1, 2)).reshape(*x.shape[:-1], w.shape[1])
 
 
 def tensor_bytes(tensors) -> int:

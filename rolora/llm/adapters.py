@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rolora.federated import LayerSpec, Method, ModelTensors
-from rolora.llm.adapter_layer import ClientAdapters, FederatedLinear, NotBatchable, Rows, tensor_bytes
+from rolora.llm.adapter_layer import ClientAdapters, FederatedLinear, NotBatchable, Rows, per_row, tensor_bytes
 from rolora.llm.client_streams import ClientStreams
 from rolora.llm.models import default_targets, model_family
 from rolora.llm.pass_masks import PassMasks
@@ -223,6 +223,13 @@ class RowLinear(nn.Module):
         self.weights, self.biases, self.rows = weights, biases, rows
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.rows.slot is not None:  # gathered mode (a compiled pass): each row's client's weight
+            slot = self.rows.slot
+            y = per_row(x, torch.stack(self.weights).to(x.dtype).index_select(0, slot))
+            if self.biases is None:
+                return y
+            bias = torch.stack(self.biases).to(x.dtype).index_select(0, slot)
+            return y + bias.view(bias.shape[0], *[1] * (x.dim() - 2), bias.shape[1])
         return torch.cat([F.linear(x[a:b], self.weights[slot].to(x.dtype),
                                    None if self.biases is None else self.biases[slot].to(x.dtype))
                           for slot, a, b in self.rows.segments])

@@ -38,6 +38,7 @@ from rolora.llm import local_training as reference
 from rolora.llm.adapter_layer import NotBatchable, Rows
 from rolora.llm.adapters import ClientHeads, client_adapters, rows_forward
 from rolora.llm.client_streams import ClientBatch, ClientStreams
+from rolora.llm.compiled_step import CompiledPass
 from rolora.llm.first_token_top import applies as first_token_applies
 from rolora.llm.first_token_top import first_token_top_block
 from rolora.llm.host_memory import release_freed_memory
@@ -84,9 +85,10 @@ def chunks(lengths: np.ndarray, budget: int, max_padding: float = 0.1, min_token
 
 
 def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float,
-                head_lr: float | None = None) -> list[ClientResult | None]:
+                head_lr: float | None = None, compiled: CompiledPass | None = None) -> list[ClientResult | None]:
     """Local training of ``starts`` together (heads at ``head_lr``, default ``lr``); one result (or
-    None: dropped) per start."""
+    None: dropped) per start. ``compiled``: the run's compiled pass (``train.compile``), whose rows
+    and masks this group then uses."""
     c, model, t = setup.config, setup.model, starts[0].t
     seed, task = c.run.seed, c.model.task
     clients = [s.client for s in starts]
@@ -94,8 +96,10 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float,
         if start.rules is not None:
             start.rules.require("the client-batched trainer", privacy=False)
     corrections = [s.rules.correction if s.rules is not None else None for s in starts]
-    rows = Rows()
-    if c.train.dropout_masks == "fast":
+    rows = Rows() if compiled is None else compiled.rows
+    if compiled is not None:
+        streams = compiled.streams
+    elif c.train.dropout_masks == "fast":
         streams = PassMasks(derive_seed(seed, "dropout-passes", t, *clients), setup.device)
     else:
         streams = ClientStreams([derive_seed(seed, "dropout", t, k) for k in clients], setup.device)
@@ -112,7 +116,7 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float,
     if not params[0]:
         raise ValueError(f"round {t}: method {setup.method.name} trains nothing this round")
     optimizer = reference.make_optimizer(c, [p for ps in adapted for p in ps], lr, [p for hs in head for p in hs],
-                                         head_lr)
+                                         head_lr, compiled=compiled is not None)
     samples = [setup.clients[k] for k in clients]
     orders = [list(reference.batch_order(len(s), c.train.batch_size, c.train.local_steps, c.train.local_epochs,
                                          derive_seed(seed, "batches", t, k))) for s, k in zip(samples, clients)]
@@ -140,21 +144,28 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float,
             step_loss = torch.zeros(len(starts), dtype=torch.float64)
             finite = torch.ones(len(starts), dtype=torch.bool)
             row_lengths = np.array([lengths[r[2]] for r in step_rows])
-            for chunk in chunks(row_lengths, c.train.batch_tokens):
+            for number, chunk in enumerate(chunks(row_lengths, c.train.batch_tokens)):
                 picked = sorted((step_rows[i] for i in chunk), key=lambda r: r[0])  # grouped by client
                 slots = torch.tensor([r[0] for r in picked], dtype=torch.int64)
-                rows.segments = Rows.of([r[0] for r in picked]).segments
-                streams.begin_chunk([(r[0], r[1]) for r in picked])
-                tensors = {k: x.to(setup.device) for k, x in batch(setup.train, [r[2] for r in picked]).items()}
-                per_sample = loss(model, tensors, task)
-                weights = torch.tensor([1.0 / sizes[r[0]] for r in picked], dtype=per_sample.dtype,
-                                       device=per_sample.device)
-                ok = torch.isfinite(per_sample.detach()).cpu()
+                weights = torch.tensor([1.0 / sizes[r[0]] for r in picked], dtype=torch.float32)
+                tensors = batch(setup.train, [r[2] for r in picked])
+                if compiled is None:
+                    rows.segments = Rows.of([r[0] for r in picked]).segments
+                    streams.begin_chunk([(r[0], r[1]) for r in picked])
+                    tensors = {k: x.to(setup.device) for k, x in tensors.items()}
+                    per_sample = loss(model, tensors, task)
+                    ok = torch.isfinite(per_sample.detach())
+                    # Rows of a failing client are left out of the sum; the other clients' gradients never see them.
+                    total = torch.where(ok, per_sample * weights.to(per_sample.device), 0.0).sum()
+                    width = tensors["attention_mask"].shape[1]
+                else:  # the same, as one compiled graph (llm/compiled_step.py), masks seeded per pass
+                    torch.manual_seed(derive_seed(seed, "dropout-compiled", t, *clients, j, number))
+                    per_sample, total, width = compiled.run(tensors, slots, weights, setup.device)
+                total.backward()
+                per_sample = per_sample.detach().cpu()
+                ok = torch.isfinite(per_sample)
                 finite &= ~torch.zeros(len(starts), dtype=torch.bool).index_fill(0, slots[~ok], True)
-                step_loss.index_add_(0, slots, (per_sample.detach() * weights).cpu().double())
-                # Rows of a failing client are left out of the sum; the other clients' gradients never see them.
-                torch.where(ok.to(per_sample.device), per_sample * weights, 0.0).sum().backward()
-                width = tensors["attention_mask"].shape[1]
+                step_loss.index_add_(0, slots, (per_sample * weights).double())
                 for s, _, idx in picked:
                     tokens[s] += int(lengths[idx])
                     computed[s] += width
@@ -184,6 +195,8 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float,
 
 def batched_training(setup: RunSetup, progress=None):
     """A ``LocalTraining`` callable that trains the participants in client-batched groups."""
+    mode = setup.config.train.compile
+    compiled = None if mode == "off" else CompiledPass.of(setup.model, setup.config.model.task, setup.train.pad_id, mode)
 
     def train(t: int, starts: Sequence[ClientStart]) -> list[ClientResult | None]:
         lr, head_lr = reference.learning_rate(setup.config, t), reference.head_learning_rate(setup.config, t)
@@ -192,7 +205,7 @@ def batched_training(setup: RunSetup, progress=None):
         for first in range(0, len(starts), size):
             group = starts[first:first + size]
             try:
-                results += train_group(setup, group, lr, head_lr)
+                results += train_group(setup, group, lr, head_lr, compiled)
             except NotBatchable as err:
                 log.info("round %d: clients trained one by one (%s)", t, err)
                 results += [reference.train_client(setup, start, lr, head_lr) for start in group]

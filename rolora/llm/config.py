@@ -23,6 +23,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CLIENT_BATCHING = ("auto", "off")
 DROPOUT_MASKS = ("exact", "fast")
+COMPILE_MODES = ("off", "inductor", "reduce-overhead", "aot_eager", "eager")  # llm/compiled_step.py
 FROZEN_PREFIX = ("off", "no-dropout", "cache")  # llm/frozen_prefix.py
 EVAL_SPLITS = ("val", "test")
 WEIGHTINGS = ("samples", "uniform")
@@ -173,6 +174,14 @@ class TrainConfig:
     (two −11 % steps, BENCHMARKS.md "llm/ speed"), not bit-equal to one by one; llm/pass_masks.py);
     with them an encoder classifier's top block is computed at the first token only, the one its head
     reads (llm/first_token_top.py: ~−8 % of an fp32 round)."""
+    compile: str = "off"
+    """Client batching: off | inductor | reduce-overhead (inductor + CUDA graphs, for GPUs) |
+    aot_eager (traced, no code generation: for checking) | eager (the same pass and update, not
+    compiled: the reference the compiled modes are tested against). Each pass's forward, loss and backward run
+    as one ``torch.compile`` graph (no graph breaks; lengths bucketed, shapes dynamic, so a run
+    compiles a few times, not per pass) and the AdamW/SGD update as a second one. Needs
+    ``dropout_masks = "fast"``: inside the graph the per-pass masks come from torch's generator,
+    seeded per pass (llm/compiled_step.py)."""
 
 
 @dataclass(frozen=True)
@@ -330,6 +339,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.client_batching": CLIENT_BATCHING,
     "train.frozen_prefix": FROZEN_PREFIX,
     "train.dropout_masks": DROPOUT_MASKS,
+    "train.compile": COMPILE_MODES,
     "federated.weighting": WEIGHTINGS,
     "train.dp": DP_LEVELS,
 }
@@ -424,6 +434,7 @@ def check(c: RunConfig) -> None:
     if c.train.optimizer == "galore" and _method_name(c.federated.method) != "fedavg-full":
         _fail("train.optimizer", f"galore trains full-rank updates: needs federated.method fedavg-full, "
                                  f"got {c.federated.method!r} (LoRA methods use adamw or sgd)")
+    _check_compile(c)
     _check_additions(c)
     splits = c.run.eval_splits
     if not splits or any(s not in EVAL_SPLITS for s in splits) or len(set(splits)) < len(splits):
@@ -431,6 +442,20 @@ def check(c: RunConfig) -> None:
                                  f"got {splits}")
     if list(splits) == ["val"] and c.data.val_size == 0:
         _fail("run.eval_splits", "is ['val'] but data.val_size = 0: there is no validation split")
+
+
+def _check_compile(c: RunConfig) -> None:
+    """``train.compile`` needs the client-batched trainer with per-pass masks and a plain optimiser."""
+    if c.train.compile == "off":
+        return
+    t = c.train
+    needs = [("train.client_batching", t.client_batching == "auto", "auto"),
+             ("train.dropout_masks", t.dropout_masks == "fast", "fast (masks drawn inside the graph)"),
+             ("train.optimizer", t.optimizer in ("adamw", "sgd"), "adamw or sgd"),
+             ("train.frozen_prefix", t.frozen_prefix != "cache", "off or no-dropout (the cache is looked up per sample)")]
+    for key, ok, wanted in needs:
+        if not ok:
+            _fail("train.compile", f"{t.compile!r} needs {key} = {wanted}, got {_value_of(c, key)!r}")
 
 
 def _check_additions(c: RunConfig) -> None:

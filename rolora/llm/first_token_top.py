@@ -39,7 +39,11 @@ def first_token_top_block(model: nn.Module):
     """For the duration, the model's top block returns [rows, 1, hidden]: its first token's output."""
     _, _, blocks = encoder_parts(model)
     top = blocks[-1]
-    top.forward = partial(first_token_forward, top)
+    # One object per block, kept on it: a compiled pass's guards check the forward's identity, so
+    # installing the same one every group reuses the graph (a fresh partial would recompile).
+    if "_first_token_forward" not in top.__dict__:
+        top.__dict__["_first_token_forward"] = partial(first_token_forward, top)
+    top.forward = top.__dict__["_first_token_forward"]
     try:
         yield
     finally:

@@ -79,9 +79,11 @@ def batch_order(n: int, batch_size: int, steps: int, epochs: int, seed: int) -> 
         pos += size
 
 
-def make_optimizer(config, params: list, lr: float, head: list = (), head_lr: float | None = None) -> torch.optim.Optimizer:
+def make_optimizer(config, params: list, lr: float, head: list = (), head_lr: float | None = None,
+                   compiled: bool = False) -> torch.optim.Optimizer:
     """The configured optimiser over ``params`` at ``lr`` and the ``head`` tensors at ``head_lr``
-    (param groups; every optimiser here is per tensor, so groups change nothing else)."""
+    (param groups; every optimiser here is per tensor, so groups change nothing else); ``compiled``:
+    its update compiled as ``train.compile`` says (the client-batched trainer)."""
     tr = config.train
     head = list(head)
     groups = [{"params": list(params) + head}]
@@ -90,6 +92,12 @@ def make_optimizer(config, params: list, lr: float, head: list = (), head_lr: fl
 
         groups = galore_groups(groups[0]["params"], tr.galore_rank, tr.galore_period, tr.galore_scale)
     groups = _head_apart(groups, head, lr if head_lr is None else head_lr)
+    if compiled:  # llm/compiled_step.py
+        from rolora.llm.compiled_step import CompiledOptimizer
+
+        for g in groups:
+            g.setdefault("lr", lr)
+        return CompiledOptimizer(groups, tr.optimizer, tr.compile, tr.weight_decay, tr.momentum)
     if tr.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
     if tr.optimizer == "galore":

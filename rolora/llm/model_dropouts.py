@@ -50,7 +50,7 @@ def softmax_last(weights: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim; reduced-precision CPU rows of 16-31 keys go through fp32 (faster
     there, and rounded once to the input's dtype)."""
     if weights.device.type == "cpu" and weights.dtype in (torch.bfloat16, torch.float16) \
-            and weights.shape[-1] in FP32_SOFTMAX_KEYS:
+            and FP32_SOFTMAX_KEYS.start <= weights.shape[-1] < FP32_SOFTMAX_KEYS.stop:  # (a guard, traced)
         return torch.softmax(weights.float(), dim=-1).to(weights.dtype)
     return torch.softmax(weights, dim=-1)
 
@@ -68,6 +68,19 @@ def attention_dropout(model: nn.Module) -> float:
     return float(getattr(config, "attention_probs_dropout_prob", 0.0) or getattr(config, "attention_dropout", 0.0) or 0.0)
 
 
+def _routed(m: nn.Dropout, streams: ClientStreams):
+    """``m``'s forward through ``streams``. For a run-long stream (``streams.run_long``: the compiled
+    step's) the same object every time, kept on the module: a compiled pass's guards check the
+    forward's identity. Other streams (per group, holding its mask tables) are not kept."""
+    if not getattr(streams, "run_long", False):
+        return lambda x: streams.tokens(x, m.p) if m.training and m.p > 0.0 else x
+    held = m.__dict__.get("_routed_forward")
+    if held is None or held[0] is not streams:
+        held = (streams, lambda x, m=m: streams.tokens(x, m.p) if m.training and m.p > 0.0 else x)
+        m.__dict__["_routed_forward"] = held
+    return held[1]
+
+
 @contextmanager
 def client_dropouts(model: nn.Module, streams: ClientStreams):
     """Every dropout of ``model`` draws from ``streams`` (per client) for the duration."""
@@ -77,7 +90,7 @@ def client_dropouts(model: nn.Module, streams: ClientStreams):
     _active.append(streams)
     try:
         for m in dropouts:
-            m.forward = lambda x, m=m: streams.tokens(x, m.p) if m.training and m.p > 0.0 else x
+            m.forward = _routed(m, streams)
         if swap:
             _register()
             model.config._attn_implementation = ATTENTION_NAME

@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=_at_least_one, help="clients in the rows' round (default 20)")
     p.add_argument("--set", nargs="*", default=[], help="more config overrides for every row (section.key=value)")
     p.add_argument("--json", help="also write every row as JSON to this file")
+    p.add_argument("--compile", default="inductor", choices=("inductor", "reduce-overhead", "aot_eager"),
+                   help="train.compile of the ours-compiled row (reduce-overhead: CUDA graphs, on a GPU)")
     args = p.parse_args(argv)
     unknown = [r for r in args.rows.split(",") if r and r not in ROWS]
     if unknown:
@@ -143,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     print(header(args.threads), flush=True)
     rows = []
     for row in [r for r in args.rows.split(",") if r]:
-        rows.append(derived(run_row(row, size, args.threads, args.rounds)))
+        own = [f"train.compile={args.compile}"] if row == "ours-compiled" else []
+        rows.append(derived(run_row(row, size + own, args.threads, args.rounds)))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress: a long run shows each row as it ends
     print(table(rows))
     by = {r["row"]: r for r in rows}

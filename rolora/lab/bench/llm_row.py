@@ -12,7 +12,8 @@ PEFT's Kaiming A, B = 0) and head, AdamW with the config's ``train.weight_decay`
   ``get_peft_model_state_dict``;
 - ``ours-seq``, ``ours-batched`` (fp32) and ``ours-fast`` (client-batched, ``model.dtype = "auto"``:
   bf16 base only on hardware with native bf16, each pass drawing its own dropout masks, the top block at the first token only):
-  ``rolora.llm``.
+  ``rolora.llm``; ``ours-compiled``: ``ours-fast`` with ``train.compile = "inductor"`` (round 1
+  includes the compile; the later rounds show the compiled step's speed).
 
 Timed: each round (local training of every client and the aggregation); not timed, in every row:
 loading, tokenising (ours tokenises in ``build``, the PEFT rows every client's sentences before the
@@ -47,15 +48,22 @@ ROWS = {
     "ours-seq": "rolora, clients one by one, fp32",
     "ours-batched": "rolora, client-batched, fp32",
     "ours-fast": "rolora, client-batched, dtype auto, per-pass dropout masks",
+    "ours-compiled": "rolora, as ours-fast, the step compiled (train.compile = inductor)",
 }
 OURS = {"ours-seq": ["train.client_batching=off", "model.dtype=float32"],
         "ours-batched": ["train.client_batching=auto", "model.dtype=float32"],
-        "ours-fast": ["train.client_batching=auto", "model.dtype=auto", "train.dropout_masks=fast"]}
+        "ours-fast": ["train.client_batching=auto", "model.dtype=auto", "train.dropout_masks=fast"],
+        "ours-compiled": ["train.client_batching=auto", "model.dtype=auto", "train.dropout_masks=fast"]}
+COMPILE_DEFAULT = "train.compile=inductor"
+"""The ``ours-compiled`` row's mode unless the bench's ``--compile`` (in ``size``) names another."""
 
 
 def config_for(size: list[str], row: str, rounds: int = 1):
+    extra = OURS.get(row, [])
+    if row == "ours-compiled" and not any(s.startswith("train.compile=") for s in size):
+        extra = extra + [COMPILE_DEFAULT]
     return load_config("minilm-rotten-tomatoes", ["federated.method=fedavg-lora", f"federated.rounds={rounds}"]
-                       + size + OURS.get(row, []))
+                       + size + extra)
 
 
 def peak_rss_mib() -> float:

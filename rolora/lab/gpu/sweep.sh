@@ -21,6 +21,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../../.."  # the repository root
 ROOT=$PWD
 GPU=$ROOT/.gpu
+source rolora/lab/gpu/env.sh
 
 pack() {
   local py=${PYTHON:-.venv/bin/python}
@@ -60,13 +61,7 @@ run() {
   local jobs=${ROLORA_GPU_JOBS:-3}   # cells at once: a cell leaves the GPU idle between its small launches
   mkdir -p "$out"
   local PY=${PYTHON:-python3}
-  if ! "$PY" -c "import datasets, flwr_datasets" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/rolora-site "$GPU"/whl/*.whl || exit 1
-  fi
-  # The working tree's rolora/ without installing it; the packed data and weights as packages.
-  export PYTHONPATH=$ROOT:/tmp/rolora-site:$GPU/site PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-  export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+  gpu_env "$PY" || exit 1
   {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
     "$PY" -c "import sys, torch, transformers, peft, datasets, flwr_datasets

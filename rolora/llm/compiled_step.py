@@ -1,0 +1,217 @@
+"""The client-batched step under ``torch.compile`` (``train.compile``): one graph per pass, one per update.
+
+What is compiled, and what it takes to compile with no graph break and few recompiles:
+
+- **the pass** (forward, per-sample loss, weighted sum; AOTAutograd compiles its backward): each
+  row's client is a tensor (``Rows.slot``), not Python ints, so the adapter layers and heads gather
+  their clients' tensors per row (``ClientAdapters`` / ``RowLinear`` in gathered mode) and nothing
+  in the graph depends on which clients a pass holds; the dropout masks are drawn inside the graph by
+  torch's generator (:class:`TorchMasks`: per pass, the distribution of ``train.dropout_masks =
+  "fast"``), seeded before each pass, so the run is reproducible; the pass's rows and width are
+  padded up to buckets (:func:`bucketed`, padding rows weigh 0) and shapes are dynamic, so a run
+  compiles a few graphs, not one per pass;
+- **the update**: AdamW or SGD (momentum, weight decay) as functions of lists of tensors
+  (:func:`adamw_update`, :func:`sgd_update`) with the learning rates and step counts as tensors,
+  so a new round's (or group's) tensors and a scheduled learning rate reuse the compiled graph; they
+  compute what ``torch.optim.AdamW`` / ``SGD`` compute (the parity tests say so).
+
+Gradient clipping and FedProx/SCAFFOLD corrections stay eager between the two (per client, small).
+``mode``: "inductor" (code generation), "reduce-overhead" (inductor + CUDA graphs: the host-bound
+GPU engine's lever), "aot_eager" (Dynamo and AOTAutograd without code generation: fast to check),
+"eager" (the same functions, not compiled: the reference the parity tests compare with).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rolora.llm.adapter_layer import Rows
+from rolora.llm.tasks import IGNORE, loss
+
+ROW_BUCKET = 8
+"""A compiled pass's rows are padded up to a multiple of this (padding rows weigh 0)."""
+WIDTH_BUCKET = 16
+"""A compiled pass's width (tokens) is padded up to a multiple of this (padding tokens masked)."""
+
+
+def compile_options(mode: str) -> dict | None:
+    """``torch.compile`` keyword arguments for a ``train.compile`` mode (None: "eager", not compiled)."""
+    if mode == "eager":
+        return None
+    if mode == "aot_eager":
+        return {"backend": "aot_eager"}
+    if mode == "inductor":
+        return {"backend": "inductor"}
+    if mode == "reduce-overhead":
+        return {"backend": "inductor", "mode": "reduce-overhead"}
+    raise ValueError(f"train.compile: unknown mode {mode!r} (inductor, reduce-overhead, aot_eager, eager)")
+
+
+def maybe_compiled(fn, mode: str, **kwargs):
+    """``fn`` under ``torch.compile`` as ``mode`` says (``fullgraph``: a graph break raises), or ``fn``."""
+    options = compile_options(mode)
+    return fn if options is None else torch.compile(fn, fullgraph=True, **kwargs, **options)
+
+
+class TorchMasks:
+    """Dropout inside a compiled pass: ``F.dropout`` over the pass's tensor at every site (the
+    interface of :class:`rolora.llm.pass_masks.PassMasks`), from torch's generator."""
+
+    run_long = True  # one object for the run: the dropout forwards routed to it stay the same objects
+
+    def begin_step(self, batches) -> None:
+        pass
+
+    def begin_chunk(self, rows) -> None:
+        pass
+
+    def tokens(self, x: Tensor, p: float) -> Tensor:
+        return F.dropout(x, p, training=True)
+
+    def attention(self, weights: Tensor, p: float) -> Tensor:
+        return F.dropout(weights, p, training=True)
+
+    def lora(self, x: Tensor, p: float, backend: str) -> Tensor:
+        return F.dropout(x, p, training=True)
+
+
+def bucketed(tensors: dict[str, Tensor], slot: Tensor, pad_id: int) -> tuple[dict[str, Tensor], Tensor, int]:
+    """(tensors, slot) padded to :data:`ROW_BUCKET` rows and :data:`WIDTH_BUCKET` tokens, and the
+    number of real rows. Padding rows repeat the last row (weighted 0 by the caller); padding tokens
+    are masked (labels ``IGNORE``), so real rows compute what they computed unpadded."""
+    rows, width = tensors["input_ids"].shape
+    extra_rows, extra_width = -rows % ROW_BUCKET, -width % WIDTH_BUCKET
+    fill = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0, "labels": IGNORE}
+    out = {}
+    for key, x in tensors.items():
+        if x.dim() == 2 and x.shape[1] == width:  # per token: pad the width
+            x = F.pad(x, (0, extra_width), value=fill[key])
+        out[key] = torch.cat([x, x[-1:].expand(extra_rows, *x.shape[1:])]) if extra_rows else x
+    slot = torch.cat([slot, slot[-1:].expand(extra_rows)]) if extra_rows else slot
+    return out, slot, rows
+
+
+class CompiledPass:
+    """The run's compiled pass: :meth:`run` -> (per-sample losses of the real rows, detached; Σ finite
+    loss·weight to call ``backward`` on; the padded width). Made once per run, so every group and
+    round reuses its graphs (``fullgraph``: a graph break raises); its ``rows`` and ``streams`` are
+    what the groups' layers read."""
+
+    def __init__(self, model, task: str, pad_id: int, mode: str) -> None:
+        self.model, self.task, self.pad_id = model, task, pad_id
+        self.rows, self.streams = Rows(), TorchMasks()
+        self.compiled = maybe_compiled(self._pass, mode, dynamic=None)
+
+    @classmethod
+    def of(cls, model, task: str, pad_id: int, mode: str) -> CompiledPass:
+        """The model's compiled pass for these settings, made at the first call and kept on the model:
+        each round's trainer (made per round) reuses its graphs (a new object would be guarded apart)."""
+        key = (task, pad_id, mode)
+        held = model.__dict__.get("_rolora_compiled_pass")
+        if held is None or held[0] != key:
+            held = (key, cls(model, task, pad_id, mode))
+            model.__dict__["_rolora_compiled_pass"] = held
+        return held[1]
+
+    def _pass(self, tensors: dict[str, Tensor], slot: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        self.rows.slot = slot
+        per_sample = loss(self.model, tensors, self.task)
+        ok = torch.isfinite(per_sample.detach())  # a failing client's rows stay out of the others' gradients
+        return per_sample.detach(), torch.where(ok, per_sample * weights, 0.0).sum()
+
+    def run(self, tensors: dict[str, Tensor], slot: Tensor, weights: Tensor, device) -> tuple[Tensor, Tensor, int]:
+        tensors, slot, real = bucketed(tensors, slot, self.pad_id)
+        weights = F.pad(weights, (0, slot.shape[0] - real))  # padding rows weigh 0
+        tensors = {k: x.to(device) for k, x in tensors.items()}
+        slot, weights = slot.to(device), weights.to(device)
+        for x in (*tensors.values(), slot, weights):  # rows and width vary: dynamic from the first graph
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+            if x.dim() == 2:
+                torch._dynamo.maybe_mark_dynamic(x, 1)
+        try:
+            per_sample, total = self.compiled(tensors, slot, weights)
+        finally:
+            self.rows.slot = None
+        return per_sample[:real], total, tensors["input_ids"].shape[1]
+
+
+# --------------------------------------------------------------------------------- the update
+def adamw_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+                 steps: list[Tensor], lrs: list[Tensor], beta1: float, beta2: float, eps: float,
+                 weight_decay: float) -> None:
+    """``torch.optim.AdamW``'s step (no amsgrad) on lists; ``steps`` and ``lrs`` 0-dim tensors."""
+    torch._foreach_add_(steps, 1.0)
+    if weight_decay != 0.0:
+        torch._foreach_mul_(params, torch._foreach_sub(torch._foreach_mul(lrs, -weight_decay), -1.0))
+    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - beta2)
+    bias1 = torch._foreach_sub(torch._foreach_pow(beta1, steps), 1.0)  # -(1 - β1^t)
+    bias2 = torch._foreach_sqrt(torch._foreach_neg(torch._foreach_sub(torch._foreach_pow(beta2, steps), 1.0)))
+    denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(exp_avg_sqs), bias2), eps)
+    step_sizes = torch._foreach_div(lrs, bias1)  # -lr / (1 - β1^t)
+    torch._foreach_add_(params, torch._foreach_mul(torch._foreach_div(exp_avgs, denom), step_sizes))
+
+
+def sgd_update(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor], lrs: list[Tensor],
+               momentum: float, weight_decay: float) -> None:
+    """``torch.optim.SGD``'s step (dampening 0, no Nesterov) on lists; buffers start at zero (the
+    first step's momentum·0 + d equals torch's clone of d)."""
+    if weight_decay != 0.0:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    if momentum != 0.0:
+        torch._foreach_mul_(buffers, momentum)
+        torch._foreach_add_(buffers, grads)
+        grads = buffers
+    torch._foreach_sub_(params, torch._foreach_mul(grads, lrs))
+
+
+_COMPILED: dict[tuple[str, str], object] = {}
+
+
+def _update(name: str, mode: str):
+    """One compiled function per update rule and mode for the process: new tensors reuse it."""
+    if (name, mode) not in _COMPILED:
+        fn = {"adamw": adamw_update, "sgd": sgd_update}[name]
+        _COMPILED[(name, mode)] = maybe_compiled(fn, mode, dynamic=False)
+    return _COMPILED[(name, mode)]
+
+
+class CompiledOptimizer:
+    """AdamW or SGD over param groups (``[{"params": [...], "lr": x}]``), the update compiled.
+
+    Like ``torch.optim``: a tensor whose ``grad`` is None is skipped (its state does not advance),
+    ``zero_grad`` sets gradients to None."""
+
+    def __init__(self, groups: list[dict], kind: str, mode: str, weight_decay: float = 0.0,
+                 momentum: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        if kind not in ("adamw", "sgd"):
+            raise ValueError(f"train.compile: the compiled update is adamw or sgd, not {kind!r}")
+        self.kind, self.update = kind, _update(kind, mode)
+        self.weight_decay, self.momentum, self.betas, self.eps = weight_decay, momentum, betas, eps
+        self.params = [p for g in groups for p in g["params"]]
+        self.lrs = [torch.tensor(float(g["lr"]), dtype=torch.float32, device=p.device)
+                    for g in groups for p in g["params"]]
+        n = 2 if kind == "adamw" else 1
+        self.state = [[torch.zeros_like(p) for _ in range(n)] for p in self.params]
+        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not live:
+            return
+        params = [self.params[i] for i in live]
+        grads = [self.params[i].grad for i in live]
+        lrs = [self.lrs[i] for i in live]
+        if self.kind == "adamw":
+            self.update(params, grads, [self.state[i][0] for i in live], [self.state[i][1] for i in live],
+                        [self.steps[i] for i in live], lrs, self.betas[0], self.betas[1], self.eps, self.weight_decay)
+        else:
+            self.update(params, grads, [self.state[i][0] for i in live], lrs, self.momentum, self.weight_decay)
