@@ -20,6 +20,7 @@ from test_llm_batched import _for, _rounds
 from test_llm_engine import TINY
 
 from rolora.federated import available_methods
+from rolora.llm import compiled_step
 from rolora.llm.batched_training import batched_training
 from rolora.llm.compiled_step import ROW_BUCKET, WIDTH_BUCKET, CompiledOptimizer, TorchMasks, bucketed
 from rolora.llm.config import ConfigError, load_config
@@ -81,10 +82,13 @@ def _compare(a_rounds, b_rounds, what):
         _assert_close(g_a.layers, g_b.layers, f"{what} state")
 
 
+@pytest.mark.parametrize("buckets", [False, True])  # the width padded as under CUDA graphs, or not
 @pytest.mark.parametrize("spec", available_methods())
-def test_the_gathered_step_trains_as_the_engine_for_every_method(no_dropout, spec):
-    """No dropout anywhere: "eager" (gathered rows, bucketed passes, the functional AdamW) gives the
-    engine's client-batched numbers (stacked LoRA, torch.optim.AdamW), mixed ranks included."""
+def test_the_gathered_step_trains_as_the_engine_for_every_method(no_dropout, spec, buckets, monkeypatch):
+    """No dropout anywhere: "eager" (gathered rows, the functional AdamW; passes padded to buckets
+    or not) gives the engine's client-batched numbers (stacked LoRA, torch.optim.AdamW), mixed ranks
+    included."""
+    monkeypatch.setattr(compiled_step, "WIDTH_BUCKETED_MODES", {"eager"} if buckets else set())
     engine = _rounds(_for(no_dropout, spec), batched_training)
     gathered_setup = _for(no_dropout, spec, compile="eager")
     gathered = _rounds(gathered_setup, batched_training)
@@ -116,16 +120,13 @@ def test_recompiles_stay_bounded_while_pass_shapes_vary():
                                                         "data.max_train_samples=48"]))
     s = _for(setup, "fedavg-lora", compile="aot_eager")
     shapes = set()
-    from rolora.llm import compiled_step
+    original = compiled_step.CompiledPass.run
 
-    original = compiled_step.bucketed
+    def spy(self, tensors, *args):
+        shapes.add(tuple(tensors["input_ids"].shape))
+        return original(self, tensors, *args)
 
-    def spy(tensors, slot, pad_id):
-        out = original(tensors, slot, pad_id)
-        shapes.add(tuple(out[0]["input_ids"].shape))
-        return out
-
-    compiled_step.bucketed = spy
+    compiled_step.CompiledPass.run = spy
     try:
         m, state, train = s.method, s.initial_state(), batched_training(s)
         from rolora.federated.round import client_starts, client_uploads
@@ -134,8 +135,8 @@ def test_recompiles_stay_bounded_while_pass_shapes_vary():
             starts = client_starts(m, state, [0, 1, 2])
             state = m.aggregate(state, client_uploads(m, t, starts, train(t, starts))[0], t)
     finally:
-        compiled_step.bucketed = original
-    assert len(shapes) >= 3, shapes  # or the bound below proves nothing
+        compiled_step.CompiledPass.run = original
+    assert len(shapes) >= 5, shapes  # or the bound below proves nothing
     assert counters["stats"]["unique_graphs"] <= 3
 
 
@@ -200,13 +201,13 @@ def test_the_update_is_torch_optim_s(kind, mode):
 def test_passes_are_padded_to_buckets_without_changing_real_rows():
     tensors = {"input_ids": torch.arange(30).view(3, 10), "attention_mask": torch.ones(3, 10, dtype=torch.int64),
                "labels": torch.tensor([1, 0, 1])}
-    out, slot, real = bucketed(tensors, torch.tensor([0, 0, 2]), pad_id=1)
+    out, slot, real = bucketed(tensors, torch.tensor([0, 0, 2]), pad_id=1, width_bucket=WIDTH_BUCKET)
     assert real == 3 and out["input_ids"].shape == (ROW_BUCKET, WIDTH_BUCKET) and slot.tolist()[:3] == [0, 0, 2]
     assert torch.equal(out["input_ids"][:3, :10], tensors["input_ids"])
     assert (out["input_ids"][:3, 10:] == 1).all() and (out["attention_mask"][:, 10:] == 0).all()
     assert out["labels"].shape == (ROW_BUCKET,) and set(slot.tolist()[3:]) == {2}
     tokens = {"input_ids": torch.ones(2, 3, dtype=torch.int64), "labels": torch.ones(2, 3, dtype=torch.int64)}
-    padded, _, _ = bucketed(tokens, torch.tensor([0, 1]), pad_id=0)
+    padded, _, _ = bucketed(tokens, torch.tensor([0, 1]), pad_id=0, width_bucket=WIDTH_BUCKET)
     assert (padded["labels"][:, 3:] == IGNORE).all()
 
 

@@ -7,13 +7,14 @@ What is compiled, and what it takes to compile with no graph break and few recom
   their clients' tensors per row (``ClientAdapters`` / ``RowLinear`` in gathered mode) and nothing
   in the graph depends on which clients a pass holds; the dropout masks are drawn inside the graph by
   torch's generator (:class:`TorchMasks`: per pass, the distribution of ``train.dropout_masks =
-  "fast"``), seeded before each pass, so the run is reproducible; the pass's rows and width are
-  padded up to buckets (:func:`bucketed`, padding rows weigh 0) and shapes are dynamic, so a run
-  compiles a few graphs, not one per pass;
-- **the update**: AdamW or SGD (momentum, weight decay) as functions of lists of tensors
-  (:func:`adamw_update`, :func:`sgd_update`) with the learning rates and step counts as tensors,
-  so a new round's (or group's) tensors and a scheduled learning rate reuse the compiled graph; they
-  compute what ``torch.optim.AdamW`` / ``SGD`` compute (the parity tests say so).
+  "fast"``), seeded before each pass, so the run is reproducible; shapes are dynamic from the first
+  graph, so a run compiles a few graphs, not one per pass; rows are padded to multiples of 8
+  (:func:`bucketed`, padding rows weigh 0), and under CUDA graphs ("reduce-overhead", one
+  recording per shape) the width to multiples of 16;
+- **the update**: AdamW or SGD (momentum, weight decay) on every tensor's entries as one flat vector
+  (:func:`adamw_update`, :func:`sgd_update`), learning rates and step counts as vectors, so a new
+  round's (or group's) tensors and a scheduled learning rate reuse the compiled graph; they compute
+  what ``torch.optim.AdamW`` / ``SGD`` compute (the parity tests say so).
 
 Gradient clipping and FedProx/SCAFFOLD corrections stay eager between the two (per client, small).
 ``mode``: "inductor" (code generation), "reduce-overhead" (inductor + CUDA graphs: the host-bound
@@ -31,9 +32,15 @@ from rolora.llm.adapter_layer import Rows
 from rolora.llm.tasks import IGNORE, loss
 
 ROW_BUCKET = 8
-"""A compiled pass's rows are padded up to a multiple of this (padding rows weigh 0)."""
+"""A compiled pass's rows are padded up to a multiple of this (padding rows weigh 0). Inductor's CPU
+code for the pass crashed the process (heap corruption, torch 2.13) when the row count was free; with
+rows in multiples of 8 it runs and equals eager (tests/test_llm_compiled_step.py)."""
 WIDTH_BUCKET = 16
-"""A compiled pass's width (tokens) is padded up to a multiple of this (padding tokens masked)."""
+"""Under CUDA graphs (:data:`WIDTH_BUCKETED_MODES`) a pass's width (tokens) is padded up to a
+multiple of this (padding tokens masked): they replay fixed shapes, one recording per shape."""
+WIDTH_BUCKETED_MODES = {"reduce-overhead"}
+"""Elsewhere the graph's shapes are dynamic, and padding the width would only cost (~25 % more
+tokens on a CPU with both buckets)."""
 
 
 def compile_options(mode: str) -> dict | None:
@@ -77,16 +84,18 @@ class TorchMasks:
         return F.dropout(x, p, training=True)
 
 
-def bucketed(tensors: dict[str, Tensor], slot: Tensor, pad_id: int) -> tuple[dict[str, Tensor], Tensor, int]:
-    """(tensors, slot) padded to :data:`ROW_BUCKET` rows and :data:`WIDTH_BUCKET` tokens, and the
-    number of real rows. Padding rows repeat the last row (weighted 0 by the caller); padding tokens
-    are masked (labels ``IGNORE``), so real rows compute what they computed unpadded."""
+def bucketed(tensors: dict[str, Tensor], slot: Tensor, pad_id: int,
+             width_bucket: int = 1) -> tuple[dict[str, Tensor], Tensor, int]:
+    """(tensors, slot) padded to a multiple of :data:`ROW_BUCKET` rows and of ``width_bucket``
+    tokens, and the number of real rows. Padding rows repeat the last row (weighted 0 by the
+    caller); padding tokens are masked (labels ``IGNORE``), so real rows compute what they computed
+    unpadded."""
     rows, width = tensors["input_ids"].shape
-    extra_rows, extra_width = -rows % ROW_BUCKET, -width % WIDTH_BUCKET
+    extra_rows, extra_width = -rows % ROW_BUCKET, -width % width_bucket
     fill = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0, "labels": IGNORE}
     out = {}
     for key, x in tensors.items():
-        if x.dim() == 2 and x.shape[1] == width:  # per token: pad the width
+        if x.dim() == 2 and x.shape[1] == width and extra_width:  # per token: pad the width
             x = F.pad(x, (0, extra_width), value=fill[key])
         out[key] = torch.cat([x, x[-1:].expand(extra_rows, *x.shape[1:])]) if extra_rows else x
     slot = torch.cat([slot, slot[-1:].expand(extra_rows)]) if extra_rows else slot
@@ -102,6 +111,7 @@ class CompiledPass:
     def __init__(self, model, task: str, pad_id: int, mode: str) -> None:
         self.model, self.task, self.pad_id = model, task, pad_id
         self.rows, self.streams = Rows(), TorchMasks()
+        self.width_bucket = WIDTH_BUCKET if mode in WIDTH_BUCKETED_MODES else 1
         self.compiled = maybe_compiled(self._pass, mode, dynamic=None)
 
     @classmethod
@@ -122,7 +132,7 @@ class CompiledPass:
         return per_sample.detach(), torch.where(ok, per_sample * weights, 0.0).sum()
 
     def run(self, tensors: dict[str, Tensor], slot: Tensor, weights: Tensor, device) -> tuple[Tensor, Tensor, int]:
-        tensors, slot, real = bucketed(tensors, slot, self.pad_id)
+        tensors, slot, real = bucketed(tensors, slot, self.pad_id, self.width_bucket)
         weights = F.pad(weights, (0, slot.shape[0] - real))  # padding rows weigh 0
         tensors = {k: x.to(device) for k, x in tensors.items()}
         slot, weights = slot.to(device), weights.to(device)
@@ -138,34 +148,30 @@ class CompiledPass:
 
 
 # --------------------------------------------------------------------------------- the update
-def adamw_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-                 steps: list[Tensor], lrs: list[Tensor], beta1: float, beta2: float, eps: float,
-                 weight_decay: float) -> None:
-    """``torch.optim.AdamW``'s step (no amsgrad) on lists; ``steps`` and ``lrs`` 0-dim tensors."""
-    torch._foreach_add_(steps, 1.0)
-    if weight_decay != 0.0:
-        torch._foreach_mul_(params, torch._foreach_sub(torch._foreach_mul(lrs, -weight_decay), -1.0))
-    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - beta2)
-    bias1 = torch._foreach_sub(torch._foreach_pow(beta1, steps), 1.0)  # -(1 - β1^t)
-    bias2 = torch._foreach_sqrt(torch._foreach_neg(torch._foreach_sub(torch._foreach_pow(beta2, steps), 1.0)))
-    denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(exp_avg_sqs), bias2), eps)
-    step_sizes = torch._foreach_div(lrs, bias1)  # -lr / (1 - β1^t)
-    torch._foreach_add_(params, torch._foreach_mul(torch._foreach_div(exp_avgs, denom), step_sizes))
+def adamw_update(p: Tensor, g: Tensor, m: Tensor, v: Tensor, steps: Tensor, lr: Tensor, live: Tensor,
+                 beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+    """``torch.optim.AdamW``'s step (no amsgrad) on flat vectors, in place; entries where ``live`` is
+    False (a tensor without gradient this step) keep their value, moments and step count."""
+    t = steps + live.to(steps.dtype)
+    new_m = m.lerp(g, 1.0 - beta1)
+    new_v = v * beta2 + (1.0 - beta2) * g * g
+    denom = (new_v.sqrt() / (1.0 - beta2 ** t).sqrt()) + eps
+    new_p = p * (1.0 - lr * weight_decay) - (lr / (1.0 - beta1 ** t)) * new_m / denom
+    p.copy_(torch.where(live, new_p, p))
+    m.copy_(torch.where(live, new_m, m))
+    v.copy_(torch.where(live, new_v, v))
+    steps.copy_(t)
 
 
-def sgd_update(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor], lrs: list[Tensor],
-               momentum: float, weight_decay: float) -> None:
-    """``torch.optim.SGD``'s step (dampening 0, no Nesterov) on lists; buffers start at zero (the
-    first step's momentum·0 + d equals torch's clone of d)."""
-    if weight_decay != 0.0:
-        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+def sgd_update(p: Tensor, g: Tensor, buf: Tensor, lr: Tensor, live: Tensor, momentum: float,
+               weight_decay: float) -> None:
+    """``torch.optim.SGD``'s step (dampening 0, no Nesterov) on flat vectors, in place; the buffer
+    starts at zero (the first step's momentum·0 + d is torch's clone of d); ``live`` as above."""
+    d = g + weight_decay * p
     if momentum != 0.0:
-        torch._foreach_mul_(buffers, momentum)
-        torch._foreach_add_(buffers, grads)
-        grads = buffers
-    torch._foreach_sub_(params, torch._foreach_mul(grads, lrs))
+        d = momentum * buf + d
+        buf.copy_(torch.where(live, d, buf))
+    p.copy_(torch.where(live, p - lr * d, p))
 
 
 _COMPILED: dict[tuple[str, str], object] = {}
@@ -182,8 +188,10 @@ def _update(name: str, mode: str):
 class CompiledOptimizer:
     """AdamW or SGD over param groups (``[{"params": [...], "lr": x}]``), the update compiled.
 
-    Like ``torch.optim``: a tensor whose ``grad`` is None is skipped (its state does not advance),
-    ``zero_grad`` sets gradients to None."""
+    The update runs on flat vectors (every tensor's entries one after another: one small graph
+    whatever the number of tensors; a graph over a per-tensor list of a 20-client group took minutes
+    to compile), gathered before and copied back after. As ``torch.optim``: a tensor whose ``grad``
+    is None is skipped (its state does not advance), ``zero_grad`` sets gradients to None."""
 
     def __init__(self, groups: list[dict], kind: str, mode: str, weight_decay: float = 0.0,
                  momentum: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
@@ -192,11 +200,17 @@ class CompiledOptimizer:
         self.kind, self.update = kind, _update(kind, mode)
         self.weight_decay, self.momentum, self.betas, self.eps = weight_decay, momentum, betas, eps
         self.params = [p for g in groups for p in g["params"]]
-        self.lrs = [torch.tensor(float(g["lr"]), dtype=torch.float32, device=p.device)
-                    for g in groups for p in g["params"]]
-        n = 2 if kind == "adamw" else 1
-        self.state = [[torch.zeros_like(p) for _ in range(n)] for p in self.params]
-        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
+        kinds = {(p.dtype, p.device) for p in self.params}
+        if len(kinds) != 1:
+            raise ValueError(f"train.compile: the compiled update needs one dtype and device, got {sorted(map(str, kinds))}")
+        dtype, device = next(iter(kinds))
+        self.sizes = [p.numel() for p in self.params]
+        self.lr = torch.cat([torch.full((p.numel(),), float(g["lr"]), dtype=dtype, device=device)
+                             for g in groups for p in g["params"]])
+        total = sum(self.sizes)
+        self.state = [torch.zeros(total, dtype=dtype, device=device) for _ in range(2 if kind == "adamw" else 1)]
+        self.steps = torch.zeros(total, dtype=dtype, device=device)
+        self.all_live = torch.ones(total, dtype=torch.bool, device=device)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -204,14 +218,17 @@ class CompiledOptimizer:
 
     @torch.no_grad()
     def step(self) -> None:
-        live = [i for i, p in enumerate(self.params) if p.grad is not None]
-        if not live:
+        flags = [p.grad is not None for p in self.params]
+        if not any(flags):
             return
-        params = [self.params[i] for i in live]
-        grads = [self.params[i].grad for i in live]
-        lrs = [self.lrs[i] for i in live]
+        device = self.all_live.device
+        live = self.all_live if all(flags) else torch.repeat_interleave(
+            torch.tensor(flags, device=device), torch.tensor(self.sizes, device=device))
+        g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self.params])
+        flat = torch.cat([p.reshape(-1) for p in self.params])
         if self.kind == "adamw":
-            self.update(params, grads, [self.state[i][0] for i in live], [self.state[i][1] for i in live],
-                        [self.steps[i] for i in live], lrs, self.betas[0], self.betas[1], self.eps, self.weight_decay)
+            self.update(flat, g, *self.state, self.steps, self.lr, live, self.betas[0], self.betas[1], self.eps,
+                        self.weight_decay)
         else:
-            self.update(params, grads, [self.state[i][0] for i in live], lrs, self.momentum, self.weight_decay)
+            self.update(flat, g, self.state[0], self.lr, live, self.momentum, self.weight_decay)
+        torch._foreach_copy_(self.params, [x.view_as(p) for x, p in zip(flat.split(self.sizes), self.params)])

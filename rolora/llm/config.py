@@ -178,8 +178,8 @@ class TrainConfig:
     """Client batching: off | inductor | reduce-overhead (inductor + CUDA graphs, for GPUs) |
     aot_eager (traced, no code generation: for checking) | eager (the same pass and update, not
     compiled: the reference the compiled modes are tested against). Each pass's forward, loss and backward run
-    as one ``torch.compile`` graph (no graph breaks; lengths bucketed, shapes dynamic, so a run
-    compiles a few times, not per pass) and the AdamW/SGD update as a second one. Needs
+    as one ``torch.compile`` graph (no graph breaks; shapes dynamic, and lengths bucketed for CUDA
+    graphs, so a run compiles a few times, not per pass) and the AdamW/SGD update as a second one. Needs
     ``dropout_masks = "fast"``: inside the graph the per-pass masks come from torch's generator,
     seeded per pass (llm/compiled_step.py)."""
 
