@@ -6,7 +6,8 @@ adapter and head. Here that pass (every dropout off, a trained head) is traced b
 reference delta path (full-rank W), and its loss and every client's gradients equal the eager pass's.
 The backend is ``aot_eager`` (Dynamo's graph and AOTAutograd's backward, no code generation: what a
 graph break or a wrong trace would show, in seconds; inductor's kernels are a speed matter).
-Not covered yet: dropout masks (``ClientStreams`` / ``PassMasks``) and the step's Python loop.
+The whole compiled step (``train.compile``: gathered rows, masks in the graph, the update) is
+tested in ``tests/test_llm_compiled_step.py``.
 """
 
 from __future__ import annotations

@@ -326,7 +326,7 @@ class ClientAdapters:
         top = max(ranks)
         a = torch.stack([F.pad(one["A"], (0, 0, 0, top - r)) for one, r in zip(self.params, ranks)]).to(x.dtype)
         b = torch.stack([F.pad(one["B"], (0, top - r)) for one, r in zip(self.params, ranks)]).to(x.dtype)
-        scale = torch.tensor([self.alpha / r for r in ranks], dtype=torch.float64).to(device=x.device, dtype=x.dtype)
+        scale = torch.tensor([self.alpha / r for r in ranks], dtype=x.dtype, device=x.device)  # made on the device
         h = per_row(xd, a.index_select(0, slot)) * scale.index_select(0, slot).view(-1, *[1] * (x.dim() - 1))
         return y + per_row(h, b.index_select(0, slot))
 

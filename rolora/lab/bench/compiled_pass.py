@@ -3,8 +3,9 @@
 The pass is the client-batched engine's unit of work (``rolora/llm/batched_training.py``): a few
 clients' rows through the shared frozen base, each row with its own client's adapter and head, the
 per-sample loss, and its backward. Both sides run the same pass on the same rows, interleaved, after
-warm-up, every dropout off (LoRA's and the model's: the compiled path does not take the engine's
-per-client dropout masks yet); the compiled side's first call (the compile) is timed apart. Prints
+warm-up, every dropout off (LoRA's and the model's), the engine's segment-wise layers (not the
+gathered ones of ``train.compile``, whose whole rounds ``rolora bench llm --rows
+ours-fast,ours-compiled`` times); the compiled side's first call (the compile) is timed apart. Prints
 the CPU's capabilities, a Markdown table and whether the outputs agree.
 
     rolora bench compile                                # MiniLM, 4 clients × 4 rows × 128 tokens
