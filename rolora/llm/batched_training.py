@@ -45,7 +45,7 @@ from rolora.llm.host_memory import release_freed_memory
 from rolora.llm.model_dropouts import client_dropouts
 from rolora.llm.pass_masks import PassMasks
 from rolora.llm.prepare import RunSetup
-from rolora.llm.tasks import batch, loss
+from rolora.llm.tasks import batch, finite_weighted_sum, loss
 
 log = logging.getLogger("rolora.llm")
 
@@ -96,13 +96,12 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float,
         if start.rules is not None:
             start.rules.require("the client-batched trainer", privacy=False)
     corrections = [s.rules.correction if s.rules is not None else None for s in starts]
-    rows = Rows() if compiled is None else compiled.rows
     if compiled is not None:
-        streams = compiled.streams
+        rows, streams = compiled.rows, compiled.streams
     elif c.train.dropout_masks == "fast":
-        streams = PassMasks(derive_seed(seed, "dropout-passes", t, *clients), setup.device)
+        rows, streams = Rows(), PassMasks(derive_seed(seed, "dropout-passes", t, *clients), setup.device)
     else:
-        streams = ClientStreams([derive_seed(seed, "dropout", t, k) for k in clients], setup.device)
+        rows, streams = Rows(), ClientStreams([derive_seed(seed, "dropout", t, k) for k in clients], setup.device)
     layers = client_adapters(setup.adapters, [s.tensors for s in starts], starts[0].trainable, setup.method,
                              c.lora.alpha, rows, streams)
     heads = ClientHeads(model, [s.dense for s in starts], rows) if setup.train_head else None
@@ -154,9 +153,7 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float,
                     streams.begin_chunk([(r[0], r[1]) for r in picked])
                     tensors = {k: x.to(setup.device) for k, x in tensors.items()}
                     per_sample = loss(model, tensors, task)
-                    ok = torch.isfinite(per_sample.detach())
-                    # Rows of a failing client are left out of the sum; the other clients' gradients never see them.
-                    total = torch.where(ok, per_sample * weights.to(per_sample.device), 0.0).sum()
+                    total = finite_weighted_sum(per_sample, weights.to(per_sample.device))
                     width = tensors["attention_mask"].shape[1]
                 else:  # the same, as one compiled graph (llm/compiled_step.py), masks seeded per pass
                     torch.manual_seed(derive_seed(seed, "dropout-compiled", t, *clients, j, number))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rolora.llm.adapter_layer import Rows
-from rolora.llm.tasks import IGNORE, loss
+from rolora.llm.tasks import IGNORE, finite_weighted_sum, loss
 
 ROW_BUCKET = 8
 """A compiled pass's rows are padded up to a multiple of this (padding rows weigh 0). Inductor's CPU
@@ -104,8 +104,8 @@ def bucketed(tensors: dict[str, Tensor], slot: Tensor, pad_id: int,
 
 class CompiledPass:
     """The run's compiled pass: :meth:`run` -> (per-sample losses of the real rows, detached; Σ finite
-    loss·weight to call ``backward`` on; the padded width). Made once per run, so every group and
-    round reuses its graphs (``fullgraph``: a graph break raises); its ``rows`` and ``streams`` are
+    loss·weight to call ``backward`` on; the padded width). Made once per model (:meth:`of`), so every
+    group and round reuses its graphs (``fullgraph``: a graph break raises); its ``rows`` and ``streams`` are
     what the groups' layers read."""
 
     def __init__(self, model, task: str, pad_id: int, mode: str) -> None:
@@ -128,8 +128,7 @@ class CompiledPass:
     def _pass(self, tensors: dict[str, Tensor], slot: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
         self.rows.slot = slot
         per_sample = loss(self.model, tensors, self.task)
-        ok = torch.isfinite(per_sample.detach())  # a failing client's rows stay out of the others' gradients
-        return per_sample.detach(), torch.where(ok, per_sample * weights, 0.0).sum()
+        return per_sample.detach(), finite_weighted_sum(per_sample, weights)
 
     def run(self, tensors: dict[str, Tensor], slot: Tensor, weights: Tensor, device) -> tuple[Tensor, Tensor, int]:
         tensors, slot, real = bucketed(tensors, slot, self.pad_id, self.width_bucket)

@@ -111,6 +111,12 @@ def loss(model, tensors: dict[str, torch.Tensor], task: str) -> torch.Tensor:
     return total / count
 
 
+def finite_weighted_sum(per_sample: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ per_sample · weights over the finite losses: rows whose loss is not finite (a failing
+    client's) are left out, so the other rows' gradients never see them."""
+    return torch.where(torch.isfinite(per_sample.detach()), per_sample * weights, 0.0).sum()
+
+
 def _chunks(n: int, size: int):
     for start in range(0, n, size):
         yield np.arange(start, min(start + size, n))

@@ -5,6 +5,10 @@
 gpu_env() {
   local py=$1 gpu=$PWD/.gpu
   if ! "$py" -c "import datasets, flwr_datasets" 2>/dev/null; then
+    if ! ls "$gpu"/whl/*.whl >/dev/null 2>&1 || [ ! -d "$gpu/site" ]; then
+      echo "gpu_env: $gpu/whl or $gpu/site is missing: run 'bash rolora/lab/gpu/sweep.sh pack' on the machine with the network first" >&2
+      return 1
+    fi
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/rolora-site "$gpu"/whl/*.whl || return 1
   fi
