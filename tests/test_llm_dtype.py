@@ -69,4 +69,6 @@ def test_the_run_folder_records_the_choice_and_why(tmp_path):
     versions = json.loads((tmp_path / "run" / "versions.json").read_text())
     assert versions["base_dtype"] == "float32"  # the tests pin ROLORA_NATIVE_BF16=0 (conftest)
     assert versions["base_dtype_reason"] == "auto: ROLORA_NATIVE_BF16=0"
-    assert "frozen base in float32 (auto: ROLORA_NATIVE_BF16=0); OpenMP waits:" in (tmp_path / "run" / "run.log").read_text()
+    assert (versions["client_workers"], versions["client_workers_reason"]) == (2, "auto: CPU")
+    assert ("frozen base in float32 (auto: ROLORA_NATIVE_BF16=0); client workers: 2 (auto: CPU); OpenMP waits:"
+            in (tmp_path / "run" / "run.log").read_text())

@@ -20,8 +20,10 @@ Heavy imports (transformers) happen on first use of ``run``.
 """
 
 from rolora.llm.cpu_threads import passive_waits
+from rolora.llm.host_memory import one_malloc_arena
 
 OPENMP_WAITS = passive_waits()  # before anything imports torch (llm/cpu_threads.py)
+ONE_MALLOC_ARENA = one_malloc_arena()  # before torch's and the client workers' threads (llm/host_memory.py)
 
 from rolora.llm.config import ConfigError, RunConfig, load_config  # noqa: E402
 

@@ -19,14 +19,18 @@ reference beside it, and what the parity tests compare with), computed different
   client. DP-SGD (``rules.privacy``) needs per-sample gradients: refused here, the chooser
   (:mod:`rolora.llm.training`) trains such rounds one by one;
 - a client whose loss turns non-finite is dropped (its tensors stop training; ``None`` result),
-  the others go on. Groups of at most ``train.client_group`` clients bound the per-client state.
+  the others go on. Groups of at most ``train.client_group`` clients bound the per-client state;
+- on a CPU, the participants are split among ``train.client_workers`` threads, each training its
+  share's groups on its own replica of the model (:mod:`rolora.llm.client_workers`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,6 +42,7 @@ from rolora.llm import local_training as reference
 from rolora.llm.adapter_layer import NotBatchable, Rows
 from rolora.llm.adapters import ClientHeads, client_adapters, rows_forward
 from rolora.llm.client_streams import ClientBatch, ClientStreams
+from rolora.llm.client_workers import Workers, split
 from rolora.llm.compiled_step import CompiledPass
 from rolora.llm.first_token_top import applies as first_token_applies
 from rolora.llm.first_token_top import first_token_top_block
@@ -85,11 +90,14 @@ def chunks(lengths: np.ndarray, budget: int, max_padding: float = 0.1, min_token
 
 
 def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float,
-                head_lr: float | None = None, compiled: CompiledPass | None = None) -> list[ClientResult | None]:
+                head_lr: float | None = None, compiled: CompiledPass | None = None,
+                pass_tokens: int | None = None) -> list[ClientResult | None]:
     """Local training of ``starts`` together (heads at ``head_lr``, default ``lr``); one result (or
     None: dropped) per start. ``compiled``: the run's compiled pass (``train.compile``), whose rows
-    and masks this group then uses."""
+    and masks this group then uses. ``pass_tokens``: the most padded tokens per pass (default
+    ``train.batch_tokens``)."""
     c, model, t = setup.config, setup.model, starts[0].t
+    pass_tokens = pass_tokens or c.train.batch_tokens
     seed, task = c.run.seed, c.model.task
     clients = [s.client for s in starts]
     for start in starts:
@@ -143,7 +151,7 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float,
             step_loss = torch.zeros(len(starts), dtype=torch.float64)
             finite = torch.ones(len(starts), dtype=torch.bool)
             row_lengths = np.array([lengths[r[2]] for r in step_rows])
-            for number, chunk in enumerate(chunks(row_lengths, c.train.batch_tokens)):
+            for number, chunk in enumerate(chunks(row_lengths, pass_tokens)):
                 picked = sorted((step_rows[i] for i in chunk), key=lambda r: r[0])  # grouped by client
                 slots = torch.tensor([r[0] for r in picked], dtype=torch.int64)
                 weights = torch.tensor([1.0 / sizes[r[0]] for r in picked], dtype=torch.float32)
@@ -191,26 +199,56 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float,
 
 
 def batched_training(setup: RunSetup, progress=None):
-    """A ``LocalTraining`` callable that trains the participants in client-batched groups."""
+    """A ``LocalTraining`` callable that trains the participants in client-batched groups: split
+    among the run's client workers (``setup.workers``, :mod:`rolora.llm.client_workers`), each
+    worker's share in groups of :func:`group_size`."""
     mode = setup.config.train.compile
     compiled = None if mode == "off" else CompiledPass.of(setup.model, setup.config.model.task, setup.train.pad_id, mode)
+    workers = Workers(setup, setup.workers.count)
+    pass_tokens = max(1, setup.config.train.batch_tokens // workers.count)  # the tokens in flight: as one worker's
+    progress_lock = threading.Lock()
 
     def train(t: int, starts: Sequence[ClientStart]) -> list[ClientResult | None]:
         lr, head_lr = reference.learning_rate(setup.config, t), reference.head_learning_rate(setup.config, t)
         size = group_size(setup, starts)
-        results: list[ClientResult | None] = []
-        for first in range(0, len(starts), size):
-            group = starts[first:first + size]
-            try:
-                results += train_group(setup, group, lr, head_lr, compiled)
-            except NotBatchable as err:
-                log.info("round %d: clients trained one by one (%s)", t, err)
-                results += [reference.train_client(setup, start, lr, head_lr) for start in group]
-            if progress is not None:
-                progress(len(group))
-        return results
+
+        def share(own: RunSetup, part: list[ClientStart]) -> list:
+            results: list = []
+            for first in range(0, len(part), size):
+                group = part[first:first + size]
+                try:
+                    results += train_group(own, group, lr, head_lr, compiled, pass_tokens)
+                except NotBatchable as err:  # one by one below, in the calling thread (torch's global RNG)
+                    results += [_OneByOne(start, str(err)) for start in group]
+                    continue
+                if progress is not None:
+                    with progress_lock:
+                        progress(len(group))
+            return results
+
+        parts = [p for p in split(list(starts), workers.count) if p]
+        results = [r for done in workers.run(share, parts) for r in done]
+        reasons = {r.reason for r in results if isinstance(r, _OneByOne)}
+        for reason in sorted(reasons):
+            log.info("round %d: clients trained one by one (%s)", t, reason)
+        out = []
+        for r in results:
+            if isinstance(r, _OneByOne):
+                r = reference.train_client(setup, r.start, lr, head_lr)
+                if progress is not None:
+                    progress(1)
+            out.append(r)
+        return out
 
     return train
+
+
+@dataclass(frozen=True)
+class _OneByOne:
+    """A client whose group the batched trainer could not take (``NotBatchable``), and why."""
+
+    start: ClientStart
+    reason: str
 
 
 def padding_share(results) -> float:

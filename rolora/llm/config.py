@@ -150,6 +150,12 @@ class TrainConfig:
     client_group: int = 0
     """Client batching: the most clients trained together (0: as many as keep their adapter and
     optimiser state under 256 MiB)."""
+    client_workers: int = 0
+    """Client batching on a CPU: the round's participants split into this many shares, trained at the
+    same time by as many threads, each on its own replica of the model (frozen weights shared) with
+    its passes at batch_tokens / client_workers (0, auto: 2 on a CPU; 1 on CUDA, with
+    train.compile or the frozen-prefix cache). The results depend on this value (which clients share
+    a pass), not on the number of cores (llm/client_workers.py)."""
     frozen_prefix: str = "off"
     """off | no-dropout (dropout off in the embeddings and the blocks below the lowest adapted one) |
     cache (as no-dropout, and those blocks' output is computed once per training sample and reused
@@ -389,6 +395,7 @@ RANGES: dict[str, Range] = {
     "train.warmup_rounds": AT_LEAST_0,
     "train.batch_tokens": AT_LEAST_1,
     "train.client_group": AT_LEAST_0,
+    "train.client_workers": AT_LEAST_0,
     "train.prox_mu": AT_LEAST_0,
     "train.dp_clip": ABOVE_0,
     "train.dp_noise": AT_LEAST_0,
@@ -435,6 +442,7 @@ def check(c: RunConfig) -> None:
         _fail("train.optimizer", f"galore trains full-rank updates: needs federated.method fedavg-full, "
                                  f"got {c.federated.method!r} (LoRA methods use adamw or sgd)")
     _check_compile(c)
+    _check_workers(c)
     _check_additions(c)
     splits = c.run.eval_splits
     if not splits or any(s not in EVAL_SPLITS for s in splits) or len(set(splits)) < len(splits):
@@ -456,6 +464,20 @@ def _check_compile(c: RunConfig) -> None:
     for key, ok, wanted in needs:
         if not ok:
             _fail("train.compile", f"{t.compile!r} needs {key} = {wanted}, got {_value_of(c, key)!r}")
+
+
+def _check_workers(c: RunConfig) -> None:
+    """More than one client worker needs the client-batched trainer on models of its own."""
+    t = c.train
+    if t.client_workers <= 1:
+        return
+    needs = [("train.client_batching", t.client_batching == "auto", "auto"),
+             ("train.compile", t.compile == "off", "off (the compiled step runs on one model)"),
+             ("train.frozen_prefix", t.frozen_prefix != "cache", "off or no-dropout (the cache is installed on one model)"),
+             ("model.device", c.model.device in ("auto", "cpu"), "cpu or auto (one CUDA stream: use 1)")]
+    for key, ok, wanted in needs:
+        if not ok:
+            _fail("train.client_workers", f"{t.client_workers} needs {key} = {wanted}, got {_value_of(c, key)!r}")
 
 
 def _check_additions(c: RunConfig) -> None:

@@ -122,7 +122,8 @@ def start_state(setup: RunSetup, run_dir: Path, resume: bool, logger: logging.Lo
     if resume:
         logger.info("no checkpoint in %s: starting from round 0", run_dir)
     write_start(run_dir, c, str(setup.device), command_line(),
-                {"base_dtype": setup.base_dtype.name, "base_dtype_reason": setup.base_dtype.reason})
+                {"base_dtype": setup.base_dtype.name, "base_dtype_reason": setup.base_dtype.reason,
+                 "client_workers": setup.workers.count, "client_workers_reason": setup.workers.reason})
     write_data_split(run_dir, c)
     state = setup.initial_state()
     rows = [{"round": 0, **evaluate_splits(setup, state, {}, list(range(c.federated.clients)), sets)}]

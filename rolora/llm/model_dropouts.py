@@ -11,6 +11,7 @@ keep their attention function.
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -19,7 +20,16 @@ from torch import nn
 from rolora.llm.client_streams import ClientStreams
 
 ATTENTION_NAME = "rolora_client_batched"
-_active: list[ClientStreams] = []  # the streams of the pass in progress (one at a time)
+
+
+class _Active(threading.local):
+    """The streams of the pass in progress, per thread (client workers run passes side by side)."""
+
+    def __init__(self) -> None:
+        self.streams: list[ClientStreams] = []
+
+
+_active = _Active()
 
 
 def client_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -34,7 +44,7 @@ def client_attention(module, query, key, value, attention_mask, scaling=None, dr
             weights = weights + attention_mask
     weights = softmax_last(weights)
     if dropout > 0.0 and module.training:
-        weights = _active[-1].attention(weights, dropout)
+        weights = _active.streams[-1].attention(weights, dropout)
     out = torch.matmul(weights, value).transpose(1, 2).contiguous()
     return out, weights
 
@@ -87,7 +97,7 @@ def client_dropouts(model: nn.Module, streams: ClientStreams):
     dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     swap = attention_dropout(model) > 0.0
     before = model.config._attn_implementation
-    _active.append(streams)
+    _active.streams.append(streams)
     try:
         for m in dropouts:
             m.forward = _routed(m, streams)
@@ -96,7 +106,7 @@ def client_dropouts(model: nn.Module, streams: ClientStreams):
             model.config._attn_implementation = ATTENTION_NAME
         yield
     finally:
-        _active.pop()
+        _active.streams.pop()
         for m in dropouts:
             m.__dict__.pop("forward", None)
         if swap:

@@ -22,6 +22,7 @@ from rolora.llm.run_method import run_method
 from rolora.llm.adapter_layer import FederatedLinear
 from rolora.llm.adapters import Targets, attach, layer_specs, read_head
 from rolora.llm.base_dtype import DtypeChoice, choose_dtype
+from rolora.llm.client_workers import choose_workers
 from rolora.llm.config import ConfigError, RunConfig
 from rolora.llm.cpu_threads import passive_waits
 from rolora.llm.data import BUILTIN_DATASETS, load_builtin, load_file, split
@@ -56,6 +57,11 @@ class RunSetup:
     """A :class:`rolora.llm.frozen_prefix.PrefixCache` when ``train.frozen_prefix = "cache"``."""
     base_dtype: DtypeChoice = DtypeChoice("float32", "default")
     """The frozen base's dtype (``model.dtype`` resolved) and why it was chosen."""
+
+    @property
+    def workers(self):
+        """Client workers: ``train.client_workers`` resolved for the device, and why."""
+        return choose_workers(self.config.train, self.device)
 
     @property
     def train_head(self) -> bool:
@@ -141,7 +147,11 @@ def build(config: RunConfig, quiet: bool = True) -> RunSetup:
     if device.type == "cpu":
         limit_matmul_cache()
     base_dtype = choose_dtype(c.model.dtype, device)
-    log.info("frozen base in %s (%s); OpenMP waits: %s", base_dtype.name, base_dtype.reason, passive_waits())
+    workers = choose_workers(c.train, device)
+    if workers.count > 1 and device.type != "cpu":
+        raise ConfigError(f"train.client_workers: {workers.count} needs a CPU device, got {device} (use 1)")
+    log.info("frozen base in %s (%s); client workers: %d (%s); OpenMP waits: %s", base_dtype.name,
+             base_dtype.reason, workers.count, workers.reason, passive_waits())
     train_ds, test_ds, parts, labels = prepare_data(c)
 
     model_task = "classification" if c.model.task == "classification" else "causal-lm"
