@@ -123,12 +123,31 @@ def test_an_error_in_one_worker_reaches_the_caller_after_both_end(setup):
         return [part]
 
     workers = Workers(setup, 2)
-    with pytest.raises(RuntimeError, match="on purpose"):
-        workers.run(job, ["good", "bad"])
-    assert len(ended) == 2 and torch.get_num_threads() == before
-    assert workers.run(job, ["a", "b"]) == [["a"], ["b"]]
-    with pytest.raises(ValueError, match="3 parts for 2 workers"):
-        workers.run(job, ["a", "b", "c"])
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="on purpose"):
+            workers.run(job, ["good", "bad"])
+        assert len(ended) == 2 and torch.get_num_threads() == 2
+        assert all(name.startswith("rolora-client-worker-") for name in ended)
+        assert workers.run(job, ["a", "b"]) == [["a"], ["b"]]
+        with pytest.raises(ValueError, match="3 parts for 2 workers"):
+            workers.run(job, ["a", "b", "c"])
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_one_intra_op_thread_runs_the_parts_in_turn_in_the_caller(setup):
+    """No oversubscription where the process has one thread (a sweep's parallel cells)."""
+    seen, before = [], torch.get_num_threads()
+    workers = Workers(setup, 2)
+    torch.set_num_threads(1)
+    try:
+        out = workers.run(lambda own, part: seen.append((part, threading.current_thread().name, own is setup))
+                          or [part], ["a", "b"])
+    finally:
+        torch.set_num_threads(before)
+    assert out == [["a"], ["b"]]
+    assert seen == [("a", threading.current_thread().name, True), ("b", threading.current_thread().name, True)]
 
 
 def test_a_group_the_batched_path_refuses_is_trained_one_by_one_in_the_caller(setup, monkeypatch):

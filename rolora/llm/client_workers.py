@@ -7,7 +7,8 @@ less well. Measured on a 2-core EPYC, AVX2, fp32 (BENCHMARKS.md "llm/ speed", is
 runs the bench round's matmuls at ~75 % of one core's peak, two OpenMP threads at ~58 % of two. The
 clients of a round are independent until the server aggregates, so here the round's participants are
 split into ``train.client_workers`` groups, each trained by its own Python thread with
-``threads // workers`` intra-op threads on its own replica of the model (the frozen weights shared,
+``threads // workers`` intra-op threads on its own replica of the model (with one intra-op thread,
+as in a sweep's parallel cells, the groups run one after another instead) (the frozen weights shared,
 the modules that hold a pass's state not): torch's kernels release the GIL, so the workers' matmuls
 overlap and no thread waits at a barrier.
 
@@ -92,28 +93,33 @@ class Workers:
         self.setups = [setup]  # replicas made when first needed (a one-client round needs none)
 
     def run(self, job: Callable[[object, T], list], parts: Sequence[T]) -> list[list]:
-        """``[job(setup_w, parts[w]) for w]``, concurrently when more than one part, each worker with
-        ``threads // workers`` intra-op threads (at least one); the first error is raised after all end."""
+        """``[job(setup, parts[w]) for w]``: at once on as many threads as torch has intra-op threads
+        (at most one per part; thread i takes parts i, i + n, ...), each thread with ``threads // n``
+        intra-op threads and its own replica; one thread (``torch.set_num_threads(1)``, a sweep's
+        cell): the parts one after another in the caller, so cores are not oversubscribed. The
+        numbers are the same either way. The first error is raised after every thread ends."""
         if len(parts) > self.count:
             raise ValueError(f"{len(parts)} parts for {self.count} workers")
-        if len(parts) <= 1:
-            return [job(self.setups[w], part) for w, part in enumerate(parts)]
-        while len(self.setups) < len(parts):
-            self.setups.append(replicate(self.setups[0]))
         total = torch.get_num_threads()
-        each = max(1, total // len(parts))
+        n = min(len(parts), total)
+        if n <= 1:
+            return [job(self.setups[0], part) for part in parts]
+        while len(self.setups) < n:
+            self.setups.append(replicate(self.setups[0]))
+        each = max(1, total // n)
         out: list = [None] * len(parts)
-        errors: list[BaseException | None] = [None] * len(parts)
+        errors: list[BaseException | None] = [None] * n
 
-        def work(w: int) -> None:
+        def work(i: int) -> None:
             torch.set_num_threads(each)  # this thread's OpenMP team; torch's setting is per thread
             try:
-                out[w] = job(self.setups[w], parts[w])
+                for w in range(i, len(parts), n):
+                    out[w] = job(self.setups[i], parts[w])
             except BaseException as err:  # noqa: BLE001 (re-raised in the calling thread)
-                errors[w] = err
+                errors[i] = err
 
-        threads = [threading.Thread(target=work, args=(w,), name=f"rolora-client-worker-{w}", daemon=True)
-                   for w in range(len(parts))]
+        threads = [threading.Thread(target=work, args=(i,), name=f"rolora-client-worker-{i}", daemon=True)
+                   for i in range(n)]
         try:
             for th in threads:
                 th.start()
