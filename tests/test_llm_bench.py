@@ -21,6 +21,7 @@ def test_quick_bench_rows_are_consistent(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| 1. PEFT loop, fp32 | float32 |" in printed and "test loss within 1e-4 of row 1" in printed
     assert "- CPU: " in printed and "model.dtype auto -> float32" in printed  # the header (tests pin fp32)
+    assert "train.client_workers auto -> 2 (auto: CPU; the client-batched rows)" in printed
 
 
 def test_the_warm_up_target_compares_round_1_with_the_fastest_later_round():

@@ -39,12 +39,16 @@ def header(threads: int) -> str:
     import torch
 
     from rolora.llm.base_dtype import choose_dtype, cpu_info
+    from rolora.llm.client_workers import choose_workers
+    from rolora.llm.config import TrainConfig
 
     auto = choose_dtype("auto", torch.device("cpu"))
+    workers = choose_workers(TrainConfig(), torch.device("cpu"))
     limits = [f"{k}={os.environ[k]}" for k in ISA_ENV if k in os.environ]
     return "\n".join([f"- {cpu_info().line(threads)}",
                       f"- torch {torch.__version__} (CPU capability {torch.backends.cpu.get_cpu_capability()}); "
-                      f"model.dtype auto -> {auto.name} ({auto.reason})",
+                      f"model.dtype auto -> {auto.name} ({auto.reason}); "
+                      f"train.client_workers auto -> {workers.count} ({workers.reason}; the client-batched rows)",
                       f"- environment: {' '.join(limits) or '(no ISA or thread limits set)'}"])
 
 
