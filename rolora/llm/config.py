@@ -155,7 +155,8 @@ class TrainConfig:
     same time by as many threads, each on its own replica of the model (frozen weights shared) with
     its passes at batch_tokens / client_workers (0, auto: 2 on a CPU; 1 on CUDA, with
     train.compile or the frozen-prefix cache). The results depend on this value (which clients share
-    a pass), not on the number of cores (llm/client_workers.py)."""
+    a pass: the per-pass masks' bits), not on the number of cores; 1 gives the numbers of versions
+    before this option (llm/client_workers.py)."""
     frozen_prefix: str = "off"
     """off | no-dropout (dropout off in the embeddings and the blocks below the lowest adapted one) |
     cache (as no-dropout, and those blocks' output is computed once per training sample and reused
