@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-stop set-up and entry point for a fresh machine.
-#   ./dev.sh main [ARGS...]   set up, then run the main job: a short federated fine-tuning of MiniLM on
-#                             Rotten Tomatoes, RoLoRA beside FedAvg-LoRA and FFA-LoRA (a few minutes on 2 CPU cores)
+#   ./dev.sh main [ARGS...]   set up, then run the main job: a short federated fine-tuning of MiniLM on TREC
+#                             questions by 5 clients, RoLoRA beside FedAvg-LoRA and FFA-LoRA (a few minutes on 2 CPU cores)
 #   ./dev.sh test [ARGS...]   set up, then run the whole test suite
 #   ./dev.sh setup            only set up
 #   ./dev.sh rolora ARGS...   set up, then any rolora command

@@ -275,7 +275,8 @@ class ClientAdapters:
         y = F.linear(x, module.weight if self.merged is None else self.merged, module.bias)
         xd = self.streams.lora(x, p, module.backend) if p > 0.0 else x
         terms = [self._stacked_lora(xd, group) for group in self._stacks(xd.dtype)]
-        return y + (terms[0] if len(terms) == 1 else torch.cat(terms))  # one stack: no copy
+        # into the base output (not saved for backward): no third [rows, .., out] tensor
+        return y.add_(terms[0] if len(terms) == 1 else torch.cat(terms))
 
     def _stacks(self, dtype: torch.dtype) -> list[list[tuple[int, int, int]]]:
         """Consecutive client segments, cut so each group's ranks add up to at most the dtype's

@@ -36,12 +36,14 @@ def client_attention(module, query, key, value, attention_mask, scaling=None, dr
     """Eager attention (``modeling_bert.eager_attention_forward``) with per-client dropout."""
     if scaling is None:
         scaling = query.size(-1) ** -0.5
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    # The scale on the query ([.., T, d]) rather than on the [.., T, T] product; the mask in place,
+    # since matmul does not save its product for backward.
+    weights = torch.matmul(query * scaling, key.transpose(2, 3))
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
-            weights = weights.masked_fill(~attention_mask, torch.finfo(weights.dtype).min)
+            weights = weights.masked_fill_(~attention_mask, torch.finfo(weights.dtype).min)
         else:
-            weights = weights + attention_mask
+            weights = weights.add_(attention_mask)
     weights = softmax_last(weights)
     if dropout > 0.0 and module.training:
         weights = _active.streams[-1].attention(weights, dropout)

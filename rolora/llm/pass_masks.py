@@ -25,6 +25,10 @@ import torch
 from torch import Tensor
 
 
+EXACT_SCALE_DTYPES = (torch.float32, torch.float64)
+"""Dtypes whose mask can hold the scale: x · fl(1/q) is what x · 1 · (1/q) rounds to in them."""
+
+
 class WordSource:
     """Uniform random 64-bit words (as int64) from one seed, drawn on ``device``."""
 
@@ -69,9 +73,12 @@ class PassMasks:
     def _dropped(self, x: Tensor, p: float) -> Tensor:
         keep, q = keep_mask(tuple(x.shape), p, self.source)
         # bool → x.dtype through uint8 (PyTorch's bool casts and bool products take a scalar path on
-        # CPU, ~7× slower than this); the scale is applied in the op's fp32 arithmetic, so a bf16
-        # tensor is not scaled by a bf16-rounded 1/q.
-        return (x * keep.view(torch.uint8).to(x.dtype)).mul_(1.0 / q)
+        # CPU, ~7× slower than this).
+        mask = keep.view(torch.uint8).to(x.dtype)
+        if x.dtype in EXACT_SCALE_DTYPES:  # 0 or fl(1/q) in the mask: the same values, one op fewer each way
+            return x * mask.mul_(1.0 / q)
+        # reduced precision: the scale in the op's fp32 arithmetic, not a bf16-rounded 1/q in the mask
+        return (x * mask).mul_(1.0 / q)
 
 
 def keep_mask(shape: tuple[int, ...], p: float, source: WordSource) -> tuple[Tensor, float]:
