@@ -27,8 +27,28 @@ def test_quick_bench_rows_are_consistent(tmp_path, capsys):
 def test_the_warm_up_target_compares_round_1_with_the_fastest_later_round():
     from rolora.lab.bench.llm import targets
 
-    rows = {"ours-seq": {"row": "ours-seq", "round_s": [30.0, 25.0, 20.0]},
-            "ours-batched": {"row": "ours-batched", "round_s": [90.0, 40.0]}}
+    rows = [{"row": "ours-seq", "round_s": [30.0, 25.0, 20.0]}, {"row": "ours-batched", "round_s": [90.0, 40.0]}]
     lines = targets(rows)
     assert "ours-seq warm-up: round 1 30.0 s = 1.50× the fastest later round (met: ≤ 1.5×)" in lines
     assert "ours-batched warm-up: round 1 90.0 s = 2.25× the fastest later round (NOT met: ≤ 1.5×)" in lines
+
+
+def _row(kind: str, wall: float, rss: float, loss: float = 0.5) -> dict:
+    return {"row": kind, "wall_s": wall, "round_s": [wall], "peak_rss_mib": rss, "test_loss": loss}
+
+
+def test_repeated_rows_are_judged_by_their_median_not_the_last_or_luckiest():
+    from rolora.lab.bench.llm import FASTEST, targets
+
+    # Interleaved: the loop's median 150 against ours' median 55 is 2.73×, although the last pair
+    # (180 / 50 = 3.6×) and the best single pair would both read "met".
+    rows = [_row("peft-fp32", 150.0, 2000), _row(FASTEST, 60.0, 1500), _row("peft-fp32", 120.0, 1900),
+            _row(FASTEST, 55.0, 1950), _row("peft-fp32", 180.0, 2100), _row(FASTEST, 50.0, 1400)]
+    lines = targets(rows)
+    assert lines[0] == ("fastest ≥ 3× row 1: 2.73× (NOT met; 150.0 s, median of 3, against 55.0 s, median of 3; "
+                        "single rows 2.00–3.60×)")
+    # Peak RSS: ours' largest (1950) against the loop's smallest (1900).
+    assert lines[2] == "fastest peak RSS ≤ row 1: 1950 vs 1900 MiB (NOT met; largest against smallest)"
+    once = targets([_row("peft-fp32", 150.0, 2000), _row(FASTEST, 50.0, 1500)])
+    assert once[0] == "fastest ≥ 3× row 1: 3.00× (met; 150.0 s, one row, against 50.0 s, one row)"
+    assert once[2] == "fastest peak RSS ≤ row 1: 1500 vs 2000 MiB (met)"

@@ -22,7 +22,7 @@ from test_llm_engine import TINY
 from rolora.federated import available_methods
 from rolora.llm import compiled_step
 from rolora.llm.batched_training import batched_training
-from rolora.llm.compiled_step import ROW_BUCKET, WIDTH_BUCKET, CompiledOptimizer, TorchMasks, bucketed
+from rolora.llm.compiled_step import ROW_BUCKET, WIDTH_BUCKET, CompiledOptimizer, TorchMasks, bucketed, compile_options
 from rolora.llm.config import ConfigError, load_config
 from rolora.llm.prepare import build
 from rolora.llm.tasks import IGNORE
@@ -141,19 +141,21 @@ def test_recompiles_stay_bounded_while_pass_shapes_vary():
 
 
 def test_inductor_compiles_the_step_and_equals_eager():
-    """Code generation (inductor) with dropout on; its random numbers through ATen's generator
-    (``fallback_random``) so the masks are eager's and the numbers can be compared."""
+    """Code generation (inductor) with dropout on. On a CPU ``train.compile = "inductor"`` draws its
+    random numbers through ATen's generator (``fallback_random``, set by ``compile_options``, not
+    here), so the masks are eager's and the numbers can be compared: without it they differ."""
     import torch._inductor.config as inductor
 
+    assert not inductor.fallback_random  # torch's default: the option, not the global, must do it
     setup = build(load_config(None, TINY["roberta"] + COMMON))
     eager = _rounds(_for(setup, "fedavg-lora", compile="eager"), batched_training)
-    before = inductor.fallback_random
-    inductor.fallback_random = True
-    try:
-        compiled = _rounds(_for(setup, "fedavg-lora", compile="inductor"), batched_training)
-    finally:
-        inductor.fallback_random = before
+    compiled = _rounds(_for(setup, "fedavg-lora", compile="inductor"), batched_training)
     _compare(eager, compiled, "inductor")
+
+
+def test_inductor_keeps_its_own_random_numbers_on_cuda():
+    assert compile_options("inductor", "cpu") == {"backend": "inductor", "options": {"fallback_random": True}}
+    assert compile_options("inductor", "cuda") == {"backend": "inductor"}
 
 
 def test_a_graph_break_in_the_step_fails_loudly(monkeypatch):
