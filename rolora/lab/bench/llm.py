@@ -10,6 +10,9 @@ mode. Prints the CPU's relevant capabilities, Markdown tables and which targets 
     rolora bench llm                 # the full benchmark (many minutes on a 2-core CPU)
     rolora bench llm --quick         # smoke test: tiny model, 3 clients × 2 steps
     rolora bench llm --rounds 3      # also each row's later rounds (warm-up: round 1 against them)
+    rolora bench llm --rows peft-fp32,ours-fast,peft-fp32,ours-fast --sweep ''
+                                     # interleaved, to average a noisy machine's drift out: a kind
+                                     # run more than once is judged by its median round
 """
 
 from __future__ import annotations
