@@ -52,3 +52,17 @@ def test_repeated_rows_are_judged_by_their_median_not_the_last_or_luckiest():
     once = targets([_row("peft-fp32", 150.0, 2000), _row(FASTEST, 50.0, 1500)])
     assert once[0] == "fastest ≥ 3× row 1: 3.00× (met; 150.0 s, one row, against 50.0 s, one row)"
     assert once[2] == "fastest peak RSS ≤ row 1: 1500 vs 2000 MiB (met)"
+
+
+def test_a_failing_row_ends_the_bench_with_one_message_and_exit_1(monkeypatch, capsys):
+    import subprocess
+
+    from rolora.lab.bench import llm
+
+    def failing(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 3, stdout="", stderr="MemoryError: out of memory\n")
+
+    monkeypatch.setattr(llm.subprocess, "run", failing)
+    assert main(["--quick", "--rows", "ours-fast", "--sweep", ""]) == 1
+    err = capsys.readouterr().err
+    assert "bench row ours-fast failed (exit 3)" in err and "out of memory" in err and "Traceback" not in err

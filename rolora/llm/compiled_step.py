@@ -56,7 +56,9 @@ def compile_options(mode: str, device_type: str = "cpu") -> dict | None:
     if mode == "aot_eager":
         return {"backend": "aot_eager"}
     if mode == "inductor":
-        return {"backend": "inductor", **({"options": {"fallback_random": True}} if device_type == "cpu" else {})}
+        if device_type == "cpu":
+            return {"backend": "inductor", "options": {"fallback_random": True}}
+        return {"backend": "inductor"}
     if mode == "reduce-overhead":
         return {"backend": "inductor", "mode": "reduce-overhead"}
     raise ValueError(f"train.compile: unknown mode {mode!r} (inductor, reduce-overhead, aot_eager, eager)")

@@ -25,7 +25,8 @@ import os
 import statistics
 from pathlib import Path
 
-from rolora.lab.bench.llm_row import ROWS
+from rolora.lab.bench.llm_row import ROWS, config_for
+from rolora.llm.config import ConfigError
 from rolora.federated.atomic import atomic_file, file_problem
 
 FULL = ["federated.clients=20", "train.local_steps=10", "train.batch_size=32", "train.weight_decay=0.01"]
@@ -56,12 +57,16 @@ def header(threads: int) -> str:
                       f"- environment: {' '.join(limits) or '(no ISA or thread limits set)'}"])
 
 
+class RowFailed(RuntimeError):
+    """A row's subprocess exited non-zero (its stderr's tail in the message)."""
+
+
 def run_row(row: str, size: list[str], threads: int, rounds: int = 1) -> dict:
     cmd = [sys.executable, "-m", "rolora.lab.bench.llm_row", row, "--threads", str(threads), "--rounds", str(rounds),
            "--set", *size]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"bench row {row} failed:\n{done.stderr[-3000:]}")
+        raise RowFailed(f"bench row {row} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -104,6 +109,7 @@ def targets(rows: list[dict]) -> list[str]:
     loop's smallest, so that repeating rows cannot pick a lucky one."""
     by = _pooled(rows)
     one, two, fast = by.get("peft-fp32"), by.get("peft-bf16"), by.get(FASTEST)
+    loss_one = statistics.median(r["test_loss"] for r in one) if one else None  # every row's reference
     out = []
     if one and fast:
         ratio = _wall(one) / _wall(fast)
@@ -114,7 +120,6 @@ def targets(rows: list[dict]) -> list[str]:
             spread = f"; single rows {lo:.2f}–{hi:.2f}×"
         out.append(f"fastest ≥ 3× row 1: {ratio:.2f}× ({'met' if ratio >= 3 else 'NOT met'}; "
                    f"{_wall(one):.1f} s, {_of(one)}, against {_wall(fast):.1f} s, {_of(fast)}{spread})")
-        loss_one = statistics.median(r["test_loss"] for r in one)
         loss_gap = max(abs(r["test_loss"] - loss_one) / loss_one for r in fast)
         out.append(f"fastest test loss within 1 % of row 1: {loss_gap:.3%} ({'met' if loss_gap <= 0.01 else 'NOT met'})")
         peak, floor = max(r["peak_rss_mib"] for r in fast), min(r["peak_rss_mib"] for r in one)
@@ -125,7 +130,7 @@ def targets(rows: list[dict]) -> list[str]:
         out.append(f"fastest ≥ 1.5× row 2: {ratio:.2f}× ({'met' if ratio >= 1.5 else 'NOT met'})")
     for row in ("ours-seq", "ours-batched"):
         if one and row in by:
-            gap = max(abs(r["test_loss"] - one[0]["test_loss"]) for r in by[row])
+            gap = max(abs(r["test_loss"] - loss_one) for r in by[row])
             out.append(f"{row} test loss within 1e-4 of row 1: {gap:.2e} ({'met' if gap <= 1e-4 else 'NOT met'})")
     for r in rows:
         if len(r.get("round_s", [])) > 1:
@@ -177,12 +182,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.clients:
         size = [s for s in size if not s.startswith("federated.clients=")] + [f"federated.clients={args.clients}"]
     size = size + list(args.set)
+    chosen = [r for r in args.rows.split(",") if r]
+    own = {row: [f"train.compile={args.compile}"] if row == "ours-compiled" else [] for row in chosen}
+    for row in chosen:  # a bad --set is answered now, not by a row's subprocess minutes later
+        try:
+            config_for(size + own[row], row, args.rounds)
+        except ConfigError as err:
+            p.error(f"--set: {err}")
     print(header(args.threads), flush=True)
     rows = []
-    for row in [r for r in args.rows.split(",") if r]:
-        own = [f"train.compile={args.compile}"] if row == "ours-compiled" else []
-        rows.append(derived(run_row(row, size + own, args.threads, args.rounds)))
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress: a long run shows each row as it ends
+    try:
+        for row in chosen:
+            rows.append(derived(run_row(row, size + own[row], args.threads, args.rounds)))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress: a long run shows each row as it ends
+    except RowFailed as err:
+        print(f"rolora bench llm: {err}", file=sys.stderr)
+        return 1
     print(table(rows))
     print("\n".join(f"- {line}" for line in targets(rows)))
     sweep = []
@@ -190,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         clients = [s for s in size if not s.startswith("federated.clients=")] + [f"federated.clients={n}"]
         if args.quick:
             clients.append(f"data.max_train_samples={40 * n}")
-        r = derived(run_row(FASTEST, clients, args.threads))
+        try:
+            r = derived(run_row(FASTEST, clients, args.threads))
+        except RowFailed as err:
+            print(f"rolora bench llm: {err}", file=sys.stderr)
+            return 1
         sweep.append({"clients": n, **r})
         print(json.dumps(sweep[-1]), file=sys.stderr, flush=True)
     if sweep:
