@@ -338,6 +338,17 @@ def test_head_lr_follows_the_lr_schedule():
         load_config(None, ["train.head_lr=-1"])
 
 
+def _without_dropout(setup, spec, monkeypatch):
+    for m in setup.model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            monkeypatch.setattr(m, "p", 0.0)
+    s = _for(setup, spec, dropout_masks="fast")
+    s = dataclasses.replace(s, config=dataclasses.replace(s.config, lora=dataclasses.replace(s.config.lora, dropout=0.0)))
+    for module in s.adapters.values():
+        monkeypatch.setattr(module, "dropout", 0.0)
+    return s
+
+
 @pytest.mark.parametrize("spec", ["fedavg-lora", "rolora"])
 def test_the_first_token_top_block_gives_the_whole_block_s_numbers(setup, spec, monkeypatch):
     """Per-pass masks compute an encoder classifier's top block at the first token only; with every
@@ -347,13 +358,7 @@ def test_the_first_token_top_block_gives_the_whole_block_s_numbers(setup, spec, 
 
     if not applies(setup.model, setup.config.model.task):
         pytest.skip("a decoder reads every token's output")
-    for m in setup.model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            monkeypatch.setattr(m, "p", 0.0)
-    s = _for(setup, spec, dropout_masks="fast")
-    s = dataclasses.replace(s, config=dataclasses.replace(s.config, lora=dataclasses.replace(s.config.lora, dropout=0.0)))
-    for module in s.adapters.values():
-        monkeypatch.setattr(module, "dropout", 0.0)
+    s = _without_dropout(setup, spec, monkeypatch)
     calls = []
     real = bt.first_token_top_block
 
@@ -362,12 +367,83 @@ def test_the_first_token_top_block_gives_the_whole_block_s_numbers(setup, spec, 
         return real(model)
 
     monkeypatch.setattr(bt, "first_token_top_block", counted)
+    monkeypatch.setattr(bt, "UNPADDED_BLOCKS", False)  # the padded layout's first-token block (as compiled passes use)
     fast = _rounds(s, batched_training)
     assert calls, "the first-token top block was not used"
     monkeypatch.setattr(bt, "FIRST_TOKEN_TOP", False)
     whole = _rounds(s, batched_training)
-    for (u_fast, _, g_fast), (u_whole, _, g_whole) in zip(fast, whole):
-        for a, b in zip(u_whole, u_fast):
+    _assert_same_rounds(whole, fast, spec)
+
+
+def _assert_same_rounds(reference, other, spec):
+    """Two ``_rounds`` results: the same uploads, heads, train losses and aggregated states."""
+    for (u_ref, r_ref, g_ref), (u_other, r_other, g_other) in zip(reference, other):
+        for a, b in zip(u_ref, u_other):
             _assert_close(a.tensors, b.tensors, f"{spec} upload {a.client}")
             _assert_close(dict(a.dense), dict(b.dense), f"{spec} head {a.client}")
-        _assert_close(g_whole.layers, g_fast.layers, f"{spec} state")
+        for a, b in zip(r_ref, r_other):
+            assert b.metrics["train_loss"] == pytest.approx(a.metrics["train_loss"], rel=1e-6)
+        _assert_close(g_ref.layers, g_other.layers, f"{spec} state")
+
+
+@pytest.mark.parametrize("first_token", [False, True])
+@pytest.mark.parametrize("spec", ["fedavg-lora", "rolora", "ffa-lora"])
+def test_unpadded_blocks_give_the_padded_blocks_numbers(setup, spec, first_token, monkeypatch):
+    """Per-pass masks run an encoder's blocks on the real tokens only; with every dropout off it
+    trains as the padded blocks do (mixed lengths in every pass: a token budget of 64)."""
+    from rolora.llm import batched_training as bt
+    from rolora.llm.unpadded_blocks import applies
+
+    if not applies(setup.model):
+        pytest.skip("not a BERT/RoBERTa encoder")
+    s = _without_dropout(setup, spec, monkeypatch)
+    monkeypatch.setattr(bt, "FIRST_TOKEN_TOP", first_token)
+    passes = []
+    real = bt.unpadded_blocks
+
+    def counted(*args, **kwargs):
+        context = real(*args, **kwargs)
+        state = context.__enter__()
+        begin = state.begin_pass
+        state.begin_pass = lambda mask: (passes.append(int((mask == 0).sum())), begin(mask))
+        return _Entered(context, state)
+
+    monkeypatch.setattr(bt, "unpadded_blocks", counted)
+    unpadded = _rounds(s, batched_training)
+    assert passes and sum(passes) > 0, "no pass ran unpadded with padding to leave out"
+    monkeypatch.setattr(bt, "UNPADDED_BLOCKS", False)
+    padded = _rounds(s, batched_training)
+    _assert_same_rounds(padded, unpadded, spec)
+
+
+class _Entered:
+    """An entered context manager handed back as one (so a test can wrap what a context yields)."""
+
+    def __init__(self, context, state):
+        self.context, self.state = context, state
+
+    def __enter__(self):
+        return self.state
+
+    def __exit__(self, *exc):
+        return self.context.__exit__(*exc)
+
+
+def test_packing_moves_real_tokens_and_refuses_left_padding():
+    from rolora.llm.unpadded_blocks import Packing
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
+    pack = Packing(mask)
+    padded = torch.arange(3 * 4 * 6, dtype=torch.float32).view(3, 4, 6)
+    tokens = pack.pack(padded)
+    assert tokens.shape == (8, 6)
+    assert torch.equal(tokens[3], padded[1, 0]) and torch.equal(tokens[4], padded[2, 0])
+    assert torch.equal(pack.unpack(tokens), padded * mask[:, :, None])
+    heads = pack.heads(tokens, 2)  # [rows, heads, P, size]
+    assert heads.shape == (3, 2, 4, 3) and heads.is_contiguous()
+    assert torch.equal(heads[0, 1, 2], padded[0, 2, 3:]) and torch.equal(heads[1, 0, 1], torch.zeros(3))
+    assert torch.equal(pack.from_heads(heads), tokens)
+    assert pack.first.tolist() == [0, 3, 4]
+    assert pack.segments([(5, 0, 2), (1, 2, 3)]) == [(5, 0, 4), (1, 4, 8)]
+    with pytest.raises(ValueError, match="right-padded"):
+        Packing(torch.tensor([[0, 1, 1], [1, 1, 1]]))

@@ -199,11 +199,18 @@ class Rows:
     """The current forward's rows, grouped by client: (slot, first row, end row) per client present."""
 
     segments: list[tuple[int, int, int]] = field(default_factory=list)
+    packed: list[tuple[int, int, int]] | None = None
+    """Unpadded blocks (``llm/unpadded_blocks.py``): the same clients' segments over the pass's real
+    tokens packed as [tokens, features]; read for two-dimensional inputs (rows' inputs have three)."""
     slot: Tensor | None = None
     """Gathered mode (a compiled pass, ``llm/compiled_step.py``): each row's client slot [rows], read
     instead of ``segments``; layers then gather their clients' tensors per row."""
 
     _scales: dict = field(default_factory=dict, repr=False)
+
+    def of_input(self, x: Tensor) -> list[tuple[int, int, int]]:
+        """The segments of ``x``'s leading dimension: packed tokens ([tokens, in]) or rows."""
+        return self.packed if self.packed is not None and x.dim() == 2 else self.segments
 
     def block_scale(self, group: list[tuple[int, int, int]], ranks: list[int], alpha: float, dtype,
                     device) -> Tensor:
@@ -274,16 +281,16 @@ class ClientAdapters:
             return self._delta_forward(module, x, p)
         y = F.linear(x, module.weight if self.merged is None else self.merged, module.bias)
         xd = self.streams.lora(x, p, module.backend) if p > 0.0 else x
-        terms = [self._stacked_lora(xd, group) for group in self._stacks(xd.dtype)]
+        terms = [self._stacked_lora(xd, group) for group in self._stacks(self.rows.of_input(x), xd.dtype)]
         # into the base output (not saved for backward): no third [rows, .., out] tensor
         return y.add_(terms[0] if len(terms) == 1 else torch.cat(terms))
 
-    def _stacks(self, dtype: torch.dtype) -> list[list[tuple[int, int, int]]]:
+    def _stacks(self, segments: list[tuple[int, int, int]], dtype: torch.dtype) -> list[list[tuple[int, int, int]]]:
         """Consecutive client segments, cut so each group's ranks add up to at most the dtype's
         ``STACKED_RANK``."""
         limit = STACKED_RANK.get(dtype, STACKED_RANK_DEFAULT)
         groups, total = [[]], 0
-        for seg in self.rows.segments:
+        for seg in segments:
             r = self.params[seg[0]]["A"].shape[0]
             if groups[-1] and total + r > limit:
                 groups.append([])
@@ -334,7 +341,7 @@ class ClientAdapters:
     def _delta_forward(self, module: FederatedLinear, x: Tensor, p: float) -> Tensor:
         """``FederatedLinear.reference_forward`` per client, on its own rows."""
         deltas = [(a, b, self.method.delta(dict(self.params[slot]), self.alpha).to(module.weight.dtype))
-                  for slot, a, b in self.rows.segments]
+                  for slot, a, b in self.rows.of_input(x)]
         if p == 0.0:
             return torch.cat([F.linear(x[a:b], module.weight + d, module.bias) for a, b, d in deltas])
         xd = self.streams.tokens(x, p)

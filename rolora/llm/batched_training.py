@@ -51,12 +51,18 @@ from rolora.llm.model_dropouts import client_dropouts
 from rolora.llm.pass_masks import PassMasks
 from rolora.llm.prepare import RunSetup
 from rolora.llm.tasks import batch, finite_weighted_sum, loss
+from rolora.llm.unpadded_blocks import applies as unpadded_applies
+from rolora.llm.unpadded_blocks import unpadded_blocks
 
 log = logging.getLogger("rolora.llm")
 
 FIRST_TOKEN_TOP = True
 """With per-pass masks, an encoder classifier's top block computes only the first token's output
 (``llm/first_token_top.py``; False: the whole block, the reference the tests compare with)."""
+
+UNPADDED_BLOCKS = True
+"""With per-pass masks and no compiled step, a BERT/RoBERTa encoder's blocks run on the pass's real
+tokens only (``llm/unpadded_blocks.py``; False: the padded blocks, the reference the tests compare with)."""
 
 CLIENT_STATE_BUDGET = 256 * 2**20
 """Automatic group size: as many clients as keep their tensors, gradients and AdamW moments under this."""
@@ -137,7 +143,11 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float,
         stack.enter_context(client_dropouts(model, streams))
         if heads:
             stack.enter_context(heads.installed())
-        if FIRST_TOKEN_TOP and c.train.dropout_masks == "fast" and first_token_applies(model, task):
+        first_token = FIRST_TOKEN_TOP and c.train.dropout_masks == "fast" and first_token_applies(model, task)
+        unpadded = None
+        if UNPADDED_BLOCKS and compiled is None and c.train.dropout_masks == "fast" and unpadded_applies(model):
+            unpadded = stack.enter_context(unpadded_blocks(model, rows, first_token))
+        elif first_token:
             stack.enter_context(first_token_top_block(model))
         for j in range(max(len(o) for o in orders)):
             active = [s for s in range(len(starts)) if alive[s] and j < len(orders[s])]
@@ -158,6 +168,8 @@ def train_group(setup: RunSetup, starts: Sequence[ClientStart], lr: float,
                 tensors = batch(setup.train, [r[2] for r in picked])
                 if compiled is None:
                     rows.segments = Rows.of([r[0] for r in picked]).segments
+                    if unpadded is not None:
+                        unpadded.begin_pass(tensors["attention_mask"])
                     streams.begin_chunk([(r[0], r[1]) for r in picked])
                     tensors = {k: x.to(setup.device) for k, x in tensors.items()}
                     per_sample = loss(model, tensors, task)

@@ -34,6 +34,14 @@ _active = _Active()
 
 def client_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Eager attention (``modeling_bert.eager_attention_forward``) with per-client dropout."""
+    out = attention_product(module, query, key, value, attention_mask, scaling, dropout)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def attention_product(module, query, key, value, attention_mask, scaling=None, dropout=0.0) -> torch.Tensor:
+    """softmax(q kᵀ · scaling + mask), its dropout through the pass's streams, times v: [.., heads, T, d].
+
+    ``attention_mask``: bool (True: may attend) or additive, broadcast to [.., heads, T, keys]."""
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     # The scale on the query ([.., T, d]) rather than on the [.., T, T] product; the mask in place,
@@ -47,8 +55,7 @@ def client_attention(module, query, key, value, attention_mask, scaling=None, dr
     weights = softmax_last(weights)
     if dropout > 0.0 and module.training:
         weights = _active.streams[-1].attention(weights, dropout)
-    out = torch.matmul(weights, value).transpose(1, 2).contiguous()
-    return out, weights
+    return torch.matmul(weights, value)
 
 
 FP32_SOFTMAX_KEYS = range(16, 32)
