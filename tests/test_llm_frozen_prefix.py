@@ -25,7 +25,13 @@ def _state(history):
     return {(layer, k): x for layer, tensors in history.state.layers.items() for k, x in tensors.items()}
 
 
-@pytest.mark.parametrize("batching", ["auto", "off"])
+BATCHING = {"auto": ["train.client_batching=auto"], "off": ["train.client_batching=off"],
+            "fast": ["train.client_batching=auto", "train.dropout_masks=fast", "train.client_workers=1"]}
+"""``fast``: per-pass masks, so the blocks above the prefix run unpadded (llm/unpadded_blocks.py); one
+worker on both sides (the cache's own choice), since per-pass masks follow the workers' grouping."""
+
+
+@pytest.mark.parametrize("batching", list(BATCHING))
 @pytest.mark.parametrize("method", ["rolora", "fedavg-lora"])
 def test_the_cached_prefix_equals_the_uncached_run_with_prefix_dropout_off(method, batching, tmp_path, monkeypatch):
     from rolora.llm.frozen_prefix import PrefixCache
@@ -33,11 +39,16 @@ def test_the_cached_prefix_equals_the_uncached_run_with_prefix_dropout_off(metho
     looked_up = []
     original = PrefixCache.lookup
     monkeypatch.setattr(PrefixCache, "lookup", lambda self, *a: looked_up.append(1) or original(self, *a))
+    from rolora.llm import unpadded_blocks
+
+    unpadded, block = [], unpadded_blocks.block_forward
+    monkeypatch.setattr(unpadded_blocks, "block_forward", lambda *a, **k: unpadded.append(1) or block(*a, **k))
     runs = {}
     for mode in ("no-dropout", "cache"):
-        config = _config(f"federated.method={method}", f"train.client_batching={batching}", f"train.frozen_prefix={mode}")
+        config = _config(f"federated.method={method}", *BATCHING[batching], f"train.frozen_prefix={mode}")
         runs[mode] = run(config, tmp_path / mode, quiet=True)
     assert looked_up  # the cached run's training passes did read the cache
+    assert bool(unpadded) is (batching == "fast")
     a, b = _state(runs["no-dropout"]), _state(runs["cache"])
     assert a.keys() == b.keys() and a
     for key in a:
@@ -45,7 +56,7 @@ def test_the_cached_prefix_equals_the_uncached_run_with_prefix_dropout_off(metho
     for ra, rb in zip(runs["no-dropout"].rows, runs["cache"].rows):
         assert rb.get("test_loss") == pytest.approx(ra.get("test_loss"), rel=1e-5, abs=1e-7)
     # Dropout on above the prefix still moves the numbers: the comparison is not vacuous.
-    plain = run(_config(f"federated.method={method}", f"train.client_batching={batching}"), tmp_path / "off", quiet=True)
+    plain = run(_config(f"federated.method={method}", *BATCHING[batching]), tmp_path / "off", quiet=True)
     assert any(not torch.allclose(_state(plain)[k], a[k]) for k in a)
 
 

@@ -11,7 +11,8 @@ PEFT's Kaiming A, B = 0) and head, AdamW with the config's ``train.weight_decay`
   fresh AdamW, the steps (``peft-bf16``: under ``torch.autocast(bfloat16)``),
   ``get_peft_model_state_dict``;
 - ``ours-seq``, ``ours-batched`` (fp32) and ``ours-fast`` (client-batched, ``model.dtype = "auto"``:
-  bf16 base only on hardware with native bf16, each pass drawing its own dropout masks, the top block at the first token only):
+  bf16 base only on hardware with native bf16, each pass drawing its own dropout masks, the blocks on
+  real tokens only, the top block at the first token only):
   ``rolora.llm``; ``ours-compiled``: ``ours-fast`` with ``train.compile = "inductor"`` (round 1
   includes the compile; the later rounds show the compiled step's speed).
 
