@@ -349,6 +349,7 @@ def _without_dropout(setup, spec, monkeypatch):
     return s
 
 
+@pytest.mark.parametrize("setup", ["roberta"], indirect=True)  # an encoder classifier (a decoder reads every token)
 @pytest.mark.parametrize("spec", ["fedavg-lora", "rolora"])
 def test_the_first_token_top_block_gives_the_whole_block_s_numbers(setup, spec, monkeypatch):
     """Per-pass masks compute an encoder classifier's top block at the first token only; with every
@@ -356,8 +357,7 @@ def test_the_first_token_top_block_gives_the_whole_block_s_numbers(setup, spec, 
     from rolora.llm import batched_training as bt
     from rolora.llm.first_token_top import applies
 
-    if not applies(setup.model, setup.config.model.task):
-        pytest.skip("a decoder reads every token's output")
+    assert applies(setup.model, setup.config.model.task)
     s = _without_dropout(setup, spec, monkeypatch)
     calls = []
     real = bt.first_token_top_block
@@ -386,6 +386,7 @@ def _assert_same_rounds(reference, other, spec):
         _assert_close(g_ref.layers, g_other.layers, f"{spec} state")
 
 
+@pytest.mark.parametrize("setup", ["roberta"], indirect=True)  # a BERT/RoBERTa encoder
 @pytest.mark.parametrize("first_token", [False, True])
 @pytest.mark.parametrize("spec", ["fedavg-lora", "rolora", "ffa-lora"])
 def test_unpadded_blocks_give_the_padded_blocks_numbers(setup, spec, first_token, monkeypatch):
@@ -394,8 +395,7 @@ def test_unpadded_blocks_give_the_padded_blocks_numbers(setup, spec, first_token
     from rolora.llm import batched_training as bt
     from rolora.llm.unpadded_blocks import applies
 
-    if not applies(setup.model):
-        pytest.skip("not a BERT/RoBERTa encoder")
+    assert applies(setup.model)
     s = _without_dropout(setup, spec, monkeypatch)
     monkeypatch.setattr(bt, "FIRST_TOKEN_TOP", first_token)
     passes = []

@@ -179,9 +179,9 @@ class TrainConfig:
     the results equal one-by-one training) | fast (each pass draws its own: the same distribution,
     seeded up to a keep probability quantised to 1/65,536, ~1/5 less round time with dropout on a CPU
     (two −11 % steps, BENCHMARKS.md "llm/ speed"), not bit-equal to one by one; llm/pass_masks.py);
-    with them a BERT/RoBERTa encoder's blocks run on the real tokens only (llm/unpadded_blocks.py) and
-    an encoder classifier's top block is computed at the first token only, the one its head reads
-    (llm/first_token_top.py: ~−8 % of an fp32 round)."""
+    with them, on a CPU, a BERT/RoBERTa encoder's blocks run on the real tokens only
+    (llm/unpadded_blocks.py), and an encoder classifier's top block is computed at the first token
+    only, the one its head reads (llm/first_token_top.py: ~−8 % of an fp32 round)."""
     compile: str = "off"
     """Client batching: off | inductor | reduce-overhead (inductor + CUDA graphs, for GPUs) |
     aot_eager (traced, no code generation: for checking) | eager (the same pass and update, not
