@@ -23,8 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from rolora.llm.adapter_layer import Rows
+from rolora.llm.first_token_top import FAMILIES
 from rolora.llm.frozen_prefix import encoder_parts
 from rolora.llm.model_dropouts import attention_product
+from rolora.llm.models import model_family
 
 
 class Packing:
@@ -43,14 +45,14 @@ class Packing:
         flat = prefix.reshape(-1).nonzero().squeeze(1)  # r·P + p of each real token, row after row
         self.index = flat
         self.row_of, self.pos_of = flat // width, flat % width
-        self.first = torch.cumsum(lengths, 0) - lengths  # each row's first token among the packed
+        self.ends = torch.cumsum(lengths, 0)
+        self.first = self.ends - lengths  # each row's first token among the packed
         self.key_mask = prefix[:, None, None, :]  # [rows, 1, 1, P]: keys a query may attend to
         self.tokens = int(flat.numel())
 
     def segments(self, rows: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
         """Row segments (slot, first row, end row) as segments of the packed tokens."""
-        ends = torch.cumsum(self.lengths, 0).tolist()
-        starts = self.first.tolist()
+        starts, ends = self.first.tolist(), self.ends.tolist()
         return [(slot, starts[a], ends[b - 1]) for slot, a, b in rows]
 
     def pack(self, padded: Tensor) -> Tensor:
@@ -76,14 +78,11 @@ class Packing:
 
 
 def applies(model: nn.Module) -> bool:
-    """Whether ``model`` has a BERT/RoBERTa encoder (embeddings + a list of such blocks)."""
+    """Whether ``model`` is a BERT/RoBERTa encoder (the families whose blocks :func:`block_forward` knows)."""
     try:
-        _, _, blocks = encoder_parts(model)
+        return model_family(model) in FAMILIES
     except ValueError:
         return False
-    top = blocks[-1] if len(blocks) else None
-    return (top is not None and hasattr(top, "feed_forward_chunk")
-            and hasattr(getattr(getattr(top, "attention", None), "self", None), "query"))
 
 
 class UnpaddedBlocks:

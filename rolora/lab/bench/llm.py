@@ -190,14 +190,23 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as err:
             p.error(f"--set: {err}")
     print(header(args.threads), flush=True)
-    rows = []
     try:
-        for row in chosen:
-            rows.append(derived(run_row(row, size + own[row], args.threads, args.rounds)))
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress: a long run shows each row as it ends
+        rows, sweep = _measure(args, size, chosen, own, counts)
     except RowFailed as err:
         print(f"rolora bench llm: {err}", file=sys.stderr)
         return 1
+    if args.json:
+        with atomic_file(args.json) as tmp:
+            tmp.write_text(json.dumps({"rows": rows, "sweep": sweep, "targets": targets(rows)}, indent=1))
+    return 0
+
+
+def _measure(args, size: list[str], chosen: list[str], own: dict, counts: list[int]) -> tuple[list, list]:
+    """Every chosen row, then the client-count sweep, each printed as it ends (RowFailed: one failed)."""
+    rows = []
+    for row in chosen:
+        rows.append(derived(run_row(row, size + own[row], args.threads, args.rounds)))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress: a long run shows each row as it ends
     print(table(rows))
     print("\n".join(f"- {line}" for line in targets(rows)))
     sweep = []
@@ -205,22 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         clients = [s for s in size if not s.startswith("federated.clients=")] + [f"federated.clients={n}"]
         if args.quick:
             clients.append(f"data.max_train_samples={40 * n}")
-        try:
-            r = derived(run_row(FASTEST, clients, args.threads))
-        except RowFailed as err:
-            print(f"rolora bench llm: {err}", file=sys.stderr)
-            return 1
-        sweep.append({"clients": n, **r})
+        sweep.append({"clients": n, **derived(run_row(FASTEST, clients, args.threads))})
         print(json.dumps(sweep[-1]), file=sys.stderr, flush=True)
     if sweep:
         print("\n| clients | round wall time | tokens | tokens/s | s per 1k tokens | peak RSS |\n|---|---|---|---|---|---|")
         for r in sweep:
             print(f"| {r['clients']} | {r['wall_s']:.1f} s | {r['tokens']} | {r['tokens_per_s']:.0f} | "
                   f"{1000 * r['wall_s'] / r['tokens']:.2f} | {r['peak_rss_mib']:.0f} MiB |")
-    if args.json:
-        with atomic_file(args.json) as tmp:
-            tmp.write_text(json.dumps({"rows": rows, "sweep": sweep, "targets": targets(rows)}, indent=1))
-    return 0
+    return rows, sweep
 
 
 if __name__ == "__main__":
