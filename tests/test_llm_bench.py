@@ -22,6 +22,12 @@ def test_quick_bench_rows_are_consistent(tmp_path, capsys):
     assert "| 1. PEFT loop, fp32 | float32 |" in printed and "test loss within 1e-4 of row 1" in printed
     assert "- CPU: " in printed and "model.dtype auto -> float32" in printed  # the header (tests pin fp32)
     assert "train.client_workers auto -> 2 (auto: CPU; the client-batched rows)" in printed
+    # Each side under its own OpenMP wait policy (the default --waits own), shown per row.
+    from rolora.llm.cpu_threads import USER_WAIT_POLICY
+
+    assert rows["peft-fp32"]["openmp_waits"] == (USER_WAIT_POLICY or "OpenMP default")
+    assert rows["ours-seq"]["openmp_waits"] == (USER_WAIT_POLICY or "PASSIVE")
+    assert "| OpenMP waits |" in printed and "- OpenMP waits: " in printed
 
 
 def test_the_warm_up_target_compares_round_1_with_the_fastest_later_round():
@@ -66,3 +72,41 @@ def test_a_failing_row_ends_the_bench_with_one_message_and_exit_1(monkeypatch, c
     assert main(["--quick", "--rows", "ours-fast", "--sweep", ""]) == 1
     err = capsys.readouterr().err
     assert "bench row ours-fast failed (exit 3)" in err and "out of memory" in err and "Traceback" not in err
+
+
+def test_each_side_runs_under_its_own_openmp_wait_policy_unless_the_user_chose():
+    from rolora.lab.bench.llm import row_env, waits_line
+    from rolora.lab.bench.llm_row import OPENMP_DEFAULT
+
+    ours = {"OMP_WAIT_POLICY": "PASSIVE", "PATH": "/bin"}  # what import rolora.llm left in the parent
+    # own (the default): the PEFT loop as its users run it, rolora's rows under rolora's policy
+    peft = row_env("peft-fp32", "own", ours, None)
+    assert "OMP_WAIT_POLICY" not in peft and peft[OPENMP_DEFAULT] == "1" and peft["PATH"] == "/bin"
+    assert row_env("ours-fast", "own", ours, None) == ours
+    # same: every row under rolora's; a policy the user set: every row under it
+    assert row_env("peft-fp32", "same", ours, None) == ours
+    assert row_env("peft-bf16", "own", {"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE") == {"OMP_WAIT_POLICY": "ACTIVE"}
+    # a stale flag in the parent's environment never reaches a row it was not meant for
+    assert OPENMP_DEFAULT not in row_env("ours-fast", "own", {**ours, OPENMP_DEFAULT: "1"}, None)
+    assert ours == {"OMP_WAIT_POLICY": "PASSIVE", "PATH": "/bin"}  # the caller's mapping is left alone
+    assert "each side its own default" in waits_line("own", None)
+    assert "(--waits same)" in waits_line("same", None)
+    assert "OMP_WAIT_POLICY=ACTIVE (set by you)" in waits_line("own", "ACTIVE")
+
+
+def test_a_peft_row_under_openmp_default_leaves_the_policy_unset(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from rolora.lab.bench.llm_row import OPENMP_DEFAULT
+
+    code = ("import os, runpy, sys; import rolora.lab.bench.llm_row as r, rolora.llm as l; "
+            "print(os.environ.get('OMP_WAIT_POLICY'), '|', l.OPENMP_WAITS)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    default = subprocess.run([sys.executable, "-c", code], env={**env, OPENMP_DEFAULT: "1"},
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert default.startswith("None | default"), default
+    rolora = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert rolora == "PASSIVE | PASSIVE", rolora

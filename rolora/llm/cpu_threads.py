@@ -17,6 +17,9 @@ import os
 import sys
 
 WAIT_POLICY = "PASSIVE"
+USER_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
+"""The user's own ``OMP_WAIT_POLICY`` (None: not set) before :func:`passive_waits` sets rolora's.
+``rolora bench llm`` reads it: a PEFT loop's row runs under what its users get unless they chose."""
 
 
 def passive_waits() -> str:

@@ -13,6 +13,13 @@ mode. Prints the CPU's relevant capabilities, Markdown tables and which targets 
     rolora bench llm --rows peft-fp32,ours-fast,peft-fp32,ours-fast --sweep ''
                                      # interleaved, to average a noisy machine's drift out: a kind
                                      # run more than once is judged by its median round
+    rolora bench llm --waits same    # every row under rolora's OpenMP wait policy (PASSIVE)
+
+OpenMP wait policy (``--waits``): by default each side runs as its users get it: the PEFT rows under
+OpenMP's own default (libgomp: an idle thread spins a while, then sleeps; the loop's best on an idle
+machine), rolora's rows under rolora's (PASSIVE, set on ``import rolora.llm``). A policy the user set
+(``OMP_WAIT_POLICY``) applies to every row. ``--waits same`` puts every row under rolora's, which
+slows the PEFT loop's two-thread regions (~11 % on an idle 2-core machine, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import os
 import statistics
 from pathlib import Path
 
-from rolora.lab.bench.llm_row import ROWS, config_for
+from rolora.lab.bench.llm_row import OPENMP_DEFAULT, ROWS, config_for
 from rolora.llm.config import ConfigError
 from rolora.federated.atomic import atomic_file, file_problem
 
@@ -35,17 +42,39 @@ QUICK = ["model.name=tiny-bert", "data.test_size=40", "data.max_train_samples=12
 FASTEST = "ours-fast"
 DEFAULT_ROWS = ["peft-fp32", "peft-bf16", "ours-seq", "ours-batched", "ours-fast"]
 ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_PRIMITIVE_CACHE_CAPACITY",
-           "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "ROLORA_NATIVE_BF16")
+           "OMP_NUM_THREADS", "ROLORA_NATIVE_BF16")
 """Environment variables that change which instructions or threads the rows use (printed when set)."""
+WAITS = ("own", "same")
 
 
-def header(threads: int) -> str:
-    """The machine line of the report: CPU model, the bf16/AVX flags, threads, versions, ISA limits."""
+def row_env(row: str, waits: str, environ: dict, user_policy: str | None) -> dict:
+    """The environment of ``row``'s subprocess: under ``waits="own"`` a PEFT row without a policy
+    chosen by the user gets OpenMP's default (rolora's PASSIVE removed, torch loaded first)."""
+    env = dict(environ)
+    env.pop(OPENMP_DEFAULT, None)
+    if waits == "own" and row.startswith("peft") and user_policy is None:
+        env.pop("OMP_WAIT_POLICY", None)
+        env[OPENMP_DEFAULT] = "1"
+    return env
+
+
+def waits_line(waits: str, user_policy: str | None) -> str:
+    if user_policy is not None:
+        return f"OpenMP waits: OMP_WAIT_POLICY={user_policy} (set by you) in every row"
+    if waits == "same":
+        return "OpenMP waits: rolora's (PASSIVE) in every row (--waits same)"
+    return "OpenMP waits: each side its own default (PEFT rows: OpenMP's, spin then sleep; rolora's rows: PASSIVE)"
+
+
+def header(threads: int, waits: str = "own") -> str:
+    """The machine line of the report: CPU model, the bf16/AVX flags, threads, versions, ISA limits,
+    the rows' OpenMP wait policy."""
     import torch
 
     from rolora.llm.base_dtype import choose_dtype, cpu_info
     from rolora.llm.client_workers import choose_workers
     from rolora.llm.config import TrainConfig
+    from rolora.llm.cpu_threads import USER_WAIT_POLICY
 
     auto = choose_dtype("auto", torch.device("cpu"))
     workers = choose_workers(TrainConfig(), torch.device("cpu"))
@@ -54,17 +83,21 @@ def header(threads: int) -> str:
                       f"- torch {torch.__version__} (CPU capability {torch.backends.cpu.get_cpu_capability()}); "
                       f"model.dtype auto -> {auto.name} ({auto.reason}); "
                       f"train.client_workers auto -> {workers.count} ({workers.reason}; the client-batched rows)",
-                      f"- environment: {' '.join(limits) or '(no ISA or thread limits set)'}"])
+                      f"- environment: {' '.join(limits) or '(no ISA or thread limits set)'}",
+                      f"- {waits_line(waits, USER_WAIT_POLICY)}"])
 
 
 class RowFailed(RuntimeError):
     """A row's subprocess exited non-zero (its stderr's tail in the message)."""
 
 
-def run_row(row: str, size: list[str], threads: int, rounds: int = 1) -> dict:
+def run_row(row: str, size: list[str], threads: int, rounds: int = 1, waits: str = "own") -> dict:
+    from rolora.llm.cpu_threads import USER_WAIT_POLICY
+
     cmd = [sys.executable, "-m", "rolora.lab.bench.llm_row", row, "--threads", str(threads), "--rounds", str(rounds),
            "--set", *size]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True,
+                          env=row_env(row, waits, dict(os.environ), USER_WAIT_POLICY))
     if done.returncode != 0:
         raise RowFailed(f"bench row {row} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -76,11 +109,11 @@ def derived(r: dict) -> dict:
 
 def table(rows: list[dict]) -> str:
     base = rows[0]
-    lines = ["| row | base dtype | round wall time | vs row 1 | later rounds | tokens/s | padding share | peak RSS | "
-             "test loss | accuracy |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | base dtype | OpenMP waits | round wall time | vs row 1 | later rounds | tokens/s | padding share | "
+             "peak RSS | test loss | accuracy |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows, 1):
         later = " / ".join(f"{w:.1f}" for w in r.get("round_s", [])[1:]) or "-"
-        lines.append(f"| {i}. {ROWS[r['row']]} | {r.get('dtype', '?')} | {r['wall_s']:.1f} s | "
+        lines.append(f"| {i}. {ROWS[r['row']]} | {r.get('dtype', '?')} | {r.get('openmp_waits', '?')} | {r['wall_s']:.1f} s | "
                      f"{base['wall_s'] / r['wall_s']:.2f}× | {later} | "
                      f"{r['tokens_per_s']:.0f} | {r['padding']:.1%} | {r['peak_rss_mib']:.0f} MiB | "
                      f"{r['test_loss']:.5f} | {r['test_accuracy']:.3f} |")
@@ -163,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=_at_least_one, help="clients in the rows' round (default 20)")
     p.add_argument("--set", nargs="*", default=[], help="more config overrides for every row (section.key=value)")
     p.add_argument("--json", help="also write every row as JSON to this file")
+    p.add_argument("--waits", default="own", choices=WAITS,
+                   help="OpenMP wait policy: own = each side its own default (the PEFT rows OpenMP's, ours "
+                        "rolora's PASSIVE); same = rolora's in every row. OMP_WAIT_POLICY, if you set it, wins")
     p.add_argument("--compile", default="inductor", choices=("inductor", "reduce-overhead", "aot_eager"),
                    help="train.compile of the ours-compiled row (reduce-overhead: CUDA graphs, on a GPU)")
     args = p.parse_args(argv)
@@ -189,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             config_for(size + own[row], row, args.rounds)
         except ConfigError as err:
             p.error(f"--set: {err}")
-    print(header(args.threads), flush=True)
+    print(header(args.threads, args.waits), flush=True)
     try:
         rows, sweep = _measure(args, size, chosen, own, counts)
     except RowFailed as err:
@@ -197,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.json:
         with atomic_file(args.json) as tmp:
-            tmp.write_text(json.dumps({"rows": rows, "sweep": sweep, "targets": targets(rows)}, indent=1))
+            tmp.write_text(json.dumps({"waits": args.waits, "rows": rows, "sweep": sweep, "targets": targets(rows)},
+                                      indent=1))
     return 0
 
 
@@ -205,7 +242,7 @@ def _measure(args, size: list[str], chosen: list[str], own: dict, counts: list[i
     """Every chosen row, then the client-count sweep, each printed as it ends (RowFailed: one failed)."""
     rows = []
     for row in chosen:
-        rows.append(derived(run_row(row, size + own[row], args.threads, args.rounds)))
+        rows.append(derived(run_row(row, size + own[row], args.threads, args.rounds, args.waits)))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress: a long run shows each row as it ends
     print(table(rows))
     print("\n".join(f"- {line}" for line in targets(rows)))
@@ -214,7 +251,7 @@ def _measure(args, size: list[str], chosen: list[str], own: dict, counts: list[i
         clients = [s for s in size if not s.startswith("federated.clients=")] + [f"federated.clients={n}"]
         if args.quick:
             clients.append(f"data.max_train_samples={40 * n}")
-        sweep.append({"clients": n, **derived(run_row(FASTEST, clients, args.threads))})
+        sweep.append({"clients": n, **derived(run_row(FASTEST, clients, args.threads, waits=args.waits))})
         print(json.dumps(sweep[-1]), file=sys.stderr, flush=True)
     if sweep:
         print("\n| clients | round wall time | tokens | tokens/s | s per 1k tokens | peak RSS |\n|---|---|---|---|---|---|")

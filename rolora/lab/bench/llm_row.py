@@ -27,11 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
 
-import rolora.llm  # noqa: F401  (before torch: every row, PEFT's too, gets the same OpenMP wait policy)
+OPENMP_DEFAULT = "ROLORA_BENCH_OPENMP_DEFAULT"
+"""Set to 1 by ``rolora bench llm`` for a row that runs under OpenMP's own default wait policy."""
+if os.environ.get(OPENMP_DEFAULT) == "1":  # a PEFT user's loop: torch loads before rolora.llm, which then
+    import torch  # noqa: F401   leaves OpenMP's default waits alone (libgomp: spin a while, then sleep)
+
+import rolora.llm  # noqa: E402  (otherwise rolora's policy, PASSIVE unless OMP_WAIT_POLICY is set)
 
 import torch  # noqa: E402
 
@@ -184,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         out = run_peft(config, args.row == "peft-bf16", args.rounds)
     else:
         out = run_ours(config, args.rounds)
-    print(json.dumps({"row": args.row, **out, "peak_rss_mib": peak_rss_mib()}), flush=True)
+    waits = os.environ.get("OMP_WAIT_POLICY", "OpenMP default")  # libgomp read it when torch loaded
+    print(json.dumps({"row": args.row, **out, "peak_rss_mib": peak_rss_mib(), "openmp_waits": waits}), flush=True)
     return 0
 
 
