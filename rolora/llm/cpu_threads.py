@@ -26,6 +26,6 @@ def passive_waits() -> str:
     """Set ``OMP_WAIT_POLICY`` to PASSIVE unless the user set it; returns what is in effect
     ("... (too late: torch already imported)" when torch was loaded first)."""
     if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
-        return "default (spinning; torch was imported before rolora.llm)"
+        return "default (OpenMP's: spin a while, then sleep; torch was imported before rolora.llm)"
     os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
     return os.environ["OMP_WAIT_POLICY"]

@@ -41,7 +41,6 @@ class Packing:
             raise ValueError("unpadded blocks need right-padded rows of at least one token "
                              "(an attention mask of ones then zeros per row)")
         self.rows, self.width = rows, width
-        self.lengths = lengths
         flat = prefix.reshape(-1).nonzero().squeeze(1)  # r·P + p of each real token, row after row
         self.index = flat
         self.row_of, self.pos_of = flat // width, flat % width

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from rolora.lab.bench.llm_row import OPENMP_DEFAULT, ROWS, config_for
 from rolora.llm.config import ConfigError
+from rolora.llm.cpu_threads import USER_WAIT_POLICY
 from rolora.federated.atomic import atomic_file, file_problem
 
 FULL = ["federated.clients=20", "train.local_steps=10", "train.batch_size=32", "train.weight_decay=0.01"]
@@ -59,6 +60,7 @@ def row_env(row: str, waits: str, environ: dict, user_policy: str | None) -> dic
 
 
 def waits_line(waits: str, user_policy: str | None) -> str:
+    """The header's line on the rows' OpenMP wait policy."""
     if user_policy is not None:
         return f"OpenMP waits: OMP_WAIT_POLICY={user_policy} (set by you) in every row"
     if waits == "same":
@@ -74,7 +76,6 @@ def header(threads: int, waits: str = "own") -> str:
     from rolora.llm.base_dtype import choose_dtype, cpu_info
     from rolora.llm.client_workers import choose_workers
     from rolora.llm.config import TrainConfig
-    from rolora.llm.cpu_threads import USER_WAIT_POLICY
 
     auto = choose_dtype("auto", torch.device("cpu"))
     workers = choose_workers(TrainConfig(), torch.device("cpu"))
@@ -92,8 +93,6 @@ class RowFailed(RuntimeError):
 
 
 def run_row(row: str, size: list[str], threads: int, rounds: int = 1, waits: str = "own") -> dict:
-    from rolora.llm.cpu_threads import USER_WAIT_POLICY
-
     cmd = [sys.executable, "-m", "rolora.lab.bench.llm_row", row, "--threads", str(threads), "--rounds", str(rounds),
            "--set", *size]
     done = subprocess.run(cmd, capture_output=True, text=True,
