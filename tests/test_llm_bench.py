@@ -94,14 +94,14 @@ def test_each_side_runs_under_its_own_openmp_wait_policy_unless_the_user_chose()
     assert "OMP_WAIT_POLICY=ACTIVE (set by you)" in waits_line("own", "ACTIVE")
 
 
-def test_a_peft_row_under_openmp_default_leaves_the_policy_unset(tmp_path):
+def test_a_peft_row_under_openmp_default_leaves_the_policy_unset():
     import os
     import subprocess
     import sys
 
     from rolora.lab.bench.llm_row import OPENMP_DEFAULT
 
-    code = ("import os, runpy, sys; import rolora.lab.bench.llm_row as r, rolora.llm as l; "
+    code = ("import os; import rolora.lab.bench.llm_row, rolora.llm as l; "
             "print(os.environ.get('OMP_WAIT_POLICY'), '|', l.OPENMP_WAITS)")
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     default = subprocess.run([sys.executable, "-c", code], env={**env, OPENMP_DEFAULT: "1"},

@@ -24,7 +24,7 @@ USER_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 
 def passive_waits() -> str:
     """Set ``OMP_WAIT_POLICY`` to PASSIVE unless the user set it; returns what is in effect
-    ("... (too late: torch already imported)" when torch was loaded first)."""
+    ("default (OpenMP's: ...)" when torch was loaded first, too late for a policy to take)."""
     if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
         return "default (OpenMP's: spin a while, then sleep; torch was imported before rolora.llm)"
     os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
