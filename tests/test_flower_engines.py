@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from nonsquare import NON_SQUARE_TARGETS
 
 from rolora.federated.serial import state_to_flat
 from rolora.llm.checkpoint import latest_checkpoint, load_checkpoint
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 OVERRIDES = ["model.max_length=24", "data.test_size=24", "data.max_train_samples=48", "run.eval_batch_size=24",
              "train.local_steps=1", "train.batch_size=4", "lora.rank=2", "lora.alpha=4.0", "lora.dropout=0.1",
-             "federated.rounds=2"]
+             "federated.rounds=2", *NON_SQUARE_TARGETS]
 TOL = {"rtol": 1e-5, "atol": 1e-6}  # fp32, other processes and thread counts: summation order may differ
 
 
@@ -94,6 +95,15 @@ def test_ray_gets_the_run_folder_unless_its_socket_paths_would_be_too_long(tmp_p
 
 
 # --------------------------------------------------------------------------- deployment engine
+def _run_config_overrides(overrides: list[str]) -> str:
+    """``overrides`` as the value of ``flwr run --run-config 'overrides=...'``: Flower reads it as TOML
+    (a single-quoted literal string keeps any ``"``), and the ServerApp splits it with ``shlex.split``,
+    which would drop a bare ``"`` (``lora.targets=["query",...]``): hence ``\\"``."""
+    text = " ".join(o.replace('"', '\\"') for o in overrides)
+    assert "'" not in text, f"a ' cannot go into Flower's single-quoted run-config value: {overrides}"
+    return f"'{text}'"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -180,7 +190,7 @@ def test_deployment_superlink_and_two_supernodes_equal_the_embedded_engine(tmp_p
             procs.start([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
                          "--host", "127.0.0.1", "--port", str(port),
                          "--node-config", f"partition-id={k} num-partitions=2"], tmp_path / f"supernode-{k}.log", env)
-        run_config = f'config="tiny-roberta" overrides="{" ".join(overrides)}" out="{out}" round-timeout=240'
+        run_config = f'config="tiny-roberta" overrides={_run_config_overrides(overrides)} out="{out}" round-timeout=240'
         submit = procs.start([str(BIN / "flwr"), "run", str(ROOT / "rolora" / "flower" / "app"), "test", "--stream",
                               "--run-config", run_config], tmp_path / "flwr-run.log", env)
         deadline = time.monotonic() + 300

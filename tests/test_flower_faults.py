@@ -10,6 +10,7 @@ import copy
 import pytest
 import torch
 from flwr.app import Context, Error, Message, RecordDict
+from nonsquare import NON_SQUARE_TARGETS
 
 from rolora.federated.serial import state_to_flat
 from rolora.flower import client_app, setups
@@ -21,7 +22,8 @@ from rolora.llm.engine import run as embedded_run
 
 TINY = ["model.name=tiny-roberta", "model.max_length=24", "data.dataset=rotten_tomatoes", "data.test_size=24",
         "data.max_train_samples=48", "run.eval_batch_size=24", "train.local_steps=1", "train.batch_size=4",
-        "lora.rank=2", "lora.alpha=4.0", "lora.dropout=0.1", "federated.rounds=2", "federated.clients=3"]
+        "lora.rank=2", "lora.alpha=4.0", "lora.dropout=0.1", "federated.rounds=2", "federated.clients=3",
+        *NON_SQUARE_TARGETS]
 
 
 class NodeDown(RuntimeError):
@@ -77,7 +79,10 @@ def test_a_node_failing_mid_run_is_dropped_and_the_round_completes(tmp_path):
     history = serve(LocalGrid(3, down={102: 2}), config, tmp_path / "run", quiet=True)
     assert [r["dropped"] for r in history.rows[1:]] == [[], [2]]
     assert history.state.round == 2 and history.rows[2]["participants"] == 3
-    assert history.rows[2]["upload_bytes"] == history.rows[1]["upload_bytes"] * 2 // 3  # two updates, not three
+    # two updates, not three (against a whole round 2: RoLoRA uploads B in round 1, A in round 2, and
+    # the non-square layers' A and B differ in size)
+    whole = serve(LocalGrid(3), config, tmp_path / "whole", quiet=True)
+    assert history.rows[2]["upload_bytes"] == whole.rows[2]["upload_bytes"] * 2 // 3
 
 
 def test_too_few_replies_stop_the_run_and_a_restarted_server_continues_it(tmp_path):

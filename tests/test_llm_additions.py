@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from nonsquare import NON_SQUARE_TARGETS
 
 from rolora.federated.serial import kept_to_flat, state_to_flat
 from rolora.llm.checkpoint import latest_checkpoint, load_checkpoint
@@ -24,7 +25,7 @@ from rolora.llm.config import ConfigError, load_config, to_toml
 
 TINY = ["model.name=tiny-roberta", "model.max_length=24", "data.dataset=rotten_tomatoes", "data.test_size=24",
         "data.max_train_samples=48", "run.eval_batch_size=24", "federated.clients=3", "train.local_steps=2",
-        "train.batch_size=4", "lora.rank=2", "lora.alpha=4.0", "lora.dropout=0.1"]
+        "train.batch_size=4", "lora.rank=2", "lora.alpha=4.0", "lora.dropout=0.1", *NON_SQUARE_TARGETS]
 COMPOSED = {
     "rolora+fedyogi+scaffold+fedprox+dp-client": [
         "federated.method=rolora", 'federated.server_opt="fedyogi:lr=0.01"', "train.scaffold=true",

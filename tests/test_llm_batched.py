@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from nonsquare import NON_SQUARE_TARGETS
 from test_llm_engine import TINY
 
 from rolora.federated import available_methods, method_from_spec
@@ -22,13 +23,15 @@ from rolora.llm.prepare import build
 
 COMMON = ["data.max_train_samples=36", "federated.clients=3", "train.local_steps=2", "train.batch_size=4",
           "lora.rank=2", "lora.alpha=4.0", "lora.dropout=0.1", "train.max_grad_norm=0.5", "train.batch_tokens=64"]
+NON_SQUARE = {"roberta": NON_SQUARE_TARGETS, "llama": []}
+"""Targets with a non-square layer on each model (Llama's default v_proj is already 16×32)."""
 MIXED = {0: 2, 1: 3, 2: 1}
 ATOL = 2e-6
 
 
 @pytest.fixture(scope="module", params=["roberta", "llama"])
 def setup(request):
-    return build(load_config(None, TINY[request.param] + COMMON))
+    return build(load_config(None, TINY[request.param] + COMMON + NON_SQUARE[request.param]))
 
 
 def _for(setup, spec: str, **train):

@@ -1,4 +1,5 @@
-"""Every run's metrics carry the round's product-averaging gap and client drift (tiny RoBERTa).
+"""Every run's metrics carry the round's product-averaging gap and client drift (tiny RoBERTa,
+query and the non-square intermediate.dense adapted).
 
 FedAvg-LoRA's gap is non-zero and grows with local steps; RoLoRA's and FFA-LoRA's are exactly zero
 (the server checks it every round); personalised methods have none.
@@ -7,13 +8,14 @@ FedAvg-LoRA's gap is non-zero and grows with local steps; RoLoRA's and FFA-LoRA'
 from __future__ import annotations
 
 import pytest
+from nonsquare import NON_SQUARE_TARGETS
 
 from rolora.llm.config import load_config
 from rolora.llm.engine import run
 
 TINY = ["model.name=tiny-roberta", "model.max_length=24", "data.dataset=rotten_tomatoes", "data.test_size=24",
         "data.max_train_samples=48", "run.eval_batch_size=24", "federated.clients=3", "federated.rounds=2",
-        "train.batch_size=4", "lora.rank=2", "lora.alpha=4.0", "train.lr=0.01"]
+        "train.batch_size=4", "lora.rank=2", "lora.alpha=4.0", "train.lr=0.01", *NON_SQUARE_TARGETS]
 
 
 def _rows(tmp_path, method: str, steps: int) -> list[dict]:

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 
+from nonsquare import NON_SQUARE_TARGETS
+
 from rolora.cli import main
 from rolora.llm.config import load_config
 from rolora.llm.engine import run
 
 TINY = ["model.name=tiny-roberta", "model.max_length=24", "data.dataset=rotten_tomatoes", "data.test_size=24",
         "data.max_train_samples=48", "run.eval_batch_size=24", "federated.clients=3", "federated.rounds=2",
-        "train.local_steps=2", "train.batch_size=4", "lora.rank=2", "lora.dropout=0.1", "run.eval_every=1"]
+        "train.local_steps=2", "train.batch_size=4", "lora.rank=2", "lora.dropout=0.1", "run.eval_every=1",
+        *NON_SQUARE_TARGETS]
 TIMES = {"wall_s", "tokens_per_s"}
 
 

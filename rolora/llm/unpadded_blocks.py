@@ -118,19 +118,20 @@ def block_forward(block: nn.Module, h: Tensor, pack: Packing, first_only: bool =
     key = pack.heads(attention.key(h), heads)
     value = pack.heads(attention.value(h), heads)
     if first_only:
-        resid = h.index_select(0, pack.first)  # [rows, hidden]
-        # [rows, 1, hidden]: three dimensions, so the adapters read the rows' segments (Rows.packed
-        # is for [tokens, hidden] inputs)
-        query = attention.query(resid.unsqueeze(1)).view(pack.rows, 1, heads, size).transpose(1, 2)
+        # [rows, 1, hidden] from here to the block's end: three dimensions, so every adapted layer
+        # after the keys and values (query, attention output, feed-forward) reads the rows' segments
+        # (Rows.packed is for [tokens, hidden] inputs)
+        resid = h.index_select(0, pack.first).unsqueeze(1)
+        query = attention.query(resid).view(pack.rows, 1, heads, size).transpose(1, 2)
     else:
         resid = h
         query = pack.heads(attention.query(h), heads)
     # the engine's attention (its dropout draws from the pass's masks), [rows, heads, queries, size]
     out = attention_product(attention, query, key, value, pack.key_mask, attention.scaling,
                             attention.dropout.p if attention.training else 0.0)
-    out = out.transpose(1, 2).reshape(pack.rows, -1) if first_only else pack.from_heads(out)
-    attended = block.attention.output(out, resid)
-    return block.feed_forward_chunk(attended)
+    out = out.transpose(1, 2).reshape(pack.rows, 1, -1) if first_only else pack.from_heads(out)
+    out = block.feed_forward_chunk(block.attention.output(out, resid))
+    return out.squeeze(1) if first_only else out
 
 
 @contextmanager
