@@ -195,18 +195,22 @@ def test_cuda_matches_cpu(name):
 @pytest.mark.parametrize("clients", [1, 2, 5])
 def test_fedex_residual_as_factors_counts_k_minus_1_blocks_and_they_suffice(clients):
     """Download with residual_transport="factors" is r(d+n) + (K−1)·r(d+n), and K−1 blocks really
-    reconstruct R = Σ p_k B_k A_k − B̄Ā (so the count is achievable, not just a bound)."""
+    rebuild the residual fedex-lora folds into W0, R = Σ p_k B_k A_k − B̄Ā (so the count is achievable,
+    not just a bound): R_blocks = Σ_{k<K} p_k (B_k − B̄)(A_k − A_K)."""
     d, n, r = 11, 7, 3
     method = get_method("fedex-lora", residual_transport="factors")
     cost = method.communication({"q": LayerSpec(d, n)}, r, 1, clients=list(range(clients)))
     assert cost.download_params == r * (d + n) + (clients - 1) * r * (d + n)
+    state = method.init({"q": LayerSpec(d, n)}, r, alpha=ALPHA, seed=0, dtype=torch.float64)
     gen = torch.Generator().manual_seed(clients)
     bs = [torch.randn(d, r, generator=gen, dtype=torch.float64) for _ in range(clients)]
     as_ = [torch.randn(r, n, generator=gen, dtype=torch.float64) for _ in range(clients)]
-    p = torch.rand(clients, generator=gen, dtype=torch.float64) + 0.1
-    p = p / p.sum()
-    b_bar, a_bar = sum(w * b for w, b in zip(p, bs)), sum(w * a for w, a in zip(p, as_))
-    residual = sum(w * b @ a for w, b, a in zip(p, bs, as_)) - b_bar @ a_bar
-    blocks = sum((w * (b - b_bar)) @ (a - as_[-1]) for w, b, a in zip(p[:-1], bs[:-1], as_[:-1]))
-    torch.testing.assert_close(torch.as_tensor(blocks) + torch.zeros(d, n, dtype=torch.float64), residual,
-                               rtol=1e-12, atol=1e-12)
+    samples = [float(s) for s in torch.randint(1, 50, (clients,), generator=gen)]
+    new = method.aggregate(state, [ClientUpdate(k, samples[k], {"q": {"A": as_[k], "B": bs[k]}})
+                                   for k in range(clients)], 1)
+    residual = (new.layers["q"]["base"] - state.layers["q"]["base"]) / (ALPHA / r)
+    p = [s / sum(samples) for s in samples]
+    b_bar = new.layers["q"]["B"]
+    blocks = sum(((w * (b - b_bar)) @ (a - as_[-1]) for w, b, a in zip(p[:-1], bs[:-1], as_[:-1])),
+                 torch.zeros(d, n, dtype=torch.float64))
+    torch.testing.assert_close(blocks, residual, rtol=1e-12, atol=1e-12)

@@ -43,14 +43,16 @@ def test_init_is_seeded_peft_like_and_identical_for_all_clients(name):
         starts = [method.client_start(a, client, None, 1)[layer] for client in range(3)]
         for s in starts[1:]:
             assert all(torch.equal(s[k], starts[0][k]) for k in s)
+        other_seed = method.client_start(c, 0, None, 1)[layer]  # fed-alora draws A, M, B1 here, not in init
+        differs |= any(not torch.equal(x, other_seed[k]) for k, x in starts[0].items())
         if "A" in starts[0]:
             n = SPECS[layer].in_features
             assert starts[0]["A"].abs().max() <= 1 / math.sqrt(n)  # kaiming_uniform_(a=sqrt(5)) bound
-            differs |= True
         for k in ("B", "W", "B2", "B_base", "base"):
             if k in starts[0]:
                 assert not starts[0][k].any(), f"{k} starts at 0"
-    assert differs or name == "fedavg-full"
+    # Every random init follows the seed; fedavg-full's W starts at 0, the same for every seed.
+    assert differs == (name != "fedavg-full"), f"{name}: does the seed change the init? {differs}"
     # The model starts exactly at W0: every method's round-0 delta is 0.
     for layer in SPECS:
         assert not method.delta(method.client_start(a, 0, None, 1)[layer], 8.0).any()

@@ -9,9 +9,10 @@ import pytest
 import torch
 from test_federated_support import ALL_METHODS, ALPHA, assert_state_equal, snapshot
 
-from rolora.federated import AggregationError, LayerSpec, get_method
+from rolora.federated import AggregationError, ClientUpdate, LayerSpec, get_method
 from rolora.federated.round import (
     ClientResult,
+    ClientStart,
     RoundFailed,
     client_starts,
     one_by_one,
@@ -19,7 +20,7 @@ from rolora.federated.round import (
     run_round,
     sample_participants,
 )
-from rolora.federated.synthetic import perturb_trained, synthetic_round
+from rolora.federated.synthetic import perturb_trained
 
 SPECS = {"q": LayerSpec(out_features=7, in_features=4), "v": LayerSpec(out_features=3, in_features=9)}
 HEAD = {"classifier.weight": torch.randn(2, 5, generator=torch.Generator().manual_seed(0)), "classifier.bias": torch.zeros(2)}
@@ -38,9 +39,20 @@ def test_run_round_equals_the_protocol_written_out(name):
     ranks = {0: 2, 1: 3, 2: 1, None: 2} if method.mixes_ranks else 2
     state = method.init(SPECS, ranks, alpha=ALPHA, seed=4, dense=HEAD)
     result = run_round(method, state, 3, _noise_train(method))
-    # The same round by hand, via the synthetic helper (same noise), and the dense mean by hand.
-    _, updates, keeps = synthetic_round(method, state, [0, 1, 2], {0: 1.0, 1: 2.0, 2: 3.0}, seed=0, scale=0.3)
-    expected = method.aggregate(replace(state, dense={}), [replace(u, dense={}) for u in updates], 1)
+    # The same round written out from the method's own steps (not round.py's client_starts/client_uploads,
+    # which are under test): each client starts, "trains" as _noise_train does, finishes, and the server
+    # aggregates those uploads; the dense head's mean by hand.
+    uploads, keeps = [], {}
+    for k in (0, 1, 2):
+        tensors = method.client_start(state, k, None, 1)
+        start = ClientStart(client=k, t=1, tensors=tensors, trainable=method.trains(1), dense={},
+                            rules=method.local_rules(state, k, None, 1))
+        trained = perturb_trained(method, tensors, 1, 0, k, 0.3)
+        keeps[k], upload, _ = method.client_finish(start, ClientResult(trained, 1.0 + k))
+        uploads.append(ClientUpdate(k, 1.0 + k, upload))
+    assert any(not torch.equal(x, method.client_start(state, 0, None, 1)[layer][n])
+               for layer, named in uploads[0].tensors.items() for n, x in named.items()), "nothing trained"
+    expected = method.aggregate(replace(state, dense={}), uploads, 1)
     for layer in SPECS:
         for n, x in expected.layers[layer].items():
             torch.testing.assert_close(result.state.layers[layer][n], x, rtol=0, atol=0)

@@ -4,7 +4,7 @@ results (docs/toy-mnist*.csv) were drawn with. Scheme properties: tests/test_fed
 
 from __future__ import annotations
 
-import hashlib
+import warnings
 
 import numpy as np
 import pytest
@@ -28,25 +28,35 @@ def test_label_disjoint_clients_hold_all_images_of_exactly_their_labels(labels, 
         np.testing.assert_array_equal(idx, np.flatnonzero(np.isin(labels, list(own))))
 
 
-def _digest(parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(np.asarray(p, dtype=np.int64).tobytes())
-        h.update(b"|")
-    return h.hexdigest()[:16]
+def _iid_by_hand(n: int, clients: int, seed: int) -> list[np.ndarray]:
+    """The documented iid rule: contiguous equal shards (the first n mod clients one longer) of the
+    seeded shuffle (``datasets``' ``Dataset.shuffle(seed)``: ``numpy.random.default_rng(seed).permutation``)."""
+    return [np.sort(shard) for shard in np.array_split(np.random.default_rng(seed).permutation(n), clients)]
 
 
-@pytest.mark.parametrize("split,sizes,digest", [
-    ("iid", [429, 429, 429, 429, 428, 428, 428], "9324db39c4f863a4"),
-    ("dirichlet", [247, 565, 417, 721, 432, 161, 457], "cb3bb6dcfb8ece27"),
-])
-def test_random_splits_are_the_ones_the_committed_results_used(labels, split, sizes, digest):
-    """Pinned from the toy's own partition code before it moved to rolora.federated.partition
-    (flwr-datasets 0.6.1, datasets 4.8). A change here means the committed toy results no longer
-    reproduce: find out why (a library upgrade, the Dirichlet minimum client size) before re-pinning."""
+def _dirichlet_by_flwr(labels: np.ndarray, clients: int, seed: int, alpha: float) -> list[np.ndarray]:
+    """flwr-datasets' DirichletPartitioner itself, on the labels, with the toy's minimum client size."""
+    import datasets
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    flwr = DirichletPartitioner(num_partitions=clients, partition_by="label", alpha=alpha, seed=seed,
+                                min_partition_size=DIRICHLET_MIN_CLIENT_SIZE, self_balancing=False, shuffle=True)
+    flwr.dataset = datasets.Dataset.from_dict({"index": np.arange(len(labels)), "label": labels})
+    with warnings.catch_warnings():  # it warns on every redraw
+        warnings.simplefilter("ignore")
+        return [np.sort(np.asarray(flwr.load_partition(k)["index"])) for k in range(clients)]
+
+
+@pytest.mark.parametrize("split", ["iid", "dirichlet"])
+def test_random_splits_are_the_ones_the_committed_results_used(labels, split):
+    """The committed toy results were drawn with these rules: iid by a seeded shuffle cut into
+    contiguous shards, dirichlet by flwr-datasets' DirichletPartitioner (min client size 10). A
+    difference means they no longer reproduce: find out why before changing anything."""
     parts = make_partition(split, labels, seed=3, num_clients=7, alpha_dir=0.3)
-    assert [len(p) for p in parts] == sizes
-    assert _digest(parts) == digest
+    expected = (_iid_by_hand(len(labels), 7, 3) if split == "iid" else _dirichlet_by_flwr(labels, 7, 3, 0.3))
+    assert [len(p) for p in parts] == [len(e) for e in expected]
+    for k, (got, want) in enumerate(zip(parts, expected)):
+        np.testing.assert_array_equal(got, want, err_msg=f"client {k}")
 
 
 def test_dirichlet_clients_hold_at_least_the_minimum(labels):

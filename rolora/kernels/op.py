@@ -26,6 +26,7 @@ dx is computed only if x requires grad; W0 never gets a gradient (asking for one
 from __future__ import annotations
 
 import functools
+import importlib.util
 import operator
 from typing import Optional
 
@@ -45,10 +46,22 @@ FUSE_WITHOUT_DROPOUT = False
 
 @functools.lru_cache(maxsize=1)
 def triton_available() -> bool:
-    """True when ``rolora.kernels.triton_kernels`` imports (triton installed and a driver or the interpreter)."""
+    """True when ``rolora.kernels.triton_kernels`` imports (triton installed and a driver or the interpreter).
+
+    False only for the two expected absences: triton not installed (or a piece of it missing), and
+    triton's "0 active drivers" error (no GPU, no TRITON_INTERPRET). Any other error is raised: a
+    broken kernel module must fail loudly, not pass for "no Triton here" and take its tests with it."""
+    if importlib.util.find_spec("triton") is None:
+        return False
     try:
         import rolora.kernels.triton_kernels  # noqa: F401
-    except Exception:  # ImportError, or triton's "0 active drivers" RuntimeError
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] != "triton":
+            raise
+        return False
+    except RuntimeError as err:
+        if "active drivers" not in str(err):
+            raise
         return False
     return True
 
