@@ -273,14 +273,16 @@ def test_a_learning_rate_fixed_in_the_spec_is_listed_as_such(tmp_path):
                      "where it comes from) |"]
 
 
-def test_missing_sweeps_say_not_run_with_the_command(tmp_path):
+def test_missing_sweeps_say_not_run_with_the_command(tmp_path, capsys):
     sweeps = tmp_path / "sweeps"
     make_sweep(sweeps, "clients", clients_cells(WIN))
     text = report(tmp_path, sweeps)
+    assert "warning" not in capsys.readouterr().err
     for name in ("clients-trec", "fewer-params", "local-steps", "handover", "heterogeneity", "decoder"):
         assert f"No `{name}` sweep was found. Run `rolora sweep {name}`" in text
     assert "No `clients` sweep was found" not in text
     empty = report(tmp_path / "empty", tmp_path / "nothing-here")
+    assert f"warning: no sweep in {tmp_path / 'nothing-here'}" in capsys.readouterr().err
     assert "No `clients` sweep was found" in empty
     assert "No language-model sweep has run yet" in empty
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -80,7 +82,9 @@ def _parsers(engines=ENGINES) -> tuple[argparse.ArgumentParser, dict[str, argpar
     run.add_argument("--quiet", action="store_true", help="no progress bars or log lines on the terminal")
     run.add_argument("--engine", choices=tuple(engines), default="embedded",
                      help="embedded (one process, default) or flower (a Flower simulation, rolora.flower)")
-    run.add_argument("--overwrite", action="store_true", help="replace an earlier run in the run folder(s)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier run in the run folder(s): kept until the new run has started; a "
+                          "folder holding anything else is never replaced")
     run.add_argument("--server-opt", metavar="SPEC",
                      help="a server optimiser for every method: fedavgm | fedadam | fedyogi | fedadagrad, with "
                           ":key=value settings (e.g. fedadam:lr=1e-2); the same as federated.server_opt=SPEC")
@@ -91,7 +95,9 @@ def _parsers(engines=ENGINES) -> tuple[argparse.ArgumentParser, dict[str, argpar
     export.add_argument("--client", help="the client whose personalised model to export (personalised methods)")
     export.add_argument("--merged", action="store_true",
                         help="write W0 + the update as a plain Hugging Face model folder (any method; full-rank FedAvg needs it)")
-    export.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export in OUT (a folder holding anything else, or the run "
+                             "itself, is refused)")
     configs = sub.add_parser("configs", help="list the shipped example configs")
     return parser, {"run": run, "export": export, "configs": configs}
 
@@ -103,6 +109,9 @@ def _parse(argv: list[str], engines) -> tuple[argparse.Namespace, argparse.Argum
     if argv[:1] == ["run"]:
         args = actions["run"].parse_intermixed_args(argv[1:])
         args.action = "run"
+    elif argv[:1] and argv[0] in actions:  # its own parser: a bad option prints the action's usage
+        args = actions[argv[0]].parse_args(argv[1:])
+        args.action = argv[0]
     else:
         args = parser.parse_args(argv)
     return args, actions[args.action]
@@ -127,7 +136,7 @@ def _table(results: list[tuple[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def _method_specs(args, config: RunConfig) -> list[str]:
+def _method_specs(args, config: RunConfig | None) -> list[str]:
     if args.methods is None:
         return [config.federated.method]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -154,6 +163,11 @@ def _checked(config: RunConfig, engine: Engine, where: str = "") -> RunConfig:
     return config
 
 
+PRE_START_FILES = frozenset({"run.log", "sweep.log"})
+"""What a run folder may hold before its run has begun: the log of a run refused or killed while
+loading, a sweep's log of the cell's process. A folder of only these may take a run."""
+
+
 def _check_run_folder(out: Path, overwrite: bool) -> None:
     """Refuse a run folder that cannot be written, or that holds a run (or anything else, with
     --overwrite) that would be lost; touches nothing."""
@@ -163,8 +177,33 @@ def _check_run_folder(out: Path, overwrite: bool) -> None:
     if not overwrite and (out / "config.json").exists():
         raise ConfigError(f"{out} already holds a run: pass --resume {out} to continue it, --overwrite to replace "
                           "it, or choose another --out")
-    if overwrite and not (out / "config.json").is_file() and out.is_dir() and any(out.iterdir()):
-        raise ConfigError(f"--overwrite: {out} exists but is not a run folder; not deleting it")
+    if not (out / "config.json").is_file() and out.is_dir() and any(p.name not in PRE_START_FILES
+                                                                    for p in out.iterdir()):
+        # the run's files (config.toml, metrics.csv, ...) would write over files of the same name
+        raise ConfigError(f"{'--overwrite: ' if overwrite else ''}--out {out} holds other files, not a run: "
+                          "not writing a run there (nor deleting them); choose a new or empty --out")
+
+
+def _replacing(out: Path, start: Callable):
+    """``start()``, the run that replaces the earlier run in ``out`` (--overwrite): the earlier run is
+    moved aside first and deleted once the new run has started (written its config.json); a run
+    refused before it began (its data or model, found wrong while loading) puts the earlier one back."""
+    if not (out / "config.json").is_file():
+        return _run_or_clean_up(out, start)
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
+    os.rename(out, aside / out.name)
+    try:
+        result = _run_or_clean_up(out, start)
+    except BaseException:
+        if not (out / "config.json").is_file():  # the new run never started: the earlier one stays
+            shutil.rmtree(out, ignore_errors=True)
+            os.rename(aside / out.name, out)
+            aside.rmdir()
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return result
 
 
 def _run_or_clean_up(out: Path, start: Callable):
@@ -201,6 +240,7 @@ def _stopped(err: BaseException, out: Path) -> int:
 
 def _resume(args, engine: Engine) -> int:
     from rolora.federated import AggregationError
+    from rolora.llm.checkpoint import CheckpointError
     from rolora.llm.engine import RunStopped
     from rolora.llm.run_folder import read_config
 
@@ -216,6 +256,8 @@ def _resume(args, engine: Engine) -> int:
     _checked(config or saved, engine)
     try:
         history = engine.run(config, args.resume, resume=True, quiet=args.quiet)
+    except CheckpointError:  # bad input (exit 2), not a stopped run: resuming again would fail again
+        raise
     except (RunStopped, AggregationError, KeyboardInterrupt) as err:
         return _stopped(err, args.resume)
     print(_table([(saved.federated.method, history)]))
@@ -223,7 +265,10 @@ def _resume(args, engine: Engine) -> int:
 
 
 def _run(args, engine: Engine) -> int:
-    config = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.methods is not None:  # the file's own method does not run: check the settings with one that does
+        overrides.append(f'federated.method="{_method_specs(args, None)[0]}"')
+    config = load_config(args.config, overrides)
     runs = []  # (method spec, its config, its run folder): all checked before the first run starts
     methods = _method_specs(args, config)
     for spec in methods:
@@ -240,10 +285,8 @@ def _run(args, engine: Engine) -> int:
         if not args.quiet:
             print(f"[rolora llm] {spec}: {cfg.model.name} on {cfg.data.dataset}, {cfg.federated.clients} clients, "
                   f"{cfg.total_rounds} rounds -> {out}", file=sys.stderr)
-        if args.overwrite:
-            remove_run(out)
         try:
-            results.append((spec, _run_or_clean_up(out, partial(engine.run, cfg, out, quiet=args.quiet))))
+            results.append((spec, _replacing(out, partial(engine.run, cfg, out, quiet=args.quiet))))
         except (RunStopped, KeyboardInterrupt) as err:
             return _stopped(err, out)
         except AggregationError as err:  # a client's upload found bad (non-finite: diverged) once the run began
@@ -288,14 +331,6 @@ def _summary(config: RunConfig, results: list, out: Path | None) -> str:
     return "\n".join(lines)
 
 
-def remove_run(run_dir: Path) -> None:
-    """Delete an earlier run folder (only one that holds a run: a config.json)."""
-    if (run_dir / "config.json").is_file():
-        shutil.rmtree(run_dir)
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"--overwrite: {run_dir} exists but is not a run folder; not deleting it")
-
-
 def list_tomls(folder: Path) -> None:
     """One line per TOML file of ``folder``: its name and the first line of its header comment."""
     for path in sorted(folder.glob("*.toml")):
@@ -304,14 +339,11 @@ def list_tomls(folder: Path) -> None:
 
 
 def _export(args) -> int:
-    from rolora.llm.export_run import export_run
+    from rolora.llm.export_run import check_export_out, export_run
     from rolora.llm.run_folder import read_config
 
     read_config(args.run_dir)  # not a run folder: named before the model loads
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out {args.out} is a file; the export is a folder: choose another --out")
-    if args.out.exists() and not args.overwrite:
-        raise ConfigError(f"--out {args.out} exists: pass --overwrite to replace it, or choose another --out")
+    check_export_out(args.run_dir, args.out, args.overwrite)
     problem = folder_problem(args.out)
     if problem:
         raise ConfigError(f"--out {args.out}: cannot write the export there: {problem}")

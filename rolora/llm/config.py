@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -60,6 +61,7 @@ class DataConfig:
     label_column: str = "label"
     pair_column: str = ""
     group_column: str = ""
+    """The file's column of each sample's group (a user, a domain): the clients of ``partition = "natural"``."""
     deduplicate: bool = True
     """Built-in sets: keep repeated sentences once (drop those with conflicting labels)."""
     fine_labels: bool = False
@@ -94,8 +96,8 @@ class LoRAConfig:
     layers: list[int] = field(default_factory=list)
     """Transformer blocks that get adapters ([] = all; negative counts from the top: [-2, -1])."""
     client_ranks: list[int] = field(default_factory=list)
-    """Mixed ranks: client k gets ``client_ranks[k % len]`` ([] = ``rank`` for every client). Only
-    methods that mix ranks accept this (flexlora, flora, fed-alora)."""
+    """Mixed ranks: client k gets ``client_ranks[k % len]`` ([] = ``rank`` for every client). Different
+    ranks need a method that declares it mixes them (``Method.mixes_ranks``: flexlora, flora, fed-alora)."""
     train_head: bool = True
     """Train the classification head and average it every round (False: frozen at its init)."""
 
@@ -238,8 +240,8 @@ def _section_class(name: str):
             "train": TrainConfig, "run": RunSettings}[name]
 
 
-def _coerce(key: str, value: object, default: object) -> object:
-    """``value`` as the type of the field's default, or a ConfigError naming the key."""
+def _coerce(key: str, value: object, default: object, item: type | None = None) -> object:
+    """``value`` as the type of the field's default (a list's items as ``item``), or a ConfigError naming the key."""
     kind = type(default)
     if kind is bool:
         if isinstance(value, bool):
@@ -254,21 +256,65 @@ def _coerce(key: str, value: object, default: object) -> object:
         if isinstance(value, str):
             return value
     elif kind is list:
-        if isinstance(value, list):
-            return list(value)
-        if isinstance(value, str):  # a,b,c on the command line
-            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, (list, str)):
+            return _list_of(key, value, item)
     raise ConfigError(f"{key}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _list_of(key: str, value: list | str, item: type | None) -> list:
+    """A list key's value, every item an ``item``. A string is a command-line list with bare words,
+    ``a,b`` or ``[a, b]`` (not TOML): each item is read as a value, so ``[0, 1]`` are ints and
+    ``[query, value]`` strings."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        value = [parse_value(v.strip()) for v in text.split(",") if v.strip()]
+    for position, v in enumerate(value):
+        if item is not None and not _is_a(v, item):
+            hint = "; quote words that look like numbers or booleans: [\"1\", \"2\"]" if item is str else ""
+            raise ConfigError(f"{key}: expected a list of {item.__name__}, got {type(v).__name__} {v!r} "
+                              f"at position {position}{hint}")
+    return list(value)
+
+
+def _is_a(value: object, kind: type) -> bool:
+    if isinstance(value, bool):  # True is an int to Python, not to a config
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def _item_type(cls: type, name: str) -> type | None:
+    """The item type of a ``list[...]`` field (None for other fields)."""
+    return next(iter(typing.get_args(typing.get_type_hints(cls)[name])), None)
+
+
+def _check_tables(data: dict, where: str) -> None:
+    """Every top-level entry must be a section's table: a key above the first [section], an array of
+    tables [[section]] or a section given a value are refused, saying where the key belongs."""
+    for name, values in data.items():
+        if isinstance(values, dict):
+            continue
+        if name in SECTIONS:
+            if isinstance(values, list) and values and all(isinstance(v, dict) for v in values):
+                raise ConfigError(f"{where}: [[{name}]] is an array of tables; write one table [{name}]")
+            raise ConfigError(f"{where}: `{name}` must be a table [{name}] of keys, got {type(values).__name__} "
+                              f"{values!r}")
+        owners = [f"[{s}]" for s in SECTIONS if name in {f.name for f in fields(_section_class(s))}]
+        where_to = (f"put it under {' or '.join(owners)}" if owners
+                    else f"keys go under a section: {', '.join(f'[{s}]' for s in SECTIONS)}")
+        raise ConfigError(f"{where}: `{name}` is not in a section; {where_to}")
 
 
 def from_dict(data: dict, where: str = "config") -> RunConfig:
     """A config from nested sections; unknown sections or keys are errors that list the valid ones."""
+    _check_tables(data, where)
     sections = {}
     for section, values in data.items():
         if section not in SECTIONS:
             raise ConfigError(f"{where}: unknown section [{section}]; valid: {', '.join(SECTIONS)}")
-        if not isinstance(values, dict):
-            raise ConfigError(f"{where}: [{section}] must be a table of keys")
         cls = _section_class(section)
         defaults = cls()
         known = {f.name for f in fields(cls)}
@@ -276,7 +322,9 @@ def from_dict(data: dict, where: str = "config") -> RunConfig:
         for key, value in values.items():
             if key not in known:
                 raise ConfigError(f"{where}: unknown key {section}.{key}; valid: {', '.join(sorted(known))}")
-            kwargs[key] = _coerce(f"{section}.{key}", value, getattr(defaults, key))
+            default = getattr(defaults, key)
+            item = _item_type(cls, key) if isinstance(default, list) else None
+            kwargs[key] = _coerce(f"{section}.{key}", value, default, item)
         sections[section] = cls(**kwargs)
     config = RunConfig(**sections)
     check(config)
@@ -301,7 +349,8 @@ def find_toml(name_or_path: str, folder: Path, what: str, shipped_as: str) -> Pa
 
 
 def parse_value(text: str) -> object:
-    """A command-line value read as TOML (numbers, booleans, [lists], "strings"), else a bare string."""
+    """A command-line value read as TOML (numbers, booleans, [lists], "strings"), else a bare string
+    (which a list key reads as bare items: ``[query, value]``, see :func:`_list_of`)."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -309,14 +358,22 @@ def parse_value(text: str) -> object:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """``section.key=value`` overrides applied to nested config data (a new dict)."""
-    out = {k: dict(v) for k, v in data.items()}
+    """``section.key=value`` overrides applied to nested config data (a new dict). An unknown section
+    or key is refused naming the override (not the file it would have changed)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for item in overrides:
         key, sep, value = item.partition("=")
         section, dot, name = key.strip().partition(".")
         if not sep or not dot or not name:
             raise ConfigError(f"override {item!r}: expected section.key=value (e.g. train.lr=1e-3)")
-        out.setdefault(section, {})[name] = parse_value(value.strip())
+        if section not in SECTIONS:
+            raise ConfigError(f"override {item!r}: unknown section [{section}]; valid: {', '.join(SECTIONS)}")
+        known = {f.name for f in fields(_section_class(section))}
+        if name not in known:
+            raise ConfigError(f"override {item!r}: unknown key {section}.{name}; valid: {', '.join(sorted(known))}")
+        values = out.setdefault(section, {})
+        if isinstance(values, dict):  # else the file's own layout is wrong: from_dict says so, naming the file
+            values[name] = parse_value(value.strip())
     return out
 
 
@@ -325,12 +382,17 @@ def load_config(name_or_path: str | None, overrides: list[str] = ()) -> RunConfi
     data: dict = {}
     where = "defaults"
     if name_or_path:
+        from rolora.llm.file_data import read_utf8  # here: it loads numpy, the config does not
+
         path = find_config(name_or_path)
         where = str(path)
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(read_utf8(path))
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML: {err}") from None
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        _check_tables(data, where)  # before the overrides, which go into the file's tables
     return from_dict(apply_overrides(data, list(overrides)), where)
 
 
@@ -440,6 +502,8 @@ def check(c: RunConfig) -> None:
         _fail("train.local_steps", "need local_steps ≥ 1 or local_epochs ≥ 1")
     if not all(AT_LEAST_1.holds(r) for r in c.lora.client_ranks):
         _fail("lora.client_ranks", f"every rank must be ≥ 1, got {c.lora.client_ranks}")
+    _check_rank_mix(c)
+    _check_device(c.model.device)
     if c.train.optimizer == "galore" and _method_name(c.federated.method) != "fedavg-full":
         _fail("train.optimizer", f"galore trains full-rank updates: needs federated.method fedavg-full, "
                                  f"got {c.federated.method!r} (LoRA methods use adamw or sgd)")
@@ -452,6 +516,36 @@ def check(c: RunConfig) -> None:
                                  f"got {splits}")
     if list(splits) == ["val"] and c.data.val_size == 0:
         _fail("run.eval_splits", "is ['val'] but data.val_size = 0: there is no validation split")
+
+
+def _check_rank_mix(c: RunConfig) -> None:
+    """Clients of different ranks need a method that declares it mixes ranks (``Method.mixes_ranks``)."""
+    pattern = c.lora.client_ranks
+    if len({pattern[k % len(pattern)] for k in range(c.federated.clients)} if pattern else ()) < 2:
+        return
+    from rolora.federated import METHODS  # torch, as for the method name
+
+    name = _method_name(c.federated.method)
+    if name in METHODS and not METHODS[name].mixes_ranks:  # an unknown name is refused by its own check
+        mixing = sorted(n for n, cls in METHODS.items() if cls.mixes_ranks and getattr(cls, "uses_ranks", True))
+        _fail("lora.client_ranks", f"{pattern} gives the clients different ranks, but federated.method {name} "
+                                   f"needs one rank for every client; use one rank, or a method that mixes ranks "
+                                   f"({', '.join(mixing)})")
+
+
+def _check_device(name: str) -> None:
+    """``model.device`` must be a device torch can name, of a type runs use (CPU or CUDA); whether this
+    machine has it is known only when the run starts."""
+    if name == "auto":
+        return
+    import torch  # here: the config does not load torch unless a device is named
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        _fail("model.device", f"must be auto, cpu, cuda or cuda:N, got {name!r}")
 
 
 def _check_compile(c: RunConfig) -> None:

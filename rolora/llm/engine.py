@@ -11,6 +11,7 @@ and gives the same final metrics and adapters, bit for bit on CPU, as an uninter
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -19,13 +20,13 @@ from pathlib import Path
 
 from rolora.federated import GlobalState
 from rolora.federated.round import RoundFailed, run_round
-from rolora.llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rolora.llm.checkpoint import latest_checkpoint, load_checkpoint, resumable_checkpoint, save_checkpoint
 from rolora.llm.config import ConfigError, RunConfig, diff
 from rolora.llm.evaluation import eval_sets, evaluate_round
 from rolora.llm.training import local_training
 from rolora.llm.prepare import RunSetup, build
 from rolora.llm.round_row import round_row
-from rolora.llm.data_split import write_data_split
+from rolora.llm.data_split import data_split, write_data_split
 from rolora.llm.run_folder import command_line, plot_curves, read_config, read_metrics, write_metrics, write_start
 
 log = logging.getLogger("rolora.llm")
@@ -96,11 +97,44 @@ def check_resume(run_dir: Path, config: RunConfig | None) -> RunConfig:
     return saved
 
 
+def check_same_data(run_dir: Path, config: RunConfig) -> None:
+    """Refuse (ConfigError) to resume on data whose splits or client shares differ from the ones the
+    run started on (``data_split.json``, compared by content hash): the rounds left would train on
+    other examples. A run folder without the file (an older rolora's) is not checked."""
+    path = run_dir / "data_split.json"
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text())
+        saved_splits, saved_clients = saved["splits"], saved["clients"]
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ConfigError(f"{path}: not a readable data split record ({err})") from None
+    now, _ = data_split(config)
+    changed = [f"the {name} split" for name, hashes in now["splits"].items() if saved_splits.get(name) != hashes]
+    changed += [f"client {k}'s share" for k, hashes in now["clients"].items() if saved_clients.get(k) != hashes]
+    changed += [f"client {k}'s share" for k in saved_clients if k not in now["clients"]]
+    if changed:
+        raise ConfigError(f"{run_dir}: the data of {config.data.dataset} changed since the run started "
+                          f"(content hashes in {path} differ: {', '.join(changed)}); resuming would train on "
+                          "other examples: restore the data the run started on, or start a new run")
+
+
+def check_resumable(run_dir: Path, config: RunConfig) -> None:
+    """Before a resumed run writes or logs anything: its latest checkpoint can be read and is this
+    run's (CheckpointError otherwise), and its data is the data it started on."""
+    from rolora.llm.run_method import run_method
+
+    if resumable_checkpoint(run_dir, run_method(config)) is not None:  # without one the run starts again from round 0
+        check_same_data(run_dir, config)
+
+
 def config_of_run(config: RunConfig | None, run_dir: Path, resume: bool) -> RunConfig:
     """The run's config: ``config`` for a new run (refused where a run exists), the saved one when
-    resuming (a different ``config`` is refused, naming the keys). Creates ``run_dir``."""
+    resuming (a different ``config``, an unusable checkpoint or changed data are refused, naming
+    what is wrong). Creates ``run_dir``."""
     if resume:
         config = check_resume(run_dir, config)
+        check_resumable(run_dir, config)
     elif config is None:
         raise ConfigError("a config is needed to start a run")
     elif (run_dir / "config.json").exists():

@@ -12,10 +12,45 @@ from pathlib import Path
 
 from rolora.federated.round import next_model
 from rolora.llm.checkpoint import latest_checkpoint, load_checkpoint
+from rolora.llm.config import ConfigError
 from rolora.llm.export import export_merged, export_peft
 from rolora.llm.models import TINY, resolve_folder
 from rolora.llm.prepare import build
-from rolora.llm.run_folder import read_config
+from rolora.llm.run_folder import CHECKPOINTS, read_config
+
+MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+"""What a merged export (``save_pretrained``) holds beside its config.json."""
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` holds what ``rolora llm export`` writes: a PEFT adapter (adapter_config.json),
+    or a merged model (a Hugging Face config.json beside model weights) that is not a run folder."""
+    if (folder / "adapter_config.json").is_file() or (folder / "rolora_export.json").is_file():
+        return True
+    run_like = (folder / CHECKPOINTS).exists() or (folder / "metrics.jsonl").exists()
+    return not run_like and (folder / "config.json").is_file() and any((folder / w).is_file() for w in MODEL_WEIGHTS)
+
+
+def check_export_out(run_dir: Path, out: Path, overwrite: bool) -> None:
+    """Refuse (ConfigError naming the folder) an ``out`` that would lose files: the run folder itself, a
+    folder inside it or holding it, a file, an existing export without ``overwrite``, and any other
+    non-empty folder (even with ``overwrite``: only an earlier export is replaced). Touches nothing."""
+    run, target = Path(run_dir).resolve(), Path(out).resolve()
+    if target == run or run in target.parents or target in run.parents:
+        where = "is" if target == run else "is inside" if run in target.parents else "holds"
+        raise ConfigError(f"--out {out} {where} the run folder {run_dir}: the export goes to a folder of its own; "
+                          "choose another --out")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; the export is a folder: choose another --out")
+    if not out.is_dir() or not any(out.iterdir()):
+        if out.exists() and not overwrite:
+            raise ConfigError(f"--out {out} exists: pass --overwrite to replace it, or choose another --out")
+        return
+    if not is_export(out):
+        raise ConfigError(f"--out {out} exists and holds other files, not an export (no adapter_config.json, no "
+                          "merged model): not replacing it, even with --overwrite; choose another --out")
+    if not overwrite:
+        raise ConfigError(f"--out {out} exists: pass --overwrite to replace it, or choose another --out")
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, client: int | str | None = None, *,
@@ -23,6 +58,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, client: int | str | Non
     """Export the run in ``run_dir`` to ``out_dir``; returns the folder written."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
+    check_export_out(run_dir, Path(out_dir), overwrite)
     ckpt_path = latest_checkpoint(run_dir)
     if ckpt_path is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to export")

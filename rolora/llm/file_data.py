@@ -13,6 +13,7 @@ integers, as in ``0, 1`` or ``-1, 1``; as strings otherwise), and renumbered 0..
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -29,28 +30,49 @@ _INTEGER = re.compile(r"^[+-]?\d+$")
 def read_records(path) -> list[dict]:
     """Rows of a data file as dicts (column → value), chosen by the file's extension."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a data file ({', '.join(FORMATS)})")
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        with open(path, encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+        text = io.StringIO(read_utf8(path), newline="")  # newline="": the csv module reads line ends itself
+        return list(csv.DictReader(text, delimiter="\t" if suffix == ".tsv" else ","))
     if suffix == ".jsonl":
         return _read_jsonl(path)
     if suffix == ".json":
-        return _json_records(path, json.loads(path.read_text(encoding="utf-8")))
+        try:
+            data = json.loads(read_utf8(path))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+        return _json_records(path, data)
     if suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError as err:
             raise ImportError(f"reading {path} needs pyarrow: `pip install pyarrow`") from err
-        return pq.read_table(path).to_pylist()
+        try:
+            return pq.read_table(path).to_pylist()
+        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            raise ValueError(f"{path}: not a readable parquet file ({err})") from None
     raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FORMATS)}")
+
+
+def read_utf8(path) -> str:
+    """The text of a UTF-8 file; other bytes are a ValueError naming the file, the byte and its line."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at line {line}, column {column}); "
+                         "save it as UTF-8") from None
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -69,6 +69,18 @@ def default_targets(family: str) -> tuple[str, ...]:
     return DEFAULT_TARGETS[family]
 
 
+def position_limit(model: nn.Module) -> int | None:
+    """The longest input ``model`` takes: its learned position table's length (BERT, RoBERTa), None for
+    rotary positions (Llama), which have no table to run off. RoBERTa numbers positions from
+    pad_token_id + 1, so that many rows of its table are never a sample's."""
+    config = model.config
+    if config.model_type not in ("bert", "roberta") or getattr(config, "max_position_embeddings", None) is None:
+        return None
+    if config.model_type == "roberta":
+        return config.max_position_embeddings - (config.pad_token_id or 0) - 1
+    return config.max_position_embeddings
+
+
 def check_family(model_type: str, task: str, where: str) -> None:
     """Raise a ValueError unless ``model_type`` is a supported family used for ``task``."""
     if model_type not in FAMILIES:

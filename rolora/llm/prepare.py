@@ -27,7 +27,7 @@ from rolora.llm.config import ConfigError, RunConfig
 from rolora.llm.cpu_threads import passive_waits
 from rolora.llm.data import BUILTIN_DATASETS, load_builtin, load_file, split
 from rolora.llm.host_memory import limit_matmul_cache
-from rolora.llm.models import load_model
+from rolora.llm.models import load_model, position_limit
 from rolora.llm.partition import partition
 from rolora.llm.tasks import Encoded, encode
 
@@ -95,6 +95,9 @@ def load_data(config: RunConfig):
         return load_builtin(d.dataset, deduplicate_rows=d.deduplicate, **options.get(d.dataset, {}))
     if not Path(d.dataset).exists():
         raise ConfigError(f"data.dataset: {d.dataset!r} is neither a built-in set ({', '.join(BUILTIN_DATASETS)}) nor a file")
+    if Path(d.dataset).is_dir():
+        raise ConfigError(f"data.dataset: {d.dataset!r} is a folder; name a data file in it (CSV, TSV, JSON, JSONL "
+                          f"or parquet) or a built-in set ({', '.join(BUILTIN_DATASETS)})")
     return load_file(d.dataset, d.text_column, d.label_column, pair_column=d.pair_column or None,
                      group_column=d.group_column or None)
 
@@ -126,6 +129,10 @@ def prepare_data(config: RunConfig):
     """(train set, test set, clients' sample indices, label names) of ``config`` (deterministic)."""
     c = config
     train_ds, _, test_ds = split_data(c)
+    if c.data.partition == "natural" and c.model.task != "instruction" and train_ds.groups is None:
+        raise ConfigError(f"data.partition: natural gives each client one group of samples, but {c.data.dataset} "
+                          "has no groups: set data.group_column to a column of the file (of the built-in sets, "
+                          "vader has its domains), or choose another partition")
     if c.data.max_train_samples and len(train_ds) > c.data.max_train_samples:
         keep = np.sort(np.random.default_rng([c.run.seed, 11]).permutation(len(train_ds))[: c.data.max_train_samples])
         train_ds = train_ds.subset(keep)
@@ -158,6 +165,7 @@ def build(config: RunConfig, quiet: bool = True) -> RunSetup:
     with quiet_transformers():  # its load report lists the new head as "MISSING": expected, we train it
         model, tokenizer = load_model(c.model.name, model_task, num_labels=len(labels) or None,
                                       dtype=base_dtype.dtype, seed=c.run.seed)
+    _check_max_length(c, model)
     options = {}
     if c.model.task == "generation-classification":
         if c.data.template:
@@ -186,6 +194,17 @@ def build(config: RunConfig, quiet: bool = True) -> RunSetup:
                     test=test, clients=[np.asarray(p, dtype=np.int64) for p in parts], label_names=labels,
                     device=device, ranks=client_ranks(c), initial_head={k: x.cpu() for k, x in read_head(model).items()},  # the server state lives on the CPU
                     prefix_cache=prefix_cache, base_dtype=base_dtype)
+
+
+def _check_max_length(config: RunConfig, model: nn.Module) -> None:
+    """``model.max_length`` must fit the model's position table (found only once the model is loaded;
+    a longer sample would fail mid-run in the embedding)."""
+    limit = position_limit(model)
+    if limit is not None and config.model.max_length > limit:
+        table = model.config.max_position_embeddings
+        reserved = "" if table == limit else f", less {table - limit} RoBERTa reserves below its first position"
+        raise ConfigError(f"model.max_length: {config.model.max_length} is more than {config.model.name} takes: "
+                          f"{limit} tokens (its max_position_embeddings = {table}{reserved}); use at most {limit}")
 
 
 def for_method(setup: RunSetup, config: RunConfig) -> RunSetup | None:

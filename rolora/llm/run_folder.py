@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from rolora.federated.atomic import atomic_file
-from rolora.llm.config import RunConfig, from_dict, to_toml
+from rolora.llm.config import ConfigError, RunConfig, from_dict, to_toml
 
 CHECKPOINTS = "checkpoints"
 
@@ -71,7 +71,17 @@ def read_config(run_dir: Path) -> RunConfig:
     path = run_dir / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json)")
-    return from_dict(json.loads(path.read_text()), str(path))
+    from rolora.llm.file_data import read_utf8
+
+    try:
+        data = json.loads(read_utf8(path))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err}): the run's config cannot be read") from None
+    except ValueError as err:  # not UTF-8: read_utf8 names the byte
+        raise ConfigError(str(err)) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a run's config (a JSON object of sections), got {type(data).__name__}")
+    return from_dict(data, str(path))
 
 
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:

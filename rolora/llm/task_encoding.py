@@ -146,6 +146,8 @@ def _render(template: str, values: dict, row: int) -> str:
 
 def _label_words(tokenizer, ds: TextDataset, words: list[str] | None, prefix: str) -> list[list[int]]:
     words = list(words if words is not None else GENERATION_DEFAULTS.get(ds.name, (None, ds.label_names))[1])
+    if not all(isinstance(w, str) for w in words):
+        raise ValueError(f"label words must be strings, got {words}")
     if len(words) != ds.num_classes:
         raise ValueError(f"{len(words)} label words {words} for {ds.num_classes} classes {ds.label_names}")
     ids = [tokenizer(prefix + w, add_special_tokens=False)["input_ids"] for w in words]

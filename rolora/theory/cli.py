@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from rolora.theory import analyses as ex
 from rolora.theory import plots
-from rolora.theory.outputs import make_output_folder, write_csv, write_json
+from rolora.theory.outputs import file_problem, make_output_folder, write_csv, write_json
 
 FIGURES = {  # experiment -> (file stem, plot function)
     "theorem": ("fig1_theorem_contraction", plots.plot_theorem),
@@ -27,6 +27,7 @@ FIGURES = {  # experiment -> (file stem, plot function)
     "finite_samples": ("fig4_finite_samples", None),  # needs the grid's d and N, see _plot
     "nonconvex_rate": ("fig5_nonconvex_rate", plots.plot_rate),
 }
+SUMMARY = "summary.json"
 
 
 def _seed(text: str) -> int:
@@ -53,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", choices=list(ex.EXPERIMENTS), metavar="NAME",
                    help=f"run only these experiments ({', '.join(ex.EXPERIMENTS)})")
     return p
+
+
+def output_paths(out: Path, names: list[str]) -> list[Path]:
+    """Every file a run of the experiments ``names`` writes to ``out``."""
+    return [out / f"{FIGURES[n][0]}.{ext}" for n in names for ext in ("csv", "png")] + [out / SUMMARY]
 
 
 def _plot(name: str, result: ex.AnalysisResult, path: Path, quick: bool) -> Path:
@@ -105,10 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the experiments, write figures, CSVs and summary.json, print the results table."""
     parser = _parser()
     args = parser.parse_args(argv)
-    problem = make_output_folder(args.out)
-    if problem:
-        parser.error(f"argument --out: cannot write the figures to {args.out}: {problem}")
     names = args.only or list(ex.EXPERIMENTS)
+    problems = [make_output_folder(args.out), *map(file_problem, output_paths(args.out, names))]
+    problem = next((p for p in problems if p), None)
+    if problem:  # before the experiments run: a doomed run fails now
+        parser.error(f"argument --out: cannot write the figures to {args.out}: {problem}")
     start = time.perf_counter()
     total = sum(ex.n_units(n, args.quick) for n in names)
     summaries: dict[str, dict[str, Any]] = {}
@@ -123,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             written.append(_plot(name, result, args.out / f"{stem}.png", args.quick))
             summaries[name] = result.summary
     meta = dict(seed=args.seed, quick=args.quick, experiments=names)
-    written.append(write_json(args.out / "summary.json", dict(meta=meta, results=summaries)))
+    written.append(write_json(args.out / SUMMARY, dict(meta=meta, results=summaries)))
     print(results_table(summaries, args.quick))
     print(f"\nwrote {len(written)} files to {args.out.resolve()}:")
     for path in written:

@@ -1,13 +1,37 @@
-"""Writing numbers next to figures: CSV for the long-format rows, JSON for summaries."""
+"""Writing numbers next to figures: CSV for the long-format rows, JSON for summaries; every file atomically.
+
+rolora.theory imports nothing of ours, so :func:`atomic_path` and :func:`make_output_folder` are its
+own small copies of ``rolora.federated.atomic``'s writer and checks.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``, renamed onto it when the block ends without error (a
+    reader sees the old file or the new one, never half of one), else deleted."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a written file gets the usual mode
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def make_output_folder(path: Path) -> str | None:
@@ -25,12 +49,17 @@ def make_output_folder(path: Path) -> str | None:
     return None
 
 
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` (in a folder :func:`make_output_folder` accepted) cannot be written, or None."""
+    return f"{path} is a folder, not a file" if path.is_dir() else None
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     """Write ``rows`` (dicts sharing keys, order of the first row) as CSV; raises on an empty list."""
     if not rows:
         raise ValueError(f"no rows to write to {path}")
     fields = list(rows[0])
-    with open(path, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
@@ -51,7 +80,7 @@ def _jsonable(value: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> Path:
     """Write ``data`` as indented JSON (numpy scalars converted, NaN/inf as null)."""
-    with open(path, "w") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
         json.dump(_jsonable(data), fh, indent=2)
         fh.write("\n")
     return path

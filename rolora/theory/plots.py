@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from rolora.theory.analyses import AnalysisResult
+from rolora.theory.outputs import atomic_path
 
 FLOOR = 1e-18  # log-scale plots clip at this (exact zeros and round-off)
 COLORS = {"rolora": "C0", "ffa": "C1", "fedavg": "C2", "centralised": "k"}
@@ -32,9 +33,13 @@ def _select(rows: list[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    """Write ``fig`` to ``path`` atomically (the format follows its suffix) and close it."""
+    try:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:  # the temporary name ends in .tmp: name the format
+            fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+    finally:
+        _pyplot().close(fig)
     return path
 
 

@@ -15,12 +15,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from rolora.federated.atomic import folder_problem
-from rolora.toy.partition import SPLITS
+from rolora.federated.atomic import atomic_file, file_problem, folder_problem
+from rolora.toy.partition import SPLITS, make_partition
 from rolora.toy.train import OPTIMIZERS, ToyConfig
 
 DEFAULT_SPLITS = "5x2,10x1"
 DEFAULT_METHODS = "fedavg-lora,ffa-lora,rolora"
+OUTPUTS = ("toy-mnist.png", "toy-mnist.csv", "toy-mnist-summary.json")
+"""The files written to ``--out``."""
 
 
 def _csv_list(choices: tuple[str, ...] | None = None):
@@ -74,6 +76,22 @@ def check_optimizer(cfg: ToyConfig, method) -> None:
             raise ValueError(f"method {cfg.method!r}: optimizer galore trains full-rank W tensors, but "
                              f"{method.name} trains {sorted(method.trains(t))} in round {t}; use optimizer sgd "
                              "or adam for LoRA methods (galore is for fedavg-full)")
+
+
+def check_splits(splits: list[str], cfg: ToyConfig, labels) -> None:
+    """Draw every split's partition once before any training, so a client count the data cannot
+    satisfy fails now (ValueError naming the split), not after the earlier splits have trained."""
+    for split in splits:
+        try:
+            make_partition(split, labels, cfg.seed, cfg.num_clients, cfg.alpha_dir)
+        except ValueError as err:
+            raise ValueError(f"--split {split}: {err}") from None
+
+
+def _error(message: str) -> int:
+    """Bad input: one line on stderr, exit status 2."""
+    print(f"rolora toy: error: {message}", file=sys.stderr)
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
             cfg.check()
             check_optimizer(cfg, method_from_spec(split_spec(spec)[0], total_rounds=args.rounds))
         except (AggregationError, ValueError) as err:
-            print(f"rolora toy: error: {err}", file=sys.stderr)
-            return 2
-    problem = folder_problem(args.out)
+            return _error(str(err))
+    if args.data is not None and not args.data.is_file():
+        return _error(f"--data {args.data}: " + ("a folder, not a file" if args.data.is_dir() else "no such file"))
+    problems = [folder_problem(args.out), *(file_problem(args.out / name) for name in OUTPUTS)]
+    problem = next((p for p in problems if p), None)  # before training: a doomed run fails now
     if problem:
         parser.error(f"argument --out: cannot write the results to {args.out}: {problem}")
 
@@ -174,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rolora toy: error: {err}", file=sys.stderr)
         return 1
     try:
+        check_splits(args.split, base, data.train_y)
+    except ValueError as err:
+        return _error(str(err))
+    try:
         histories = run_grid(args.split, methods, base, data, progress=not args.no_progress)
     except AggregationError as err:  # the specs were checked: a client's upload went wrong while training
         hint = " The training diverged: try a smaller --lr." if "non-finite" in str(err) else ""
@@ -181,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     elapsed = time.perf_counter() - start
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    png = plot_histories(histories, args.out / "toy-mnist.png")
-    csv_path = write_csv(histories, args.out / "toy-mnist.csv")
+    png_name, csv_name, summary_name = OUTPUTS
+    png = plot_histories(histories, args.out / png_name)
+    csv_path = write_csv(histories, args.out / csv_name)
     table = summary_table(histories)
     summary = {
         "config": {k: v for k, v in asdict(base).items() if k not in ("method", "split")},
@@ -191,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         "final_test_acc": {f"{h.config.split}/{h.config.method}": h.test_acc[-1] for h in histories},
         "final_test_loss": {f"{h.config.split}/{h.config.method}": h.test_loss[-1] for h in histories},
     }
-    (args.out / "toy-mnist-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with atomic_file(args.out / summary_name) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"final test accuracy (%) after {base.rounds} rounds, {base.model} model, seed {base.seed}:")
     print(table)
     print(f"time: {elapsed:.1f} s ({args.threads} threads); wrote {png}, {csv_path}")

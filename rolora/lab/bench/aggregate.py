@@ -33,12 +33,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rolora.federated.api import ClientUpdate, LayerSpec, Method
-from rolora.federated.registry import available_methods, get_method
+from rolora.federated.api import AggregationError, ClientUpdate, LayerSpec, Method
+from rolora.federated.registry import available_methods, method_from_spec
 from rolora.federated.round import run_round
 from rolora.federated.synthetic import synthetic_round, synthetic_training
 from rolora.federated.validation import check_updates
-from rolora.federated.atomic import file_problem
+from rolora.federated.atomic import atomic_file, file_problem
 
 QUICK = {"layers": 4, "shape": (1024, 768), "clients": [10, 50], "repeats": 3}
 """``--quick``: small enough for a 2-core CPU in well under a minute (overrides --layers/--dim/--shape/--clients)."""
@@ -90,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=8, help="LoRA rank of every client (default 8)")
     p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
     p.add_argument("--clients", type=_parse_ints, default=[10, 50], help="client counts, e.g. 10,50 (default)")
-    p.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default)")
+    p.add_argument("--methods", default="all",
+                   help="comma-separated methods, or 'all' (default); each a name with optional constructor "
+                        "parameters, e.g. rolora:period=2")
     p.add_argument("--round", type=int, default=1, help="which round to aggregate (1: RoLoRA's B-round)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--dtype", choices=["float32", "float64", "bfloat16", "float16"], default="float32")
@@ -207,19 +209,24 @@ def _uploads(method: Method, specs, rank, alpha, k, distinct, t, seed, dtype, de
     return state, updates
 
 
+def method_specs(text: str) -> list[str]:
+    """The method specs of ``--methods`` (``all``: every method with its default parameters)."""
+    return available_methods() if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+
+
 def run(args: argparse.Namespace) -> list[Row]:
-    """Measure every (method, clients) setting; returns the rows."""
-    names = available_methods() if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
-    methods = [get_method(n) for n in names]  # unknown names fail here, listing the valid ones
+    """Measure every (method, clients) setting; returns the rows, each labelled with its method spec."""
+    labels = method_specs(args.methods)
+    methods = [method_from_spec(s) for s in labels]  # bad specs fail here, naming the spec
     d, n = args.shape
     specs = {f"layer{i}": LayerSpec(d, n) for i in range(args.layers)}
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     element = torch.empty((), dtype=dtype).element_size()
-    settings = [(m, k) for m in methods for k in args.clients]
+    settings = [(label, m, k) for label, m in zip(labels, methods) for k in args.clients]
     rows = []
     show = not args.no_progress and sys.stderr.isatty()
-    for method, k in tqdm(settings, desc="aggregate", disable=not show, file=sys.stderr):
+    for label, method, k in tqdm(settings, desc="aggregate", disable=not show, file=sys.stderr):
         state, updates = _uploads(method, specs, args.rank, args.alpha, k, args.distinct, args.round, args.seed, dtype, device)
         for _ in range(2):  # warm-up (allocator, thread pool, kernels)
             _measure_once(method, state, updates, args.round, device, not args.no_memory)
@@ -238,7 +245,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         cost = method.communication(specs, args.rank, args.round, clients=k, bytes_per_param=element)
         rows.append(
             Row(
-                method=method.name,
+                method=label,
                 clients=k,
                 aggregate_ms=1e3 * statistics.median(times),
                 validate_ms=1e3 * statistics.median(v_times),
@@ -284,10 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("layers", "rank", "repeats", "distinct", "round", "threads"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} must be >= 1")
-    if args.methods != "all":
-        unknown = [m for m in args.methods.split(",") if m.strip() not in available_methods()]
-        if unknown:
-            parser.error(f"--methods: unknown {unknown}; valid: {', '.join(available_methods())}")
+    if not method_specs(args.methods):
+        parser.error("--methods: empty list")
+    for spec in method_specs(args.methods):
+        try:
+            method_from_spec(spec)
+        except AggregationError as err:
+            parser.error(f"--methods: {err}")
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -316,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(rows, memory_label))
     if args.json:
-        with open(args.json, "w") as f:
+        with atomic_file(args.json) as tmp, open(tmp, "w") as f:
             json.dump({"config": {k: v for k, v in vars(args).items()}, "rows": [asdict(r) for r in rows]}, f, indent=2)
     return 0
 

@@ -32,7 +32,8 @@ from pathlib import Path
 
 BENCH = ["federated.method=fedavg-lora", "federated.rounds=1", "federated.clients=20", "train.local_steps=20",
          "train.batch_size=32"]
-"""The llm bench's size (:data:`rolora.lab.bench.llm.FULL`) and method, one round."""
+"""One round of the llm bench's setting (:data:`rolora.lab.bench.llm.FULL`) at 20 local steps, the
+setting before issue 34 (the Flower table was measured at it), and its method."""
 TINY = ["model.name=tiny-roberta", "model.max_length=24", "data.dataset=rotten_tomatoes", "data.test_size=24",
         "data.max_train_samples=48", "run.eval_batch_size=24", "train.local_steps=1", "train.batch_size=4",
         "lora.rank=2", "lora.alpha=4.0", "federated.rounds=2", "federated.clients=3"]

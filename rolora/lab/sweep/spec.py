@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import json
 import math
 import re
 import tomllib
@@ -163,6 +164,16 @@ def _label_value(key: str) -> int | float | str:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else key
 
 
+def _natural(value) -> bool:
+    """An integer ≥ 0, and not a bool (TOML's true is no seed)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _typed(value) -> str:
+    """``value`` with its type, spelled as in TOML: ``bool true``, ``str "3"``, ``float 1.5``."""
+    return f"{type(value).__name__} {json.dumps(value, default=str)}"
+
+
 def _matches(labels: dict, wanted: dict) -> bool:
     return all(k in labels and str(labels[k]) == str(v) for k, v in wanted.items())
 
@@ -198,11 +209,14 @@ def parse_spec(raw: dict, name: str, folder: Path = Path("."), where: str = "spe
     base = resolve_base(raw["base"], folder)
     find_config(base)
     seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        _fail(where, f"seeds: must be a non-empty list of integers ≥ 0, got {seeds!r}")
+    if not isinstance(seeds, list) or not seeds:
+        _fail(where, f"seeds: must be a non-empty list of integers ≥ 0, got {_typed(seeds)}")
+    for i, seed in enumerate(seeds):
+        if not _natural(seed):
+            _fail(where, f"seeds[{i}]: must be an integer ≥ 0, got {_typed(seed)}")
     evals = raw.get("evals", 0)
-    if not isinstance(evals, int) or evals < 0:
-        _fail(where, f"evals: must be an integer ≥ 0, got {evals!r}")
+    if not _natural(evals):
+        _fail(where, f"evals: must be an integer ≥ 0, got {_typed(evals)}")
     experiment = raw.get("experiment", name)
     if not isinstance(experiment, str) or not SAFE_ID.match(experiment):
         _fail(where, f"experiment: must be a name of letters, digits, '.', '_' or '-', got {experiment!r}")
@@ -277,6 +291,8 @@ def _columns(where: str, raw, axes: dict, method_labels: set) -> tuple[Column, .
     columns = []
     for i, table in enumerate(raw):
         at = f"{where}: columns[{i}]"
+        if not isinstance(table, dict):
+            _fail(at, f"must be a table (one value per axis), got {table!r}")
         _unknown(at, table, set(axes) | {"only_methods"})
         chosen = {}
         for axis, info in axes.items():
@@ -365,10 +381,13 @@ def _lr(where: str, raw, axes: dict) -> LrSelection | None:
         _fail(where, "lr: must be a table (grid, at, metric)")
     _unknown(f"{where}: lr", raw, LR_KEYS)
     grid = _lr_grid(where, "lr.grid", raw.get("grid"))
-    at = dict(raw.get("at", {}))
+    at = raw.get("at", {})
+    if not isinstance(at, dict):
+        _fail(where, f"lr.at: must be a table ({{clients = 20, seed = 0}}), got {at!r}")
+    at = dict(at)
     seed = at.pop("seed", 0)
-    if not isinstance(seed, int) or seed < 0:
-        _fail(where, f"lr.at.seed: must be an integer ≥ 0, got {seed!r}")
+    if not _natural(seed):
+        _fail(where, f"lr.at.seed: must be an integer ≥ 0, got {_typed(seed)}")
     for key in at:
         if key not in axes:
             _fail(where, f"lr.at: {key!r} is not an axis ({', '.join(axes) or 'none'}) or seed")
