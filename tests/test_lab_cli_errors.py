@@ -76,3 +76,16 @@ def test_bench_aggregate_refuses_a_bad_method_parameter_naming_it(capsys):
     assert exc.value.code == 2
     last = capsys.readouterr().err.splitlines()[-1]
     assert "'perio'" in last and "unknown" not in last  # the parameter is wrong, not the method name
+
+
+@pytest.mark.parametrize("content", ["[]", '{"cells": 5}', "{not json"])
+def test_report_names_a_sweep_record_it_cannot_read_and_writes_nothing(tmp_path, capsys, content):
+    from rolora.lab.report.cli import main as report_main
+
+    (tmp_path / "sweeps" / "x").mkdir(parents=True)
+    (tmp_path / "sweeps" / "x" / "sweep.json").write_text(content)
+    out = tmp_path / "docs" / "r.md"
+    assert report_main(["--sweeps", str(tmp_path / "sweeps"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rolora report: error: {tmp_path / 'sweeps' / 'x' / 'sweep.json'}: ") and "Traceback" not in err
+    assert not (tmp_path / "docs").exists()

@@ -46,6 +46,16 @@ def _problem(args, data: Path) -> str | None:
     for option, path in (("--sweeps", args.sweeps), ("--theory-dir", args.theory_dir)):
         if path is not None and not path.is_dir():
             return f"{option} {path}: no such folder"
+    if not args.from_csv:  # every sweep record readable before anything is extracted
+        from rolora.lab.report.sweep_reader import find_sweeps
+        from rolora.lab.sweep.runner import read_record
+        from rolora.llm.config import ConfigError
+
+        try:
+            for folder in find_sweeps(args.sweeps or SWEEPS):
+                read_record(folder / "sweep.json")
+        except ConfigError as err:
+            return str(err)
     if args.toy_csv != TOY_CSV and not args.toy_csv.is_file():
         return f"--toy-csv {args.toy_csv}: no such file"
     if args.drop_absent and args.from_csv:

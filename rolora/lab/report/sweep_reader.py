@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from rolora.llm.config import ConfigError, load_config
 from rolora.lab.sweep.record import RECORDED
+from rolora.lab.sweep.runner import read_record
 from rolora.lab.sweep.spec import SPECS_DIR, resolve_base
 from rolora.lab.sweep.twins import COPIED_FROM
 
@@ -246,7 +247,7 @@ def read_sweep(folder: Path, majority: Majority | None = None
     """(the sweep's row, its cells' rows, their curve rows, its lr choices, its lr cells' validation rows)
     from one sweep folder; ``majority`` as in :func:`cell_rows`."""
     folder = Path(folder)
-    meta = json.loads((folder / "sweep.json").read_text())
+    meta = read_record(folder / "sweep.json")
     name = meta.get("name") or folder.name
     cells, curves, validation, configs = [], [], [], []
     for cell in meta.get("cells", []):
