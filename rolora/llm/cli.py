@@ -339,14 +339,8 @@ def list_tomls(folder: Path) -> None:
 
 
 def _export(args) -> int:
-    from rolora.llm.export_run import check_export_out, export_run
-    from rolora.llm.run_folder import read_config
+    from rolora.llm.export_run import export_run
 
-    read_config(args.run_dir)  # not a run folder: named before the model loads
-    check_export_out(args.run_dir, args.out, args.overwrite)
-    problem = folder_problem(args.out)
-    if problem:
-        raise ConfigError(f"--out {args.out}: cannot write the export there: {problem}")
     client = args.client
     if client is not None and client.lstrip("-").isdigit():
         client = int(client)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rolora.federated.atomic import folder_problem
 from rolora.federated.round import next_model
 from rolora.llm.checkpoint import latest_checkpoint, load_checkpoint
 from rolora.llm.config import ConfigError
@@ -34,7 +35,8 @@ def is_export(folder: Path) -> bool:
 def check_export_out(run_dir: Path, out: Path, overwrite: bool) -> None:
     """Refuse (ConfigError naming the folder) an ``out`` that would lose files: the run folder itself, a
     folder inside it or holding it, a file, an existing export without ``overwrite``, and any other
-    non-empty folder (even with ``overwrite``: only an earlier export is replaced). Touches nothing."""
+    non-empty folder (even with ``overwrite``: only an earlier export is replaced), a folder no file can
+    be made in. Touches nothing."""
     run, target = Path(run_dir).resolve(), Path(out).resolve()
     if target == run or run in target.parents or target in run.parents:
         where = "is" if target == run else "is inside" if run in target.parents else "holds"
@@ -42,15 +44,14 @@ def check_export_out(run_dir: Path, out: Path, overwrite: bool) -> None:
                           "choose another --out")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; the export is a folder: choose another --out")
-    if not out.is_dir() or not any(out.iterdir()):
-        if out.exists() and not overwrite:
-            raise ConfigError(f"--out {out} exists: pass --overwrite to replace it, or choose another --out")
-        return
-    if not is_export(out):
+    if out.is_dir() and any(out.iterdir()) and not is_export(out):
         raise ConfigError(f"--out {out} exists and holds other files, not an export (no adapter_config.json, no "
                           "merged model): not replacing it, even with --overwrite; choose another --out")
-    if not overwrite:
+    if out.exists() and not overwrite:
         raise ConfigError(f"--out {out} exists: pass --overwrite to replace it, or choose another --out")
+    problem = folder_problem(out)
+    if problem:
+        raise ConfigError(f"--out {out}: cannot write the export there: {problem}")
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, client: int | str | None = None, *,
